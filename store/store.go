@@ -1,0 +1,103 @@
+// Package store defines where ewfd keeps registrations: the (ID, KEY) pairs
+// handed out by REGISTER and checked by every BIND and QUERY.
+//
+// The server codes against the small Store interface below so that the
+// embedded default (package store/bolt, one bbolt file per ewfd) can later be
+// joined by a backend shared between several servers without touching the
+// protocol code. The interface is shaped by the two paths that matter:
+//
+//   - The write path, Register, must be durable before the client hears
+//     "success" (kill -9 at any moment loses no acknowledged registration),
+//     yet must never stall the packet reader on a disk flush. So Register only
+//     reserves the ID and queues the record; the backend commits queued
+//     records in groups (one fsync for many registrations) and reports each
+//     outcome through a callback.
+//   - The read path, Lookup and Touch, runs for every BIND and QUERY, so it is
+//     served from memory without allocating. Touch is persisted lazily:
+//     expiry works in days, so losing the last minutes of touches on a crash
+//     only delays an expiry and never loses a registration.
+//
+// Nothing here knows about the network or the wire format: IDs and KEYs are
+// plain 16-byte arrays.
+package store
+
+import (
+	"errors"
+	"time"
+)
+
+// ID is the random 128-bit identifier a client picks in REGISTER.
+type ID = [16]byte
+
+// Key is the 128-bit secret the server makes for an ID in REGISTER.
+type Key = [16]byte
+
+// DefaultMaxIdle is how long a registration lives without a BIND before it
+// expires, unless configured otherwise.
+const DefaultMaxIdle = 30 * 24 * time.Hour
+
+// Errors a Store reports. Backends return these values (possibly wrapped), so
+// callers test with errors.Is.
+var (
+	// ErrExists: the ID is already registered, or an earlier Register of the
+	// same ID is still being committed.
+	ErrExists = errors.New("store: id already registered")
+	// ErrBusy: the commit queue is full; nothing was recorded. The disk is not
+	// keeping up, so the right reaction is to drop the request (the client
+	// retransmits) rather than to queue more work.
+	ErrBusy = errors.New("store: commit queue full")
+	// ErrFull: the configured maximum number of registrations is reached.
+	ErrFull = errors.New("store: registration limit reached")
+	// ErrClosed: the store was closed. It is not net.ErrClosed because this
+	// package keeps out of the network; the server maps it if it must.
+	ErrClosed = errors.New("store: closed")
+)
+
+// Store holds registrations. All methods are safe for concurrent use.
+type Store interface {
+	// Register durably records id→key with now as its last use.
+	//
+	// done is called exactly once with the outcome and must not block (it
+	// runs on the store's committer goroutine and delays every other
+	// registration queued behind it):
+	//   - nil once the record is on disk: only then may the server reply
+	//     success. From that moment Lookup finds the ID.
+	//   - ErrExists, ErrBusy, ErrFull or ErrClosed, when the request is
+	//     refused up front. Then done runs on the caller's goroutine before
+	//     Register returns, because there is no queue slot to hand it to.
+	//   - any other error when the commit failed; the ID is released again.
+	//
+	// Register never waits for disk I/O: this is what lets the server keep
+	// reading packets while a group commit is in flight.
+	Register(id ID, key Key, now time.Time, done func(error))
+
+	// Lookup returns the key of a committed registration. It is the hot path
+	// (every BIND and QUERY): in memory, no allocation. IDs still being
+	// committed are not found, because their client cannot know the key yet.
+	Lookup(id ID) (key Key, ok bool)
+
+	// Touch records that id was used at now (a BIND). It is persisted
+	// lazily, in the background and at Close, and does not allocate.
+	// Unknown IDs are ignored.
+	Touch(id ID, now time.Time)
+
+	// Expire deletes registrations idle since before cutoff and returns how
+	// many it deleted.
+	Expire(cutoff time.Time) (int, error)
+
+	// Len returns the number of registrations held, including those still
+	// being committed.
+	Len() int
+
+	// Close flushes pending touches, waits for in-flight commits (their done
+	// callbacks run before Close returns), stops the store's goroutines and
+	// closes its files. Register after Close calls done(ErrClosed).
+	Close() error
+}
+
+// RegisterSync is Register for tools and tests: it waits for the outcome.
+func RegisterSync(s Store, id ID, key Key, now time.Time) error {
+	ch := make(chan error, 1)
+	s.Register(id, key, now, func(err error) { ch <- err })
+	return <-ch
+}
