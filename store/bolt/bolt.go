@@ -217,15 +217,15 @@ func newStore(db *bbolt.DB, opts Options) (s *Store, err error) {
 	}
 	slack := (opts.TouchResolution + opts.TouchFlushInterval) / time.Second
 	s = &Store{
-		db:       db,
-		idx:      newIndex(opts.TouchResolution, 0),
-		opts:     opts,
-		log:      opts.Logger,
-		slack:    uint32(min(slack, 1<<32-1)),
-		queue:    make(chan pending, opts.QueueSize),
-		calls:    make(chan call),
-		quit:     make(chan struct{}),
-		stopped:  make(chan struct{}),
+		db:      db,
+		idx:     newIndex(opts.TouchResolution, 0),
+		opts:    opts,
+		log:     opts.Logger,
+		slack:   uint32(min(slack, 1<<32-1)),
+		queue:   make(chan pending, opts.QueueSize),
+		calls:   make(chan call),
+		quit:    make(chan struct{}),
+		stopped: make(chan struct{}),
 	}
 	start := time.Now()
 	// bbolt panics on some damaged pages rather than returning an error;

@@ -406,7 +406,7 @@ func TestOpenCreatesPrivateFiles(t *testing.T) {
 	s := open(t, dir, Options{})
 	defer mustClose(t, s)
 	for path, want := range map[string]os.FileMode{
-		dir:                         os.ModeDir | 0o700,
+		dir:                          os.ModeDir | 0o700,
 		filepath.Join(dir, FileName): 0o600,
 	} {
 		fi, err := os.Stat(path)
