@@ -1,0 +1,33 @@
+// Package natlab builds an emulated Internet inside network namespaces, with
+// NAT routers of every RFC 4787 kind, so that tests can run the real ewfd
+// and ewf binaries through them.
+//
+// A lab is declared with a Spec and built by New. Every node is a network
+// namespace named Prefix()+name; links are veth pairs created directly in
+// their namespaces (never in the root namespace); NAT is nftables loaded
+// with `nft -f -` into each router namespace:
+//
+//	                        ┌──────────────── server ────────────────┐
+//	                        │ eth0 203.0.113.1, 203.0.113.2           │
+//	                        └───────────────────┬─────────────────────┘
+//	  sw: br0 (public 203.0.113.0/24) ──────────┴───────┬───────────── hN: public host 203.0.113.(100+N)
+//	        │ rN                                        │ rM
+//	  [Forwarder: delay/loss, optional]           ┌─────┴── M-isp (CGNAT carrier) ──┐
+//	        │                                     │ wan0 203.0.113.(10+M)           │
+//	  ┌─────┴──── router N ──────┐                │ lan0 100.64.M.1/24              │
+//	  │ wan0 203.0.113.(10+N)    │                └─────┬───────────────────────────┘
+//	  │ nft table ewfnat         │                ┌─────┴── M (home router) ────────┐
+//	  │ lan0 (bridge) 10.0.N.1   │                │ wan0 100.64.M.2  lan0 10.0.M.1  │
+//	  └──┬────────────┬──────────┘                └─────┬───────────────────────────┘
+//	   host 10.0.N.2  host 10.0.N.3                   host 10.0.M.2
+//
+// Probe and Verify classify what a host behind a router actually gets
+// (RFC 5780 style, with an in-process responder on the server's two
+// addresses and ports 3490/3491), so a test can check the lab before it
+// trusts it. Start runs a program in a host and collects its stderr status
+// lines for WaitLine. Close (registered with t.Cleanup, and run on SIGINT or
+// SIGTERM) kills every process and deletes every namespace; labs of
+// processes that died anyway are removed by the next New.
+//
+// docs/NATLAB.md has the nftables design of each NAT type and the results.
+package natlab
