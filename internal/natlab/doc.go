@@ -7,19 +7,19 @@
 // their namespaces (never in the root namespace); NAT is nftables loaded
 // with `nft -f -` into each router namespace:
 //
-//	                        ┌──────────────── server ────────────────┐
-//	                        │ eth0 203.0.113.1, 203.0.113.2           │
-//	                        └───────────────────┬─────────────────────┘
-//	  sw: br0 (public 203.0.113.0/24) ──────────┴───────┬───────────── hN: public host 203.0.113.(100+N)
-//	        │ rN                                        │ rM
-//	  [Forwarder: delay/loss, optional]           ┌─────┴── M-isp (CGNAT carrier) ──┐
-//	        │                                     │ wan0 203.0.113.(10+M)           │
-//	  ┌─────┴──── router N ──────┐                │ lan0 100.64.M.1/24              │
-//	  │ wan0 203.0.113.(10+N)    │                └─────┬───────────────────────────┘
-//	  │ nft table ewfnat         │                ┌─────┴── M (home router) ────────┐
-//	  │ lan0 (bridge) 10.0.N.1   │                │ wan0 100.64.M.2  lan0 10.0.M.1  │
-//	  └──┬────────────┬──────────┘                └─────┬───────────────────────────┘
-//	   host 10.0.N.2  host 10.0.N.3                   host 10.0.M.2
+//	server: eth0 203.0.113.1 + .2              hN: public host 203.0.113.(100+N)
+//	     |                                       |
+//	sw: br0 ==+===============+==================+====  public segment 203.0.113.0/24
+//	          |               |
+//	          |          [Forwarder]  delay/loss on a WAN link (optional)
+//	          |               |
+//	M-isp: wan0 203.0.113.(10+M)        N: wan0 203.0.113.(10+N)
+//	       lan0 100.64.M.1/24              nft table ewfnat
+//	          |                            lan0 (bridge) 10.0.N.1/24
+//	M: wan0 100.64.M.2                       |               |
+//	   lan0 10.0.M.1/24                host 10.0.N.2    host 10.0.N.3
+//	          |
+//	   host 10.0.M.2
 //
 // Probe and Verify classify what a host behind a router actually gets
 // (RFC 5780 style, with an in-process responder on the server's two

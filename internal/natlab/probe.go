@@ -191,6 +191,18 @@ func (l *Lab) ListenUDP(hostName string, port uint16) (*net.UDPConn, error) {
 	return c, err
 }
 
+// ListenTCP opens a TCP listener inside a host's namespace, on all
+// addresses. Close it when done.
+func (l *Lab) ListenTCP(hostName string, port uint16) (*net.TCPListener, error) {
+	var ln *net.TCPListener
+	err := inNetns(l.host(hostName).ns, func() error {
+		var err error
+		ln, err = net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4zero, Port: int(port)})
+		return err
+	})
+	return ln, err
+}
+
 // DialTCP connects from a host's namespace to dst, from local port port
 // (0: any) with SO_REUSEADDR and SO_REUSEPORT, so that the same local port
 // can make several connections (TCP mapping probes, simultaneous open).
