@@ -169,9 +169,12 @@ const (
 	familyIPv6 = 0x02
 )
 
-// addressWords returns the length in words of a's encoding.
+// words returns the length in words of a's encoding.
 func (a Address) words() int {
-	if a.AddrPort.Addr().Is4() {
+	// Unmap here and in appendAddress so that an Address written into
+	// Message.Addresses directly, bypassing AddAddress, still encodes as
+	// the family its length says.
+	if a.AddrPort.Addr().Unmap().Is4() {
 		return 2
 	}
 	return 5
@@ -182,7 +185,7 @@ func (a Address) words() int {
 // payloads leave it alone.
 func appendAddress(b []byte, a Address, tx *TransactionID) []byte {
 	port := a.AddrPort.Port() ^ uint16(MagicCookie>>16)
-	ip := a.AddrPort.Addr()
+	ip := a.AddrPort.Addr().Unmap()
 	if ip.Is4() {
 		v4 := ip.As4()
 		b = append(b, byte(a.Transport), familyIPv4, byte(port>>8), byte(port))

@@ -25,14 +25,11 @@ var (
 // not defined for the class.
 func ruleFor(t Type) (r rule, err error) {
 	if t.Class == ClassError {
-		switch t.Method {
-		case MethodRegister, MethodBind, MethodQuery, MethodPunch:
-			return errorMsg, nil
-		case MethodIntroduce:
-			return rule{}, errClass
-		}
-		// An error response to a request of a method the server did not
-		// know still carries ERROR_REASON (unknown method).
+		// Every request that is answered at all can be answered with an
+		// error, and the error echoes the request's method: a request of
+		// a method the server does not know (ReasonUnknownMethod), and
+		// also an INTRODUCE request, which is not defined (INTRODUCE is
+		// an indication) and so is answered 0xC115, ReasonUnknownMethod.
 		return errorMsg, nil
 	}
 	switch t.Method {

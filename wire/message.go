@@ -78,7 +78,9 @@ func (m *Message) SetSecret(s Secret) { m.Secret = s; m.mark(AttrSecret) }
 func (m *Message) SetMAC(mac [MACSize]byte) { m.MAC = mac; m.mark(AttrMAC) }
 
 // AddAddress adds a NETWORK_ADDRESS. It fails if a is invalid or an address
-// of the same transport is already present.
+// of the same transport is already present. An IPv4-mapped IPv6 address is
+// stored as IPv4 and an IPv6 zone is dropped, because the wire carries
+// neither.
 func (m *Message) AddAddress(a Address) error {
 	a.AddrPort = unmap(a.AddrPort)
 	if !a.IsValid() {
@@ -104,7 +106,8 @@ func (m *Message) Address(t Transport) (netip.AddrPort, bool) {
 }
 
 // AddCandidate adds a CANDIDATE. It fails if a is invalid or MaxCandidates
-// are already present.
+// are already present. Addresses are unmapped and lose their zone, as in
+// AddAddress.
 func (m *Message) AddCandidate(a Address) error {
 	a.AddrPort = unmap(a.AddrPort)
 	if !a.IsValid() {
@@ -119,9 +122,13 @@ func (m *Message) AddCandidate(a Address) error {
 	return nil
 }
 
+// unmap returns ap in the one form the wire can carry: IPv4-mapped IPv6
+// as IPv4, no zone. Without it a decoded message would not compare equal
+// to the one that was encoded.
 func unmap(ap netip.AddrPort) netip.AddrPort {
-	if ap.Addr().Is4In6() {
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	a := ap.Addr()
+	if a.Is4In6() || a.Zone() != "" {
+		return netip.AddrPortFrom(a.Unmap().WithZone(""), ap.Port())
 	}
 	return ap
 }
