@@ -1,0 +1,97 @@
+package loadgen
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"time"
+)
+
+// Exit codes of Main.
+const (
+	ExitOK    = 0 // every response valid (lost requests are not a failure)
+	ExitBad   = 1 // the server sent invalid responses
+	ExitError = 2 // bad flags, or the run could not start or was interrupted
+)
+
+// Main is the whole command line tool, shared by cmd/ewf-bench and the
+// `ewf bench` subcommand: it parses args (without the program name) into
+// a Config, runs it, prints the summary and the key=value line (or JSON
+// with --json) to stdout, and returns the exit code. prog names the tool
+// in usage and error messages.
+func Main(ctx context.Context, prog string, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet(prog, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		cfg    Config
+		server = netip.MustParseAddrPort("127.0.0.1:3478")
+		local  netip.Addr
+		mode   = "stun"
+		asJSON bool
+	)
+	fs.Func("server", "server `address:port` under test (default 127.0.0.1:3478)", func(s string) (err error) {
+		server, err = netip.ParseAddrPort(s)
+		return err
+	})
+	fs.StringVar(&mode, "mode", mode, "requests to send: stun, bind, query or register (register fills the server's store)")
+	fs.IntVar(&cfg.Sockets, "sockets", DefaultSockets, "number of UDP sockets")
+	fs.DurationVar(&cfg.Duration, "duration", DefaultDuration, "measured time")
+	fs.DurationVar(&cfg.Warmup, "warmup", time.Second, "time before the measured window whose requests are checked but not counted")
+	fs.IntVar(&cfg.Depth, "depth", DefaultDepth, "requests in flight per socket (closed loop)")
+	fs.DurationVar(&cfg.Timeout, "timeout", DefaultTimeout, "time after which a request counts as lost")
+	fs.Float64Var(&cfg.Rate, "rate", 0, "cap on total requests per second (0: as fast as the server answers)")
+	fs.Func("local", "local `IP` to bind the sockets to (default: chosen by the kernel)", func(s string) (err error) {
+		local, err = netip.ParseAddr(s)
+		return err
+	})
+	fs.BoolVar(&asJSON, "json", false, "print the result as one JSON object instead of the summary and key=value line")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: %s [flags]\n\nFloods an ewf (or any STUN) server with requests from many UDP sockets,\nchecks every response and prints requests/s and latency percentiles.\nExit status: 0 all responses valid, 1 invalid responses, 2 error.\n\nFlags:\n", prog)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return ExitOK
+		}
+		return ExitError
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "%s: unexpected argument %q\n", prog, fs.Arg(0))
+		return ExitError
+	}
+	var err error
+	if cfg.Mode, err = ParseMode(mode); err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", prog, err)
+		return ExitError
+	}
+	cfg.Server, cfg.Local = server, local
+
+	res, err := Run(ctx, cfg)
+	if err != nil && !errors.Is(err, ErrBadResponses) && res.Sockets == 0 {
+		fmt.Fprintf(stderr, "%s: %v\n", prog, err)
+		return ExitError
+	}
+	if asJSON {
+		out, jerr := json.Marshal(res)
+		if jerr != nil {
+			fmt.Fprintf(stderr, "%s: %v\n", prog, jerr)
+			return ExitError
+		}
+		fmt.Fprintf(stdout, "%s\n", out)
+	} else {
+		fmt.Fprintf(stdout, "%s%s\n", res, res.KV())
+	}
+	switch {
+	case errors.Is(err, ErrBadResponses):
+		fmt.Fprintf(stderr, "%s: %v\n", prog, err)
+		return ExitBad
+	case err != nil:
+		fmt.Fprintf(stderr, "%s: interrupted: %v\n", prog, err)
+		return ExitError
+	}
+	return ExitOK
+}
