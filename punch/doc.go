@@ -35,18 +35,18 @@
 //
 // # States
 //
-//	              New
-//	               │
-//	               ▼
-//	        ┌────────────┐  valid success response to   ┌─────────────┐
-//	        │  Punching  │── one of our requests ──────▶│  Connected  │
-//	        └────────────┘  (Path, RTT recorded)        └─────────────┘
-//	               │                                     answers valid peer
-//	               │ Timeout with no path up             requests (the peer may
-//	               ▼                                     still need them); Tick
-//	        ┌────────────┐                               sends nothing more
-//	        │   Failed   │  terminal: Receive ignores everything (Stats.Late)
-//	        └────────────┘
+//	      New
+//	       │
+//	       ▼
+//	┌────────────┐  valid success response to   ┌─────────────┐
+//	│  Punching  │── one of our requests ──────▶│  Connected  │
+//	└────────────┘  (Path, RTT recorded)        └─────────────┘
+//	       │                                     answers valid peer
+//	       │ Timeout with no path up             requests (the peer may
+//	       ▼                                     still need them); Tick
+//	┌────────────┐                               sends nothing more
+//	│   Failed   │  terminal: Receive ignores everything (Stats.Late)
+//	└────────────┘
 //
 // In Punching, Tick sends scheduled requests and Receive answers valid
 // requests, learns peer-reflexive candidates and sends triggered requests.
