@@ -69,6 +69,27 @@ func TestHelperProcess(t *testing.T) {
 			fmt.Println("echo:", sc.Text())
 		}
 		select {} // stay until killed
+	case "lab":
+		// A lab with a program in it, for TestInterruptTearsDown.
+		l, err := build(Spec{
+			Routers: []RouterSpec{{Name: "gw", NAT: FullCone, WAN: Link{Delay: time.Millisecond}}},
+			Hosts:   []HostSpec{{Name: "peer", Router: "gw"}},
+		})
+		if err != nil {
+			fmt.Println("error", err)
+			os.Exit(1)
+		}
+		exe, _ := os.Executable()
+		p, err := l.Start("peer", exe, "-test.run=^TestHelperProcess$", "--", "natlab-helper", "echo")
+		if err == nil {
+			_, err = p.WaitLine("ready", 10*time.Second)
+		}
+		if err != nil {
+			fmt.Println("error", err)
+			os.Exit(1)
+		}
+		fmt.Println("lab", l.Prefix(), p.Pid())
+		select {}
 	case "fail":
 		fmt.Fprintln(os.Stderr, `error reason=refused msg="peer said no"`)
 		os.Exit(3)
