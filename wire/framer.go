@@ -26,6 +26,10 @@ func NewFramer(r io.Reader) *Framer {
 	return &Framer{r: bufio.NewReaderSize(r, 2*MaxMessageSize)}
 }
 
+// Reset makes f read from r as if new, keeping its buffers, so a server
+// can reuse one Framer for connection after connection without allocating.
+func (f *Framer) Reset(r io.Reader) { f.r.Reset(r) }
+
 // Next returns the next whole message and its kind. The slice is valid
 // until the following call. At a clean end of stream between messages it
 // returns io.EOF; a stream that ends inside a message returns
