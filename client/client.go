@@ -14,6 +14,7 @@ import (
 	"github.com/pion/stun/v3"
 
 	"github.com/ewf-project/ewf/wire"
+	"github.com/ewf-project/ewf/wire/stunx"
 )
 
 // Client is the rendezvous client. It is safe for concurrent use: any
@@ -211,20 +212,19 @@ func (c *Client) handleSTUN(b []byte) bool {
 	return ok
 }
 
-// parseBindingSuccess validates a STUN Binding success response with pion
-// and returns its XOR-MAPPED-ADDRESS, unmapped.
+// parseBindingSuccess validates a STUN Binding success response (stunx's
+// strict framing and FINGERPRINT check, then pion) and returns its
+// XOR-MAPPED-ADDRESS, unmapped.
 func parseBindingSuccess(b []byte) (netip.AddrPort, error) {
-	m := stun.Message{Raw: b} // Decode only reads Raw
-	if err := m.Decode(); err != nil {
+	var m stun.Message
+	if err := stunx.Decode(b, &m); err != nil {
+		if errors.Is(err, stunx.ErrFingerprint) {
+			return netip.AddrPort{}, errSTUNFingerprint
+		}
 		return netip.AddrPort{}, errSTUNDecode
 	}
 	if m.Type != stun.BindingSuccess {
 		return netip.AddrPort{}, errSTUNNotSuccess
-	}
-	if m.Contains(stun.AttrFingerprint) {
-		if err := stun.Fingerprint.Check(&m); err != nil {
-			return netip.AddrPort{}, errSTUNFingerprint
-		}
 	}
 	var xa stun.XORMappedAddress
 	if err := xa.GetFrom(&m); err != nil {

@@ -144,7 +144,6 @@ var (
 	errNotResponse     = errors.New("request or indication with an outstanding transaction ID")
 	errSTUNNotSuccess  = errors.New("STUN response is not a Binding success")
 	errSTUNNoMapped    = errors.New("STUN Binding success without a valid XOR-MAPPED-ADDRESS")
-	errSTUNLength      = errors.New("STUN length does not match the datagram")
 	errSTUNFingerprint = errors.New("STUN FINGERPRINT does not match")
 	errSTUNDecode      = errors.New("STUN message does not decode")
 	errNoSecret        = errors.New("introduction answered without SECRET")
