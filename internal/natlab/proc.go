@@ -318,30 +318,18 @@ func ParseFields(line string) (map[string]string, error) {
 	}
 }
 
-var (
-	buildOnce sync.Once
-	buildDir  string
-	buildErr  error
-)
-
-// BuildBinaries builds cmd/ewfd and cmd/ewf once per test binary run and
-// returns their paths. The binaries live in a directory that is removed
-// when tb ends, so call it from the test that uses them.
+// BuildBinaries builds cmd/ewfd and cmd/ewf into tb.TempDir() and returns
+// their paths. Call it once per test that runs them; a second call only
+// relinks (the go build cache has the rest).
 func BuildBinaries(tb testing.TB) (ewfd, ewf string) {
 	tb.Helper()
-	buildOnce.Do(func() {
-		buildDir = tb.TempDir()
-		for _, name := range []string{"ewfd", "ewf"} {
-			out, err := exec.Command("go", "build", "-o", filepath.Join(buildDir, name),
-				"github.com/ewf-project/ewf/cmd/"+name).CombinedOutput()
-			if err != nil {
-				buildErr = fmt.Errorf("natlab: go build cmd/%s: %w\n%s", name, err, out)
-				return
-			}
+	dir := tb.TempDir()
+	for _, name := range []string{"ewfd", "ewf"} {
+		out, err := exec.Command("go", "build", "-o", filepath.Join(dir, name),
+			"github.com/ewf-project/ewf/cmd/"+name).CombinedOutput()
+		if err != nil {
+			tb.Fatalf("natlab: go build cmd/%s: %v\n%s", name, err, out)
 		}
-	})
-	if buildErr != nil {
-		tb.Fatal(buildErr)
 	}
-	return filepath.Join(buildDir, "ewfd"), filepath.Join(buildDir, "ewf")
+	return filepath.Join(dir, "ewfd"), filepath.Join(dir, "ewf")
 }
