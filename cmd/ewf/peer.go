@@ -1,0 +1,243 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/ewf-project/ewf"
+	"github.com/ewf-project/ewf/client"
+	"github.com/ewf-project/ewf/wire"
+)
+
+// common holds the flags every networked command shares.
+type common struct {
+	server   string
+	identity string
+	verbose  bool
+}
+
+func (c *common) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.server, "server", os.Getenv("EWF_SERVER"), "ewfd rendezvous server `HOST:PORT` (default $EWF_SERVER)")
+	fs.StringVar(&c.identity, "identity", "", "identity `FILE` (default: ewf/identity.json in the user config directory)")
+	fs.BoolVar(&c.verbose, "v", false, "log debug detail to stderr")
+}
+
+func (c *common) check() error {
+	if c.server == "" {
+		return usageError("--server HOST:PORT is required (or set EWF_SERVER)")
+	}
+	return nil
+}
+
+func (c *common) config() ewf.Config {
+	cfg := ewf.Config{Server: c.server, IdentityFile: c.identity}
+	if c.verbose {
+		cfg.Logger = debugLogger()
+	}
+	return cfg
+}
+
+func runID(args []string) error {
+	fs := flag.NewFlagSet("id", flag.ContinueOnError)
+	var c common
+	c.register(fs)
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	path := c.identity
+	if path == "" {
+		p, err := client.DefaultIdentityPath()
+		if err != nil {
+			return err
+		}
+		path = p
+	}
+	id, err := client.LoadIdentity(path)
+	if errors.Is(err, os.ErrNotExist) {
+		id = &client.Identity{Keys: map[string]wire.Key{}}
+		rand.Read(id.ID[:])
+		err = id.Save(path)
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Println(id.ID)
+	return nil
+}
+
+func runSTUN(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("stun", flag.ContinueOnError)
+	var c common
+	c.register(fs)
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := c.check(); err != nil {
+		return err
+	}
+	conn, err := client.DialUDP(ctx, c.server, client.Config{})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	addr, err := conn.PublicAddress(ctx)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ewf.ErrServerUnreachable, err)
+	}
+	fmt.Println(addr)
+	return nil
+}
+
+func runQuery(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("query", flag.ContinueOnError)
+	var c common
+	c.register(fs)
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := c.check(); err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usageError("query takes one PEERID")
+	}
+	peer, err := ewf.ParseID(pos[0])
+	if err != nil {
+		return usageError(err.Error())
+	}
+	conn, err := client.DialUDP(ctx, c.server, client.Config{})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	addrs, err := conn.Query(ctx, peer)
+	if err != nil {
+		return queryErr(err)
+	}
+	for _, a := range addrs {
+		fmt.Println(a.Transport, a.AddrPort)
+	}
+	return nil
+}
+
+func queryErr(err error) error {
+	switch {
+	case errors.Is(err, client.ErrNotRegistered):
+		return fmt.Errorf("%w: %w", ewf.ErrUnknownPeer, err)
+	case errors.Is(err, client.ErrNotBound):
+		return fmt.Errorf("%w: %w", ewf.ErrPeerOffline, err)
+	case errors.Is(err, client.ErrTimeout):
+		return fmt.Errorf("%w: %w", ewf.ErrServerUnreachable, err)
+	}
+	return err
+}
+
+func runListen(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("listen", flag.ContinueOnError)
+	var c common
+	c.register(fs)
+	timeout := fs.Duration("timeout", 0, "give up if no peer connected within this `duration` (0: wait forever)")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := c.check(); err != nil {
+		return err
+	}
+	l, err := ewf.Listen(ctx, c.config())
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	status("ready", "id", l.ID().String(), "public", l.Node().PublicAddr().String())
+	actx := ctx
+	if *timeout > 0 {
+		var cancel context.CancelFunc
+		actx, cancel = context.WithTimeout(ctx, *timeout)
+		defer cancel()
+	}
+	conn, err := l.AcceptContext(actx)
+	if err != nil {
+		return err
+	}
+	connected(conn)
+	return pipe(conn, os.Stdin, os.Stdout)
+}
+
+func runConnect(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("connect", flag.ContinueOnError)
+	var c common
+	c.register(fs)
+	transport := fs.String("transport", "udp", "`udp` (QUIC over a punched UDP path) or tcp (TLS over TCP simultaneous open)")
+	timeout := fs.Duration("timeout", 30*time.Second, "give up on connecting after this `duration`")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := c.check(); err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usageError("connect takes one PEERID")
+	}
+	peer, err := ewf.ParseID(pos[0])
+	if err != nil {
+		return usageError(err.Error())
+	}
+	cfg := c.config()
+	cfg.Transport = ewf.Transport(*transport)
+	cfg.EnableTCP = cfg.Transport == ewf.TransportTCP
+	dctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	n, err := ewf.Open(dctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	status("ready", "id", n.ID().String(), "public", n.PublicAddr().String())
+	stop := progress("punching")
+	conn, err := n.Dial(dctx, peer, "")
+	stop()
+	if err != nil {
+		return err
+	}
+	connected(conn)
+	return pipe(conn, os.Stdin, os.Stdout)
+}
+
+func connected(c *ewf.Conn) {
+	status("connected", "peer", c.Peer().String(), "transport", string(c.Transport()),
+		"remote", c.RemoteAddr().String(), "rtt_ms", strconv.FormatInt(c.RTT().Milliseconds(), 10))
+}
+
+// reasonWord is the stable word of an "error reason=" line.
+func reasonWord(err error) string {
+	var ue usageError
+	switch {
+	case errors.As(err, &ue):
+		return "usage"
+	case errors.Is(err, ewf.ErrServerUnreachable), errors.Is(err, client.ErrTimeout):
+		return "server-unreachable"
+	case errors.Is(err, ewf.ErrUnknownPeer):
+		return "unknown-peer"
+	case errors.Is(err, ewf.ErrPeerOffline):
+		return "peer-offline"
+	case errors.Is(err, ewf.ErrNoDirectPath):
+		return "no-direct-path"
+	case errors.Is(err, ewf.ErrPeerAuth):
+		return "peer-auth"
+	case errors.Is(err, client.ErrCorruptIdentity):
+		return "identity"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case errors.Is(err, context.Canceled):
+		return "interrupted"
+	}
+	return "failed"
+}

@@ -1,0 +1,195 @@
+package ewf
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// Conn is a direct, encrypted connection to a peer: a QUIC stream over the
+// punched UDP path, or TLS over a TCP simultaneous open. It is a net.Conn
+// with CloseWrite, so that each direction can end on its own.
+type Conn struct {
+	peer      ID
+	transport Transport
+	rtt       time.Duration
+
+	// One of the two is set.
+	qc *quic.Conn
+	st *quic.Stream
+	tc *tls.Conn
+
+	eofOnce   sync.Once
+	peerGotIt chan struct{} // QUIC: the peer has read our end of stream
+	onClose   func()
+	closeOnce sync.Once
+}
+
+// closeLinger bounds how long Close waits for the peer to confirm that it
+// read everything, before it tears the connection down anyway.
+const closeLinger = 5 * time.Second
+
+func newQUICConn(qc *quic.Conn, st *quic.Stream, peer ID, rtt time.Duration) *Conn {
+	c := &Conn{peer: peer, transport: TransportUDP, rtt: rtt, qc: qc, st: st, peerGotIt: make(chan struct{})}
+	go c.awaitEOFAck()
+	return c
+}
+
+func newTLSConn(tc *tls.Conn, peer ID, rtt time.Duration) *Conn {
+	return &Conn{peer: peer, transport: TransportTCP, rtt: rtt, tc: tc}
+}
+
+// Peer returns the ID of the peer, as proven in the TLS handshake.
+func (c *Conn) Peer() ID { return c.peer }
+
+// Transport returns TransportUDP (QUIC) or TransportTCP.
+func (c *Conn) Transport() Transport { return c.transport }
+
+// RTT returns the round-trip time measured while the path was made.
+func (c *Conn) RTT() time.Duration { return c.rtt }
+
+func (c *Conn) Read(p []byte) (int, error) {
+	if c.tc != nil {
+		return c.tc.Read(p)
+	}
+	n, err := c.st.Read(p)
+	if err == io.EOF {
+		c.eofOnce.Do(c.ackEOF)
+	}
+	return n, err
+}
+
+func (c *Conn) Write(p []byte) (int, error) {
+	if c.tc != nil {
+		return c.tc.Write(p)
+	}
+	return c.st.Write(p)
+}
+
+// CloseWrite ends this side's direction: the peer reads io.EOF once it has
+// read everything written before.
+func (c *Conn) CloseWrite() error {
+	if c.tc != nil {
+		return c.tc.CloseWrite()
+	}
+	return c.st.Close()
+}
+
+// Close ends both directions. Over QUIC it first waits (up to a few
+// seconds) until the peer confirms it read all that was written, because
+// closing a QUIC connection discards data still in flight.
+func (c *Conn) Close() error {
+	var err error
+	c.closeOnce.Do(func() {
+		if c.tc != nil {
+			err = c.tc.Close()
+		} else {
+			c.st.Close()
+			t := time.NewTimer(closeLinger)
+			select {
+			case <-c.peerGotIt:
+			case <-c.qc.Context().Done():
+			case <-t.C:
+			}
+			t.Stop()
+			c.st.CancelRead(0)
+			err = c.qc.CloseWithError(0, "")
+		}
+		if c.onClose != nil {
+			c.onClose()
+		}
+	})
+	return err
+}
+
+// ackEOF tells the peer that we read its end of stream, on a
+// unidirectional stream of one byte.
+func (c *Conn) ackEOF() {
+	go func() {
+		ctx, cancel := context.WithTimeout(c.qc.Context(), closeLinger)
+		defer cancel()
+		s, err := c.qc.OpenUniStreamSync(ctx)
+		if err != nil {
+			return
+		}
+		s.Write([]byte{1})
+		s.Close()
+	}()
+}
+
+func (c *Conn) awaitEOFAck() {
+	s, err := c.qc.AcceptUniStream(c.qc.Context())
+	if err != nil {
+		return
+	}
+	var b [1]byte
+	if _, err := io.ReadFull(s, b[:]); err == nil {
+		close(c.peerGotIt)
+	}
+}
+
+// LocalAddr returns the local address of the direct path.
+func (c *Conn) LocalAddr() net.Addr {
+	if c.tc != nil {
+		return c.tc.LocalAddr()
+	}
+	return c.qc.LocalAddr()
+}
+
+// RemoteAddr returns the peer's address on the direct path: its NAT's
+// public mapping, or its LAN address when both are behind one NAT.
+func (c *Conn) RemoteAddr() net.Addr {
+	if c.tc != nil {
+		return c.tc.RemoteAddr()
+	}
+	return c.qc.RemoteAddr()
+}
+
+func (c *Conn) SetDeadline(t time.Time) error {
+	if c.tc != nil {
+		return c.tc.SetDeadline(t)
+	}
+	return c.st.SetDeadline(t)
+}
+
+func (c *Conn) SetReadDeadline(t time.Time) error {
+	if c.tc != nil {
+		return c.tc.SetReadDeadline(t)
+	}
+	return c.st.SetReadDeadline(t)
+}
+
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	if c.tc != nil {
+		return c.tc.SetWriteDeadline(t)
+	}
+	return c.st.SetWriteDeadline(t)
+}
+
+// ErrNoDatagrams is returned by the datagram methods on a TCP Conn.
+var ErrNoDatagrams = errors.New("ewf: datagrams need the UDP transport")
+
+// SendDatagram sends p to the peer as one unreliable, encrypted datagram
+// (RFC 9221) over the punched UDP path, for applications that want
+// datagrams rather than a stream. It must fit in one packet (about 1,200
+// bytes is always safe).
+func (c *Conn) SendDatagram(p []byte) error {
+	if c.qc == nil {
+		return ErrNoDatagrams
+	}
+	return c.qc.SendDatagram(p)
+}
+
+// ReceiveDatagram returns the next datagram from the peer.
+func (c *Conn) ReceiveDatagram(ctx context.Context) ([]byte, error) {
+	if c.qc == nil {
+		return nil, ErrNoDatagrams
+	}
+	return c.qc.ReceiveDatagram(ctx)
+}

@@ -1,0 +1,116 @@
+// Package ewf gives two programs on different hosts, each possibly behind a
+// NAT, a direct connection to each other by naming the other's ID.
+//
+// A program that waits for peers calls Listen and then Accept; a program
+// that wants to reach one calls Dial with the peer's ID:
+//
+//	l, err := ewf.Listen(ctx, ewf.Config{Server: "rendezvous.example:3478"})
+//	fmt.Println("my ID:", l.ID())
+//	conn, err := l.Accept()
+//
+//	conn, err := ewf.Dial(ctx, ewf.Config{Server: "rendezvous.example:3478"}, peerID)
+//
+// Both sides register with an ewfd server, learn their public address,
+// bind it, and the dialer asks the server to introduce it to the listener.
+// Both then punch through their NATs at the same time, and the dialer opens
+// an encrypted QUIC connection (TLS 1.3) on the first path that works, or,
+// with TransportTCP, a TLS connection over a TCP simultaneous open. Each
+// side's certificate key is derived from the introduction's secret and its
+// own ID, so each side knows it talks to the peer the server introduced
+// (docs/SECURITY.md). The server never carries the connection.
+package ewf
+
+import (
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/ewf-project/ewf/wire"
+)
+
+// ID is a peer's 128-bit identifier; its String form is 32 hex digits.
+type ID = wire.ID
+
+// ParseID parses the 32-hex-digit form of an ID.
+func ParseID(s string) (ID, error) { return wire.ParseID(s) }
+
+// Transport selects how Dial reaches the peer.
+type Transport string
+
+// The transports of a direct connection.
+const (
+	// TransportUDP is QUIC over a punched UDP path: the default, and the
+	// one that gets through the most NATs.
+	TransportUDP Transport = "udp"
+	// TransportTCP is TLS over a TCP connection made by simultaneous open.
+	TransportTCP Transport = "tcp"
+)
+
+// Config configures a Node. Only Server is required; every other field's
+// zero value is the documented default.
+type Config struct {
+	// Server is the ewfd rendezvous server, "host:port".
+	Server string
+	// IdentityFile keeps this host's ID and KEY between runs. Default:
+	// identity.json in the user's config directory, under ewf/.
+	IdentityFile string
+	// LocalAddr is the local UDP (and TCP) address to use. Default ":0", a
+	// free port on every address.
+	LocalAddr string
+	// Transport is what Dial uses. Default TransportUDP.
+	Transport Transport
+	// EnableTCP makes a Node also bind a TCP address, so that peers can
+	// reach it with TransportTCP. Listen turns it on; Dial turns it on
+	// when Transport is TransportTCP.
+	EnableTCP bool
+	// PunchTimeout bounds one hole-punching attempt. Default 10 s.
+	PunchTimeout time.Duration
+	// KeepaliveInterval returns the time until the next binding refresh.
+	// Default: uniformly random between 20 and 25 s, well inside the
+	// server's 120 s binding lifetime and the 30 s UDP timeout of strict
+	// NATs.
+	KeepaliveInterval func() time.Duration
+	// Logger receives debug and warning logs. Default: discard.
+	Logger *slog.Logger
+}
+
+func (c *Config) populate() error {
+	if c.Server == "" {
+		return errors.New("ewf: Config.Server is required")
+	}
+	if c.LocalAddr == "" {
+		c.LocalAddr = ":0"
+	}
+	switch c.Transport {
+	case "":
+		c.Transport = TransportUDP
+	case TransportUDP, TransportTCP:
+	default:
+		return errors.New("ewf: Config.Transport must be \"udp\" or \"tcp\"")
+	}
+	if c.PunchTimeout == 0 {
+		c.PunchTimeout = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// Errors of a connection attempt. They wrap the cause, so the client
+// package's errors (client.ErrTimeout and the per-reason errors) match too.
+var (
+	// ErrServerUnreachable: the rendezvous server did not answer.
+	ErrServerUnreachable = errors.New("ewf: rendezvous server unreachable")
+	// ErrUnknownPeer: the server has never heard of the peer's ID.
+	ErrUnknownPeer = errors.New("ewf: unknown peer")
+	// ErrPeerOffline: the peer is registered but not bound right now.
+	ErrPeerOffline = errors.New("ewf: peer offline")
+	// ErrNoDirectPath: hole punching found no path before PunchTimeout.
+	// Both NATs are of a kind that cannot be punched from each other (for
+	// example symmetric on both sides), or the peer did not answer.
+	ErrNoDirectPath = errors.New("ewf: no direct path to the peer")
+	// ErrPeerAuth: the peer at the other end did not prove the identity
+	// the server introduced.
+	ErrPeerAuth = errors.New("ewf: peer failed authentication")
+)

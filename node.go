@@ -1,0 +1,491 @@
+package ewf
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/ewf-project/ewf/client"
+	"github.com/ewf-project/ewf/wire"
+)
+
+// Node is one host's presence at the rendezvous server: its identity, its
+// UDP socket (shared by the server conversation, hole punching and QUIC),
+// its bindings, kept alive, and optionally a TCP binding. Listen and Dial
+// are built on it; use a Node directly to accept and dial on one identity.
+type Node struct {
+	cfg    Config
+	log    *slog.Logger
+	self   wire.ID
+	key    wire.Key
+	server netip.AddrPort
+
+	sock   *net.UDPConn
+	rc     *client.Client
+	mux    *mux
+	tr     *quic.Transport
+	ql     *quic.Listener
+	tcp    *tcpSide // nil unless EnableTCP
+	public atomic.Value
+
+	mu       sync.Mutex
+	attempts map[wire.ID]*attempt // by peer ID: routes PUNCH messages
+	intros   map[string]*intro    // by TLS server name: picks the certificate
+
+	accepted chan *Conn
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	closed   sync.Once
+}
+
+// intro is what a listener remembers of an introduction until the
+// connection it announced is made or it expires.
+type intro struct {
+	peer    wire.ID
+	secret  wire.Secret
+	tls     *tls.Config
+	expires time.Time
+}
+
+// quicConfig is shared by both sides. KeepAlivePeriod keeps the punched
+// path's NAT mappings open (strict NATs forget UDP after 30 s).
+var quicConfig = &quic.Config{
+	HandshakeIdleTimeout: 5 * time.Second,
+	MaxIdleTimeout:       60 * time.Second,
+	KeepAlivePeriod:      10 * time.Second,
+	EnableDatagrams:      true,
+}
+
+// Open registers this host with the server (creating its identity on first
+// use), learns its public address, binds it and keeps it bound until Close.
+func Open(ctx context.Context, cfg Config) (*Node, error) {
+	if err := cfg.populate(); err != nil {
+		return nil, err
+	}
+	server, err := resolveUDP(ctx, cfg.Server)
+	if err != nil {
+		return nil, err
+	}
+	laddr, err := net.ResolveUDPAddr("udp", cfg.LocalAddr)
+	if err != nil {
+		return nil, fmt.Errorf("ewf: local address %q: %w", cfg.LocalAddr, err)
+	}
+	sock, err := net.ListenUDP("udp", laddr)
+	if err != nil {
+		return nil, fmt.Errorf("ewf: open UDP socket: %w", err)
+	}
+	n := &Node{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		server:   server,
+		sock:     sock,
+		attempts: make(map[wire.ID]*attempt),
+		intros:   make(map[string]*intro),
+		accepted: make(chan *Conn, 16),
+	}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.rc = client.New(client.Config{
+		Server: server,
+		Send: func(b []byte) error {
+			_, err := sock.WriteToUDPAddrPort(b, server)
+			return err
+		},
+		Logger:      cfg.Logger,
+		OnIntroduce: n.onIntroduce,
+	})
+	n.mux = &mux{
+		conn:     sock,
+		server:   server,
+		toServer: func(b []byte) { n.rc.HandlePacket(b) },
+		toPunch:  n.routePunch,
+		quic:     newQuicConn(sock),
+		done:     make(chan struct{}),
+	}
+	go n.mux.run()
+	if err := n.start(ctx); err != nil {
+		n.Close()
+		return nil, err
+	}
+	return n, nil
+}
+
+func (n *Node) start(ctx context.Context) error {
+	path := n.cfg.IdentityFile
+	if path == "" {
+		p, err := client.DefaultIdentityPath()
+		if err != nil {
+			return err
+		}
+		path = p
+	}
+	register := func(ctx context.Context, id wire.ID) (wire.Key, error) {
+		return n.rc.Register(ctx, id)
+	}
+	ident, err := client.EnsureRegistered(ctx, path, n.cfg.Server, register)
+	if err != nil {
+		return serverErr(err)
+	}
+	n.self, n.key = ident.ID, ident.Keys[n.cfg.Server]
+
+	public, err := n.rc.PublicAddress(ctx)
+	if err != nil {
+		return serverErr(err)
+	}
+	err = n.rc.Bind(ctx, n.self, n.key, wire.Address{Transport: wire.TransportUDP, AddrPort: public})
+	if errors.Is(err, client.ErrNotRegistered) {
+		// The server forgot us (its registration expired, or its data
+		// was reset): register the same ID again under a new KEY.
+		delete(ident.Keys, n.cfg.Server)
+		if err := ident.Save(path); err != nil {
+			return err
+		}
+		if ident, err = client.EnsureRegistered(ctx, path, n.cfg.Server, register); err != nil {
+			return serverErr(err)
+		}
+		n.self, n.key = ident.ID, ident.Keys[n.cfg.Server]
+		err = n.rc.Bind(ctx, n.self, n.key, wire.Address{Transport: wire.TransportUDP, AddrPort: public})
+	}
+	if err != nil {
+		return serverErr(err)
+	}
+	n.public.Store(public)
+
+	n.tr = &quic.Transport{Conn: n.mux.quic}
+	n.ql, err = n.tr.Listen(&tls.Config{
+		MinVersion:         tls.VersionTLS13,
+		NextProtos:         []string{alpn},
+		GetConfigForClient: n.configForClient,
+	}, quicConfig)
+	if err != nil {
+		return fmt.Errorf("ewf: start QUIC: %w", err)
+	}
+	n.wg.Add(2)
+	go n.keep(n.rc, wire.TransportUDP, func(a netip.AddrPort) { n.public.Store(a) })
+	go n.acceptQUIC()
+
+	if n.cfg.EnableTCP {
+		if err := n.startTCP(ctx); err != nil {
+			if n.cfg.Transport == TransportTCP {
+				return err
+			}
+			// A listener still serves UDP peers when the server's TCP
+			// port is out of reach.
+			n.log.Warn("TCP binding failed; accepting UDP peers only", "err", err)
+		}
+	}
+	return nil
+}
+
+// keep refreshes a binding until the node closes.
+func (n *Node) keep(rc *client.Client, tr wire.Transport, onChange func(netip.AddrPort)) {
+	defer n.wg.Done()
+	interval := n.cfg.KeepaliveInterval
+	if interval == nil {
+		interval = func() time.Duration { return 20*time.Second + rand.N(5*time.Second) }
+	}
+	err := rc.Keep(n.ctx, n.self, n.key, tr, interval, func(a netip.AddrPort) {
+		n.log.Debug("public address", "transport", tr.String(), "addr", a)
+		onChange(a)
+	}, func(err error) {
+		n.log.Warn("binding refresh failed", "transport", tr.String(), "err", err)
+	})
+	if err != nil && n.ctx.Err() == nil {
+		n.log.Error("binding lost", "transport", tr.String(), "err", err)
+	}
+}
+
+// ID returns this node's ID.
+func (n *Node) ID() ID { return n.self }
+
+// PublicAddr returns this node's public UDP address as the server sees it.
+func (n *Node) PublicAddr() netip.AddrPort { return n.public.Load().(netip.AddrPort) }
+
+// PublicTCPAddr returns the public TCP address, if TCP is enabled.
+func (n *Node) PublicTCPAddr() (netip.AddrPort, bool) {
+	if n.tcp == nil {
+		return netip.AddrPort{}, false
+	}
+	return n.tcp.public.Load().(netip.AddrPort), true
+}
+
+// Close ends the node's bindings refresh, closes its sockets and every
+// connection it made, and waits for its goroutines.
+func (n *Node) Close() error {
+	n.closed.Do(func() {
+		n.cancel()
+		if n.ql != nil {
+			n.ql.Close()
+		}
+		if n.tr != nil {
+			n.tr.Close()
+		}
+		if n.tcp != nil {
+			n.tcp.close()
+		}
+		n.sock.Close()
+		<-n.mux.done
+		n.wg.Wait()
+		n.mu.Lock()
+		for _, a := range n.attempts {
+			a.stop()
+		}
+		n.mu.Unlock()
+	})
+	return nil
+}
+
+// Accept waits for the next peer that connects, over either transport.
+func (n *Node) Accept(ctx context.Context) (*Conn, error) {
+	select {
+	case c := <-n.accepted:
+		return c, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-n.ctx.Done():
+		return nil, net.ErrClosed
+	}
+}
+
+// Dial connects to peer over transport tr ("" means the Config's).
+func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
+	if tr == "" {
+		tr = n.cfg.Transport
+	}
+	if tr == TransportTCP && n.tcp == nil {
+		return nil, errors.New("ewf: TCP dial needs Config.EnableTCP")
+	}
+	in, err := n.rc.Introduce(ctx, n.self, n.key, peer, n.candidates())
+	if err != nil {
+		return nil, peerErr(err)
+	}
+	if tr == TransportTCP {
+		addr, ok := addressOf(in.Addresses, wire.TransportTCP)
+		if !ok {
+			return nil, fmt.Errorf("%w: peer %s has no TCP binding", ErrPeerOffline, peer)
+		}
+		return n.dialTCP(ctx, peer, in.Secret, addr, true)
+	}
+	a, err := n.startAttempt(peer, in.Secret, in.Addresses, nil)
+	if err != nil {
+		return nil, err
+	}
+	path, rtt, err := a.wait(ctx)
+	if err != nil {
+		return nil, err
+	}
+	conf, err := tlsConfig(in.Secret, n.self, peer, true)
+	if err != nil {
+		return nil, err
+	}
+	qc, err := n.tr.Dial(ctx, net.UDPAddrFromAddrPort(path), conf, quicConfig)
+	if err != nil {
+		return nil, fmt.Errorf("%w: QUIC handshake with %s: %w", ErrPeerAuth, path, err)
+	}
+	st, err := qc.OpenStreamSync(ctx)
+	if err == nil {
+		_, err = st.Write(preamble[:])
+	}
+	if err != nil {
+		qc.CloseWithError(0, "")
+		return nil, fmt.Errorf("ewf: open stream to %s: %w", path, err)
+	}
+	return newQUICConn(qc, st, peer, rtt), nil
+}
+
+// preamble opens every stream, because QUIC only tells the accepting side
+// about a stream once data arrives on it, and a net.Conn must be usable
+// before either side writes.
+var preamble = [4]byte{'e', 'w', 'f', '1'}
+
+// candidates returns this host's local addresses with the node's ports:
+// the addresses a peer behind the same NAT can reach directly.
+func (n *Node) candidates() []wire.Address {
+	port := n.sock.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+	var out []wire.Address
+	ifaddrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	for _, ia := range ifaddrs {
+		p, err := netip.ParsePrefix(ia.String())
+		if err != nil {
+			continue
+		}
+		ip := p.Addr().Unmap()
+		if ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsMulticast() {
+			continue
+		}
+		out = append(out, wire.Address{Transport: wire.TransportUDP, AddrPort: netip.AddrPortFrom(ip, port)})
+		if len(out) == wire.MaxCandidates {
+			break
+		}
+	}
+	return out
+}
+
+// onIntroduce runs when the server tells us a peer wants to connect: punch
+// towards it over UDP, and over TCP when it bound TCP and so do we.
+func (n *Node) onIntroduce(in client.Introduction) {
+	if n.ctx.Err() != nil {
+		return
+	}
+	conf, err := tlsConfig(in.Secret, n.self, in.Peer, false)
+	if err != nil {
+		n.log.Warn("introduction", "err", err)
+		return
+	}
+	n.mu.Lock()
+	now := time.Now()
+	for name, it := range n.intros {
+		if now.After(it.expires) {
+			delete(n.intros, name)
+		}
+	}
+	n.intros[serverName(in.Secret)] = &intro{
+		peer: in.Peer, secret: in.Secret, tls: conf,
+		expires: now.Add(n.cfg.PunchTimeout + 30*time.Second),
+	}
+	n.mu.Unlock()
+	n.log.Debug("introduced", "peer", in.Peer, "addresses", len(in.Addresses), "candidates", len(in.Candidates))
+	if _, err := n.startAttempt(in.Peer, in.Secret, in.Addresses, in.Candidates); err != nil {
+		n.log.Warn("punch", "peer", in.Peer, "err", err)
+	}
+	if addr, ok := addressOf(in.Addresses, wire.TransportTCP); ok && n.tcp != nil {
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			c, err := n.dialTCP(n.ctx, in.Peer, in.Secret, addr, false)
+			if err != nil {
+				n.log.Debug("tcp punch", "peer", in.Peer, "err", err)
+				return
+			}
+			n.deliver(c)
+		}()
+	}
+}
+
+func (n *Node) deliver(c *Conn) {
+	select {
+	case n.accepted <- c:
+	case <-n.ctx.Done():
+		c.Close()
+	}
+}
+
+// configForClient picks the TLS configuration of the introduction the
+// dialer names, refusing dialers nobody introduced.
+func (n *Node) configForClient(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+	n.mu.Lock()
+	it := n.intros[hello.ServerName]
+	n.mu.Unlock()
+	if it == nil {
+		return nil, ErrPeerAuth
+	}
+	return it.tls, nil
+}
+
+func (n *Node) acceptQUIC() {
+	defer n.wg.Done()
+	for {
+		qc, err := n.ql.Accept(n.ctx)
+		if err != nil {
+			return
+		}
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			c, err := n.acceptStream(qc)
+			if err != nil {
+				n.log.Debug("accept", "remote", qc.RemoteAddr(), "err", err)
+				qc.CloseWithError(1, "")
+				return
+			}
+			n.deliver(c)
+		}()
+	}
+}
+
+func (n *Node) acceptStream(qc *quic.Conn) (*Conn, error) {
+	n.mu.Lock()
+	it := n.intros[qc.ConnectionState().TLS.ServerName]
+	n.mu.Unlock()
+	if it == nil {
+		return nil, ErrPeerAuth
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
+	defer cancel()
+	st, err := qc.AcceptStream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var pre [len(preamble)]byte
+	st.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(st, pre[:]); err != nil || pre != preamble {
+		return nil, errors.New("ewf: bad stream preamble")
+	}
+	st.SetReadDeadline(time.Time{})
+	var rtt time.Duration
+	n.mu.Lock()
+	a := n.attempts[it.peer]
+	n.mu.Unlock()
+	if a != nil {
+		_, rtt, _ = a.result()
+	}
+	return newQUICConn(qc, st, it.peer, rtt), nil
+}
+
+func addressOf(as []wire.Address, tr wire.Transport) (netip.AddrPort, bool) {
+	for _, a := range as {
+		if a.Transport == tr {
+			return a.AddrPort, true
+		}
+	}
+	return netip.AddrPort{}, false
+}
+
+func resolveUDP(ctx context.Context, hostport string) (netip.AddrPort, error) {
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("ewf: server address %q: %w", hostport, err)
+	}
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil || len(ips) == 0 {
+		return netip.AddrPort{}, fmt.Errorf("ewf: resolve server %q: %w", host, err)
+	}
+	p, err := net.DefaultResolver.LookupPort(ctx, "udp", port)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("ewf: server port %q: %w", port, err)
+	}
+	return netip.AddrPortFrom(ips[0].Unmap(), uint16(p)), nil
+}
+
+// serverErr names the server in errors about talking to it.
+func serverErr(err error) error {
+	if errors.Is(err, client.ErrTimeout) {
+		return fmt.Errorf("%w: %w", ErrServerUnreachable, err)
+	}
+	return err
+}
+
+// peerErr turns the server's answers about a peer into ewf's errors.
+func peerErr(err error) error {
+	switch {
+	case errors.Is(err, client.ErrNotRegistered):
+		return fmt.Errorf("%w: %w", ErrUnknownPeer, err)
+	case errors.Is(err, client.ErrNotBound):
+		return fmt.Errorf("%w: %w", ErrPeerOffline, err)
+	}
+	return serverErr(err)
+}
