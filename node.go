@@ -472,8 +472,10 @@ func resolveUDP(ctx context.Context, hostport string) (netip.AddrPort, error) {
 }
 
 // serverErr names the server in errors about talking to it.
+// Every step of Open is a round trip with the server, so a caller's
+// deadline passing there means the server did not answer in time.
 func serverErr(err error) error {
-	if errors.Is(err, client.ErrTimeout) {
+	if errors.Is(err, client.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("%w: %w", ErrServerUnreachable, err)
 	}
 	return err
