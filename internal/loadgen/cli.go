@@ -48,6 +48,7 @@ func Main(ctx context.Context, prog string, args []string, stdout, stderr io.Wri
 		local, err = netip.ParseAddr(s)
 		return err
 	})
+	fs.BoolVar(&cfg.Batch, "batch", false, "move datagrams with recvmmsg/sendmmsg (Linux)")
 	fs.BoolVar(&asJSON, "json", false, "print the result as one JSON object instead of the summary and key=value line")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: %s [flags]\n\nFloods an ewf (or any STUN) server with requests from many UDP sockets,\nchecks every response and prints requests/s and latency percentiles.\nExit status: 0 all responses valid, 1 invalid responses, 2 error.\n\nFlags:\n", prog)

@@ -102,6 +102,10 @@ type Config struct {
 	// socket paces itself at Rate/Sockets. 0 means as fast as the
 	// closed loop allows.
 	Rate float64
+	// Batch moves datagrams with recvmmsg/sendmmsg (Linux only): one
+	// system call per socket reads every waiting answer and one sends
+	// every request there is room for.
+	Batch bool
 	// Local is the local IP address the sockets bind to. The zero value
 	// lets the kernel choose (127.0.0.1 for a server on 127.0.0.1).
 	Local netip.Addr

@@ -84,7 +84,13 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		}
 		var seed [32]byte
 		_, _ = rand.Read(seed[:])
-		workers = append(workers, newWorker(&cfg, i, conn, seed))
+		w := newWorker(&cfg, i, conn, seed)
+		workers = append(workers, w)
+		if cfg.Batch {
+			if w.bio, err = newBatchIO(conn, cfg.Depth); err != nil {
+				return Result{}, fmt.Errorf("loadgen: batched I/O: %w", err)
+			}
+		}
 	}
 
 	// Cancellation closes the sockets: every blocked read returns at once.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -156,17 +157,36 @@ func TestSTUN(t *testing.T) {
 			},
 		},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			srv := startResponder(t, tt.handler, tt.delay)
-			r, err := Run(context.Background(), testConfig(srv.addr(), ModeSTUN, tt.timeout))
-			if !errors.Is(err, tt.wantErr) || (tt.wantErr == nil && err != nil) {
-				t.Fatalf("Run: %v, want %v", err, tt.wantErr)
-			}
-			checkInvariants(t, r)
-			tt.check(t, r)
-		})
+	for _, batch := range batchModes() {
+		for _, tt := range tests {
+			t.Run(ioName(batch)+"/"+tt.name, func(t *testing.T) {
+				srv := startResponder(t, tt.handler, tt.delay)
+				cfg := testConfig(srv.addr(), ModeSTUN, tt.timeout)
+				cfg.Batch = batch
+				r, err := Run(context.Background(), cfg)
+				if !errors.Is(err, tt.wantErr) || (tt.wantErr == nil && err != nil) {
+					t.Fatalf("Run: %v, want %v", err, tt.wantErr)
+				}
+				checkInvariants(t, r)
+				tt.check(t, r)
+			})
+		}
 	}
+}
+
+// batchModes are the I/O paths to test: batched I/O is Linux-only.
+func batchModes() []bool {
+	if runtime.GOOS == "linux" {
+		return []bool{false, true}
+	}
+	return []bool{false}
+}
+
+func ioName(batch bool) string {
+	if batch {
+		return "batch"
+	}
+	return "single"
 }
 
 func TestSTUNNoServerIsLost(t *testing.T) {
@@ -178,15 +198,21 @@ func TestSTUNNoServerIsLost(t *testing.T) {
 	}
 	addr := pc.LocalAddr().(*net.UDPAddr).AddrPort()
 	pc.Close()
-	r, err := Run(context.Background(), testConfig(addr, ModeSTUN, shortTimeout))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r.Sent == 0 || r.Lost != r.Sent || r.ReadErrors+r.WriteErrors == 0 {
-		t.Errorf("sent %d lost %d socket errors %d+%d", r.Sent, r.Lost, r.ReadErrors, r.WriteErrors)
-	}
-	if !strings.Contains(r.String(), "is the server up?") {
-		t.Errorf("summary does not point at the socket errors:\n%s", r)
+	for _, batch := range batchModes() {
+		t.Run(ioName(batch), func(t *testing.T) {
+			cfg := testConfig(addr, ModeSTUN, shortTimeout)
+			cfg.Batch = batch
+			r, err := Run(context.Background(), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Sent == 0 || r.Lost != r.Sent || r.ReadErrors+r.WriteErrors == 0 {
+				t.Errorf("sent %d lost %d socket errors %d+%d", r.Sent, r.Lost, r.ReadErrors, r.WriteErrors)
+			}
+			if !strings.Contains(r.String(), "is the server up?") {
+				t.Errorf("summary does not point at the socket errors:\n%s", r)
+			}
+		})
 	}
 }
 
@@ -254,7 +280,9 @@ func TestXModes(t *testing.T) {
 				tt.server(s)
 			}
 			srv := startResponder(t, s.handle, 0)
-			r, err := Run(context.Background(), testConfig(srv.addr(), tt.mode, longTimeout))
+			cfg := testConfig(srv.addr(), tt.mode, longTimeout)
+			cfg.Batch = tt.mode == ModeQuery && runtime.GOOS == "linux" // both I/O paths see X
+			r, err := Run(context.Background(), cfg)
 			if !errors.Is(err, tt.wantErr) || (tt.wantErr == nil && err != nil) {
 				t.Fatalf("Run: %v, want %v", err, tt.wantErr)
 			}

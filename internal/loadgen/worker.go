@@ -136,6 +136,7 @@ type worker struct {
 	nextTx  time.Duration // pacing: earliest next send
 	refresh time.Duration // ModeQuery: next re-BIND
 
+	bio  *batchIO // nil: one datagram per system call
 	rng  *rand.ChaCha8
 	buf  []byte
 	out  []byte
@@ -193,6 +194,7 @@ func (w *worker) run(t timing) {
 		sending := now < t.stopAt
 		if sending {
 			w.fill(now, t)
+			w.flush()
 			oldest = min(oldest, w.oldestExpiry())
 		}
 		if w.active == 0 && !sending {
@@ -211,7 +213,15 @@ func (w *worker) run(t timing) {
 				return // closed
 			}
 		}
-		n, err := w.conn.Read(w.buf)
+		var (
+			n   int
+			err error
+		)
+		if w.bio != nil {
+			n, err = w.bio.read()
+		} else {
+			n, err = w.conn.Read(w.buf)
+		}
 		now = time.Since(t.base)
 		if err != nil {
 			switch {
@@ -225,7 +235,13 @@ func (w *worker) run(t timing) {
 			}
 			continue
 		}
-		w.handle(w.buf[:n], now)
+		if w.bio == nil {
+			w.handle(w.buf[:n], now)
+			continue
+		}
+		for i := range n {
+			w.handle(w.bio.packet(i), now)
+		}
 	}
 }
 
@@ -286,11 +302,16 @@ func (w *worker) fill(now time.Duration, t timing) {
 		}
 		w.seq++
 		*s = slot{active: true, seq: w.seq, sent: now, measured: now >= t.measureFrom}
-		w.encode(s, now)
 		w.active++
 		if s.measured {
 			w.c.sent++
 		}
+		if w.bio != nil {
+			p := w.bio.queue()
+			*p = w.encode((*p)[:0], s, now)
+			continue
+		}
+		w.out = w.encode(w.out[:0], s, now)
 		if _, err := w.conn.Write(w.out); err != nil {
 			// The slot stays in flight and times out as lost: a
 			// server that is down then shows as lost requests
@@ -300,12 +321,18 @@ func (w *worker) fill(now time.Duration, t timing) {
 	}
 }
 
-// encode writes the request for s into w.out.
-func (w *worker) encode(s *slot, now time.Duration) {
+// flush sends what fill queued for a batched socket.
+func (w *worker) flush() {
+	if w.bio != nil && w.bio.pending() > 0 {
+		w.c.writeErrs += uint64(w.bio.flush())
+	}
+}
+
+// encode appends the request for s to b.
+func (w *worker) encode(b []byte, s *slot, now time.Duration) []byte {
 	tx := w.txid(s.seq)
 	if w.cfg.Mode == ModeSTUN {
-		w.out = appendBindingRequest(w.out[:0], tx)
-		return
+		return appendBindingRequest(b, tx)
 	}
 	m := &w.xreq
 	m.Reset()
@@ -342,7 +369,7 @@ func (w *worker) encode(s *slot, now time.Duration) {
 		_, _ = w.rng.Read(id[:])
 		m.SetID(id)
 	}
-	w.out = m.AppendTo(w.out[:0])
+	return m.AppendTo(b)
 }
 
 // appendBindingRequest appends a STUN Binding request with no attributes,

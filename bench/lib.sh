@@ -1,0 +1,128 @@
+# Shared helpers of the bench/ scripts; sourced, not run.
+#
+# Every process a script starts is recorded in PIDS and killed by the EXIT
+# trap, and only those: a coturn installed as a system service is never
+# touched.
+
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/ewf-bench.XXXXXX")
+PIDS=()
+CLK_TCK=$(getconf CLK_TCK)
+
+cleanup() {
+	local p
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+	if [[ -n "${KEEP_TMP:-}" ]]; then
+		echo "logs kept in $TMP" >&2
+	else
+		rm -rf "$TMP"
+	fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { echo "# $*" >&2; }
+
+# build_tools builds ewf-bench (and ewfd unless NO_EWFD is set) into $TMP.
+build_tools() {
+	(cd "$REPO" && go build -o "$TMP/ewf-bench" ./cmd/ewf-bench)
+	if [[ -z "${NO_EWFD:-}" ]]; then
+		(cd "$REPO" && go build -o "$TMP/ewfd" ./cmd/ewfd)
+	fi
+}
+
+# start_ewfd ADDR: ewfd on ADDR with a fresh data directory. Per-source
+# limits exist to stop abuse from one address (50 requests/s, 20 REGISTERs
+# an hour by default); the generator is one address, 127.0.0.1, sending as
+# much as it can, so EWFD_BENCH_FLAGS lifts them, and EWFD_FLAGS adds
+# anything else. coturn has no such limit to lift.
+EWFD_BENCH_DEFAULT="-rate 1e9 -register-per-ip 1000000000 -log-level warn"
+start_ewfd() {
+	mkdir -p "$TMP/data"
+	# shellcheck disable=SC2086
+	"$TMP/ewfd" -listen "$1" -data "$TMP/data" ${EWFD_BENCH_FLAGS-$EWFD_BENCH_DEFAULT} ${EWFD_FLAGS:-} >"$TMP/ewfd.log" 2>&1 &
+	EWFD_PID=$!
+	PIDS+=("$EWFD_PID")
+}
+
+# start_coturn PORT: coturn as a STUN-only server on 127.0.0.1:PORT, our
+# own process with no configuration file; see bench/README.md for why
+# these options.
+start_coturn() {
+	command -v turnserver >/dev/null || {
+		echo "coturn is not installed (apt-get install -y coturn)" >&2
+		exit 2
+	}
+	# shellcheck disable=SC2086
+	turnserver -n --stun-only \
+		--listening-ip 127.0.0.1 --listening-port "$1" \
+		--no-tls --no-dtls --no-cli --no-rfc5780 --no-software-attribute \
+		--userdb "$TMP/turndb" --pidfile "$TMP/turnserver.pid" \
+		--log-file "$TMP/turnserver.log" --simple-log --no-stdout-log \
+		${COTURN_FLAGS:-} >/dev/null 2>&1 &
+	COTURN_PID=$!
+	PIDS+=("$COTURN_PID")
+}
+
+# wait_ready PID ADDR: until a STUN Binding to ADDR is answered.
+wait_ready() {
+	local i out
+	for i in $(seq 100); do
+		kill -0 "$1" 2>/dev/null || {
+			echo "server at $2 exited; logs in $TMP" >&2
+			KEEP_TMP=1
+			exit 2
+		}
+		out=$("$TMP/ewf-bench" --server "$2" --sockets 1 --depth 1 --duration 100ms --warmup 0 \
+			--timeout 100ms 2>/dev/null) || true
+		if [[ $out == *" ok="[1-9]* ]]; then
+			return 0
+		fi
+		sleep 0.1
+	done
+	echo "server at $2 does not answer STUN" >&2
+	exit 2
+}
+
+# cpu_ticks PID: user+system CPU of a process (all threads) in clock ticks.
+cpu_ticks() {
+	# Fields after the ")" that ends the command name: utime is the 12th,
+	# stime the 13th.
+	sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
+}
+
+# kv KEY LINE: the value of KEY in an ewf-bench key=value line.
+kv() { tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p"; }
+
+# bench PID ADDR MODE: one ewf-bench run; prints its key=value line with
+# server_cpu_pct (the server's CPU over the run, 100 = one core) appended.
+# Fails the script if the server sent a bad response.
+bench() {
+	local pid=$1 addr=$2 mode=$3 t0 t1 out rc=0 wall
+	t0=$(cpu_ticks "$pid")
+	out=$("$TMP/ewf-bench" --server "$addr" --mode "$mode" --sockets "${SOCKETS:-64}" \
+		--depth "${DEPTH:-4}" --duration "${DURATION:-10s}" --warmup "${WARMUP:-1s}" \
+		${BENCH_FLAGS:-}) || rc=$?
+	t1=$(cpu_ticks "$pid")
+	if [[ $rc -ne 0 ]]; then
+		echo "$out" >&2
+		echo "ewf-bench against $addr failed (exit $rc)" >&2
+		exit 1
+	fi
+	out=$(tail -n 1 <<<"$out")
+	wall=$(kv wall_s "$out")
+	echo "$out server_cpu_pct=$(awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v w="$wall" 'BEGIN{printf "%.0f", 100*t/hz/w}')"
+}
+
+# median: the median of the numbers on stdin, one per line.
+median() {
+	sort -n | awk '{v[NR]=$1} END{if (NR%2) print v[(NR+1)/2]; else printf "%.0f\n", (v[NR/2]+v[NR/2+1])/2}'
+}
+
+# machine: one line about where the numbers come from.
+machine() {
+	echo "$(nproc) CPUs ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1)), Linux $(uname -r), $(go version | cut -d' ' -f3), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+}
