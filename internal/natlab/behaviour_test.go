@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -168,10 +167,13 @@ func delayedAnswer(lab *Lab, host string, delay, keepalive time.Duration) (bool,
 }
 
 // TestTCPSimultaneousOpen learns each host's TCP mapping from the
-// responder, then has both dial each other's mapping from the same local
-// port at once. Conntrack treats the peer's SYN as the reply of the
-// outbound SYN, so this works through every endpoint-independent mapping,
-// including the same home router with hairpinning.
+// responder, then has both listen on their local port and dial each
+// other's mapping from it at once. Conntrack treats the peer's SYN as the
+// reply of the outbound SYN, so this works through every endpoint-
+// independent mapping, including the same home router with hairpinning.
+// Listening matters behind full-cone NATs: an early SYN that finds no
+// socket is answered with RST, which leaves the conntrack entry closed and
+// the peer's own SYN invalid for the next 10 s.
 func TestTCPSimultaneousOpen(t *testing.T) {
 	nats := []NAT{FullCone, Restricted, PortRestricted, CGNAT}
 	var spec Spec
@@ -213,41 +215,35 @@ func TestTCPSimultaneousOpen(t *testing.T) {
 	wg.Wait()
 }
 
+type tcpEnd struct {
+	host   string
+	local  uint16
+	mapped netip.AddrPort
+	ln     *net.TCPListener
+}
+
 func simultaneousOpen(lab *Lab, a, b string) error {
-	type end struct {
-		host   string
-		local  uint16
-		mapped netip.AddrPort
-	}
-	ends := [2]*end{{host: a}, {host: b}}
+	ends := [2]*tcpEnd{{host: a}, {host: b}}
 	for _, e := range ends {
 		m, local, err := lab.tcpMapped(e.host, 0, responderEndpoints[0])
 		if err != nil {
 			return err
 		}
 		e.local, e.mapped = local, m
+		if e.ln, err = lab.ListenTCP(e.host, local); err != nil {
+			return err
+		}
+		defer e.ln.Close()
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	type dialed struct {
+	type result struct {
 		c   *net.TCPConn
 		err error
 	}
-	results := [2]chan dialed{make(chan dialed, 1), make(chan dialed, 1)}
+	results := [2]chan result{make(chan result, 1), make(chan result, 1)}
 	for i, e := range ends {
-		peer := ends[1-i].mapped
 		go func() {
-			// A SYN that reaches a full-cone peer before the peer's own
-			// SYN is answered with RST (nothing listens there yet): dial
-			// again, as a real client would.
-			for {
-				c, err := lab.DialTCP(ctx, e.host, e.local, peer)
-				if err == nil || ctx.Err() != nil || !errors.Is(err, syscallECONNREFUSED) {
-					results[i] <- dialed{c, err}
-					return
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
+			c, err := punchTCP(lab, e, ends[1-i].mapped, 15*time.Second)
+			results[i] <- result{c, err}
 		}()
 	}
 	var conns [2]*net.TCPConn
@@ -255,7 +251,7 @@ func simultaneousOpen(lab *Lab, a, b string) error {
 	for i := range ends {
 		r := <-results[i]
 		if r.err != nil {
-			errs = append(errs, fmt.Errorf("%s dialing %v: %w", ends[i].host, ends[1-i].mapped, r.err))
+			errs = append(errs, fmt.Errorf("%s to %v: %w", ends[i].host, ends[1-i].mapped, r.err))
 			continue
 		}
 		conns[i] = r.c
@@ -264,7 +260,7 @@ func simultaneousOpen(lab *Lab, a, b string) error {
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
-	// Prove the two sockets are connected to each other.
+	// Prove the two sockets are the two ends of one connection.
 	conns[0].SetDeadline(time.Now().Add(5 * time.Second))
 	conns[1].SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := conns[0].Write([]byte("x")); err != nil {
@@ -277,4 +273,58 @@ func simultaneousOpen(lab *Lab, a, b string) error {
 	return nil
 }
 
-var syscallECONNREFUSED = syscall.ECONNREFUSED
+// punchTCP accepts on e.ln and dials peer from e.local at the same time,
+// redialling after failures, and returns the first connection to peer.
+func punchTCP(lab *Lab, e *tcpEnd, peer netip.AddrPort, timeout time.Duration) (*net.TCPConn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	got := make(chan *net.TCPConn, 2)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := e.ln.AcceptTCP()
+			if err != nil {
+				return
+			}
+			if c.RemoteAddr().String() == peer.String() {
+				got <- c
+				return
+			}
+			c.Close()
+		}
+	}()
+	var lastErr error
+	go func() {
+		defer wg.Done()
+		for ctx.Err() == nil {
+			c, err := lab.DialTCP(ctx, e.host, e.local, peer)
+			if err == nil {
+				got <- c
+				return
+			}
+			lastErr = err
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+	var c *net.TCPConn
+	select {
+	case c = <-got:
+	case <-ctx.Done():
+	}
+	cancel()
+	e.ln.Close()
+	wg.Wait()
+	close(got)
+	for extra := range got {
+		extra.Close()
+	}
+	if c == nil {
+		return nil, fmt.Errorf("no connection: last dial error: %v", lastErr)
+	}
+	return c, nil
+}

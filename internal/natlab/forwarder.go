@@ -44,6 +44,7 @@ type ForwarderStats struct {
 	Forwarded uint64 // sent on after the delay
 	Lost      uint64 // dropped by the loss decision
 	Overflow  uint64 // dropped because the queue was full
+	SendFail  uint64 // dropped because the kernel refused the send (ENOBUFS)
 }
 
 type direction struct {
@@ -53,6 +54,7 @@ type direction struct {
 	forwarded atomic.Uint64
 	lost      atomic.Uint64
 	overflow  atomic.Uint64
+	sendFail  atomic.Uint64
 }
 
 type frame struct {
@@ -174,7 +176,8 @@ func (f *Forwarder) write(d *direction) {
 			if errors.Is(err, os.ErrClosed) {
 				return
 			}
-			continue // e.g. ENOBUFS: a lost frame, as on a real link
+			d.sendFail.Add(1) // e.g. ENOBUFS: a lost frame, as on a real link
+			continue
 		}
 		d.forwarded.Add(1)
 	}
@@ -184,7 +187,7 @@ func (f *Forwarder) write(d *direction) {
 // directions.
 func (f *Forwarder) Stats() (out, in ForwarderStats) {
 	get := func(d *direction) ForwarderStats {
-		return ForwarderStats{Forwarded: d.forwarded.Load(), Lost: d.lost.Load(), Overflow: d.overflow.Load()}
+		return ForwarderStats{Forwarded: d.forwarded.Load(), Lost: d.lost.Load(), Overflow: d.overflow.Load(), SendFail: d.sendFail.Load()}
 	}
 	return get(f.dirs[0]), get(f.dirs[1])
 }

@@ -102,7 +102,7 @@ func TestForwarder(t *testing.T) {
 	run := func(host string, n int) chan result {
 		ch := make(chan result, 1)
 		go func() {
-			st, err := ping(lab, host, n, 5*time.Millisecond, 500*time.Millisecond)
+			st, err := ping(lab, host, n, 5*time.Millisecond, 2*time.Second)
 			ch <- result{st, err}
 		}()
 		return ch
@@ -121,6 +121,8 @@ func TestForwarder(t *testing.T) {
 	if plain.st.received != plain.st.sent {
 		t.Errorf("plain link lost %d of %d", plain.st.sent-plain.st.received, plain.st.sent)
 	}
+	slowOut, slowIn := lab.Forwarder("slow-gw").Stats()
+	t.Logf("slow forwarder: out %+v, in %+v", slowOut, slowIn)
 	if slow.st.received != slow.st.sent {
 		t.Errorf("delay-only link lost %d of %d", slow.st.sent-slow.st.received, slow.st.sent)
 	}

@@ -162,6 +162,9 @@ func (r natRules) text() string {
 		p("    iifname \"wan0\" ct state new meta l4proto { udp, tcp } ip saddr . meta l4proto . th dport @permit meta l4proto . th dport @mapping accept")
 	}
 	p("    iifname \"wan0\" drop")
+	// A packet conntrack cannot place would leave without NAT, leaking an
+	// inside address; home routers drop those.
+	p("    iifname \"lan0\" ct state invalid drop")
 	if r.hairpin {
 		p("    iifname \"lan0\" ip daddr %s ct state new meta l4proto { udp, tcp } meta l4proto . th dport @mapping accept", w)
 		p("    iifname \"lan0\" ip daddr %s ct state new drop", w)

@@ -192,15 +192,21 @@ func (l *Lab) ListenUDP(hostName string, port uint16) (*net.UDPConn, error) {
 }
 
 // ListenTCP opens a TCP listener inside a host's namespace, on all
-// addresses. Close it when done.
+// addresses, with SO_REUSEADDR and SO_REUSEPORT so that DialTCP can
+// connect out from the same port (TCP hole punching listens and connects
+// at once). Close it when done.
 func (l *Lab) ListenTCP(hostName string, port uint16) (*net.TCPListener, error) {
-	var ln *net.TCPListener
+	var ln net.Listener
 	err := inNetns(l.host(hostName).ns, func() error {
+		lc := net.ListenConfig{Control: reuseControl}
 		var err error
-		ln, err = net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4zero, Port: int(port)})
+		ln, err = lc.Listen(context.Background(), "tcp4", fmt.Sprintf("0.0.0.0:%d", port))
 		return err
 	})
-	return ln, err
+	if err != nil {
+		return nil, err
+	}
+	return ln.(*net.TCPListener), nil
 }
 
 // DialTCP connects from a host's namespace to dst, from local port port

@@ -252,7 +252,7 @@ func (p *Proc) Wait(timeout time.Duration) error {
 	}
 }
 
-// Kill kills the process and waits until it is reaped.
+// Kill kills the process and waits (up to 5 s) until it is reaped.
 func (p *Proc) Kill() { p.kill() }
 
 func (p *Proc) kill() {
@@ -260,7 +260,12 @@ func (p *Proc) kill() {
 		_ = p.cmd.Process.Signal(syscall.SIGKILL)
 		_ = p.stdin.Close()
 	})
-	<-p.done
+	// The binary dies at once; only a child it forked could hold the
+	// pipes open. Close then kills whatever is left in the namespaces.
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+	}
 }
 
 // alive reports whether the process has not been reaped yet.
