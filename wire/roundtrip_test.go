@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"net/netip"
+	"reflect"
 	"testing"
 
 	"github.com/ewf-project/ewf/wire"
@@ -245,5 +246,23 @@ func TestAttributeOrderIrrelevant(t *testing.T) {
 				t.Fatalf("%s shuffled: fixed attributes differ", g.name)
 			}
 		}
+	}
+}
+
+// TestResetIsZero: Reset after the largest message leaves exactly the zero
+// Message, also when the counts were set out of range by hand.
+func TestResetIsZero(t *testing.T) {
+	for _, g := range goldens {
+		m := g.want
+		m.Raw = []byte{1}
+		m.Reset()
+		if !reflect.DeepEqual(m, wire.Message{}) {
+			t.Fatalf("%s: Reset left %+v", g.name, m)
+		}
+	}
+	m := wire.Message{NumAddresses: -1, NumCandidates: 99}
+	m.Reset()
+	if !reflect.DeepEqual(m, wire.Message{}) {
+		t.Fatalf("Reset with bad counts left %+v", m)
 	}
 }
