@@ -19,12 +19,14 @@ import (
 type common struct {
 	server   string
 	identity string
+	punch    time.Duration
 	verbose  bool
 }
 
 func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.server, "server", os.Getenv("EWF_SERVER"), "ewfd rendezvous server `HOST:PORT` (default $EWF_SERVER)")
 	fs.StringVar(&c.identity, "identity", "", "identity `FILE` (default: ewf/identity.json in the user config directory)")
+	fs.DurationVar(&c.punch, "punch-timeout", 10*time.Second, "give up hole punching towards one peer after this `duration`")
 	fs.BoolVar(&c.verbose, "v", false, "log debug detail to stderr")
 }
 
@@ -36,7 +38,7 @@ func (c *common) check() error {
 }
 
 func (c *common) config() ewf.Config {
-	cfg := ewf.Config{Server: c.server, IdentityFile: c.identity}
+	cfg := ewf.Config{Server: c.server, IdentityFile: c.identity, PunchTimeout: c.punch}
 	if c.verbose {
 		cfg.Logger = debugLogger()
 	}
