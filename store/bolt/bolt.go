@@ -17,11 +17,14 @@
 package bolt
 
 import (
+	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -134,9 +137,15 @@ type Store struct {
 	// Committer-owned scratch, reused so that steady-state commits do not
 	// allocate beyond what bbolt itself does.
 	batch  []pending
+	keys   []byte
 	values []byte
 	recs   []record
 	ids    []store.ID
+	seqs   []uint64
+	// orphans are records out of the index but still on disk: superseded
+	// duplicates found by Open, and expired ones whose delete failed. The
+	// next expiry deletes them.
+	orphans []uint64
 
 	stats struct {
 		commits, committed, commitFailures, busy atomic.Uint64
@@ -150,6 +159,7 @@ type pending struct {
 	id   store.ID
 	key  store.Key
 	last uint32
+	seq  uint64 // assigned in the commit
 	done func(error)
 }
 
@@ -218,7 +228,6 @@ func newStore(db *bbolt.DB, opts Options) (s *Store, err error) {
 	slack := (opts.TouchResolution + opts.TouchFlushInterval) / time.Second
 	s = &Store{
 		db:      db,
-		idx:     newIndex(opts.TouchResolution, 0),
 		opts:    opts,
 		log:     opts.Logger,
 		slack:   uint32(min(slack, 1<<32-1)),
@@ -228,16 +237,22 @@ func newStore(db *bbolt.DB, opts Options) (s *Store, err error) {
 		stopped: make(chan struct{}),
 	}
 	start := time.Now()
-	// bbolt panics on some damaged pages rather than returning an error;
-	// the read transaction is rolled back by View, so a panic here can be
-	// reported as a bad file instead of killing ewfd at startup.
-	defer func() {
-		if p := recover(); p != nil {
-			s, err = nil, fmt.Errorf("%w: %v", ErrCorrupt, p)
-		}
-	}()
-	if err := db.View(func(tx *bbolt.Tx) error { return loadAll(tx, s.idx) }); err != nil {
+	if err := db.View(func(tx *bbolt.Tx) (err error) {
+		// bbolt panics on some damaged pages rather than returning an
+		// error. View rolls the transaction back on the way out, so the
+		// panic can be reported as a bad file instead of killing ewfd.
+		defer func() {
+			if p := recover(); p != nil {
+				err = fmt.Errorf("%w: %v", ErrCorrupt, p)
+			}
+		}()
+		s.idx, s.orphans, err = loadAll(tx, opts.TouchResolution)
+		return err
+	}); err != nil {
 		return nil, err
+	}
+	if err := releaseMapped(db); err != nil {
+		s.log.Warn("could not release the mapped store file; it stays in resident memory", "err", err)
 	}
 	s.log.Info("registration store loaded", "registrations", s.Len(), "took", time.Since(start))
 	go s.run()
@@ -263,7 +278,7 @@ func (s *Store) enqueue(id store.ID, key store.Key, last uint32, done func(error
 	if s.closed {
 		return store.ErrClosed
 	}
-	if err := s.idx.reserve(id, key, last, int64(s.opts.MaxRegistrations)); err != nil {
+	if err := s.idx.reserve(&id, &key, last, int64(s.opts.MaxRegistrations)); err != nil {
 		return err
 	}
 	select {
@@ -429,19 +444,22 @@ drain:
 	if len(batch) == 0 {
 		return false
 	}
-	if need := len(batch) * valueLen; cap(s.values) < need {
-		s.values = make([]byte, need)
-	}
-	values := s.values[:len(batch)*valueLen]
+	keys, values := s.scratch(len(batch))
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(regBucket)
+		b.FillPercent = appendFill
 		for i := range batch {
 			p := &batch[i]
+			seq, err := b.NextSequence()
+			if err != nil {
+				return err
+			}
+			p.seq = seq
 			// bbolt keeps value slices until the commit, so each record
 			// gets its own piece of the buffer.
-			v := values[i*valueLen : (i+1)*valueLen]
-			putValue(v, &p.key, p.last)
-			if err := b.Put(p.id[:], v); err != nil {
+			k, v := keys[i*keyLen:(i+1)*keyLen], values[i*valueLen:(i+1)*valueLen]
+			putRecord(k, v, seq, &p.id, &p.key, p.last)
+			if err := b.Put(k, v); err != nil {
 				return err
 			}
 		}
@@ -451,7 +469,7 @@ drain:
 		s.stats.commits.Add(1)
 		s.stats.committed.Add(uint64(len(batch)))
 		for i := range batch {
-			s.idx.confirm(&batch[i].id)
+			s.idx.confirm(&batch[i].id, batch[i].seq)
 		}
 	} else {
 		s.stats.commitFailures.Add(uint64(len(batch)))
@@ -470,6 +488,16 @@ drain:
 	return true
 }
 
+// scratch returns key and value buffers for n records, reused between
+// transactions (bbolt holds on to them only until its commit returns).
+func (s *Store) scratch(n int) (keys, values []byte) {
+	if cap(s.keys) < n*keyLen {
+		s.keys = make([]byte, n*keyLen)
+		s.values = make([]byte, n*valueLen)
+	}
+	return s.keys[:n*keyLen], s.values[:n*valueLen]
+}
+
 // flushTouches writes every dirty last-use time in one transaction.
 func (s *Store) flushTouches() error {
 	recs := s.idx.takeDirty(s.recs[:0])
@@ -477,17 +505,17 @@ func (s *Store) flushTouches() error {
 	if len(recs) == 0 {
 		return nil
 	}
-	if need := len(recs) * valueLen; cap(s.values) < need {
-		s.values = make([]byte, need)
-	}
-	values := s.values[:len(recs)*valueLen]
+	// In file order, so that neighbours share the page they rewrite.
+	slices.SortFunc(recs, func(a, b record) int { return cmp.Compare(a.seq, b.seq) })
+	keys, values := s.scratch(len(recs))
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(regBucket)
+		b.FillPercent = appendFill
 		for i := range recs {
 			r := &recs[i]
-			v := values[i*valueLen : (i+1)*valueLen]
-			putValue(v, &r.key, r.last)
-			if err := b.Put(r.id[:], v); err != nil {
+			k, v := keys[i*keyLen:(i+1)*keyLen], values[i*valueLen:(i+1)*valueLen]
+			putRecord(k, v, r.seq, &r.id, &r.key, r.last)
+			if err := b.Put(k, v); err != nil {
 				return err
 			}
 		}
@@ -506,6 +534,13 @@ func (s *Store) flushTouches() error {
 const expireGroup = 16384
 
 func (s *Store) expire(cutoff time.Time) (int, error) {
+	// Records whose delete failed earlier go first. They are already out
+	// of the index, so they are not counted again.
+	if err := s.deleteRecords(s.orphans); err != nil {
+		return 0, fmt.Errorf("store: deleting expired registrations: %w", err)
+	}
+	s.orphans = s.orphans[:0]
+
 	c := unixSecs(cutoff)
 	if c <= s.slack {
 		return 0, nil
@@ -514,6 +549,7 @@ func (s *Store) expire(cutoff time.Time) (int, error) {
 	ids := s.idx.expiredIDs(c, s.ids[:0])
 	defer func() { s.ids = ids[:0] }()
 	total := 0
+	var err error
 	for start := 0; start < len(ids); start += expireGroup {
 		group := ids[start:min(start+expireGroup, len(ids))]
 		// Removing from the index first, on this goroutine, means a
@@ -521,25 +557,46 @@ func (s *Store) expire(cutoff time.Time) (int, error) {
 		// after this delete.
 		gone := s.idx.removeExpired(group, c, s.recs[:0])
 		s.recs = gone[:0]
-		if len(gone) == 0 {
-			continue
+		seqs := s.seqs[:0]
+		for i := range gone {
+			seqs = append(seqs, gone[i].seq)
 		}
-		err := s.db.Update(func(tx *bbolt.Tx) error {
-			b := tx.Bucket(regBucket)
-			for i := range gone {
-				if err := b.Delete(gone[i].id[:]); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			s.idx.restore(gone)
-			return total, fmt.Errorf("store: deleting expired registrations: %w", err)
-		}
+		s.seqs = seqs[:0]
 		total += len(gone)
 		s.stats.expired.Add(uint64(len(gone)))
+		if err = s.deleteRecords(seqs); err != nil {
+			// The index, the truth while ewfd runs, has them expired
+			// already; the disk catches up at the next expiry. Should
+			// ewfd stop first, they are loaded again and expire again.
+			s.orphans = append(s.orphans, seqs...)
+			break
+		}
 		s.commitQueued(pending{})
 	}
+	if total > 0 {
+		s.idx.shrink()
+	}
+	if err != nil {
+		return total, fmt.Errorf("store: deleting expired registrations: %w", err)
+	}
 	return total, nil
+}
+
+// deleteRecords deletes records by sequence in one transaction.
+func (s *Store) deleteRecords(seqs []uint64) error {
+	if len(seqs) == 0 {
+		return nil
+	}
+	slices.Sort(seqs) // in file order
+	return s.db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(regBucket)
+		var k [keyLen]byte
+		for _, seq := range seqs {
+			binary.BigEndian.PutUint64(k[:], seq)
+			if err := b.Delete(k[:]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -18,7 +19,10 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
+		removeFixtures()
+		os.Exit(code)
+	}))
 }
 
 // t0 is an arbitrary fixed "now"; time is always passed in, never read.
@@ -261,17 +265,27 @@ func TestExpireDeletesOnlyCertainlyIdle(t *testing.T) {
 // lastOnDisk reads the stored last-use time of id.
 func lastOnDisk(t *testing.T, s *Store, id store.ID) time.Time {
 	t.Helper()
-	var last int64 = -1
+	h, sh := s.idx.locate(&id)
+	sh.mu.RLock()
+	i, ok := sh.t.find(&id, h)
+	seq := sh.t.slots[i].seq
+	sh.mu.RUnlock()
+	if !ok {
+		t.Fatalf("%x not in the index", id)
+	}
+	var v []byte
 	err := s.db.View(func(tx *bbolt.Tx) error {
-		if v := tx.Bucket(regBucket).Get(id[:]); v != nil {
-			last = int64(binary.BigEndian.Uint64(v[16:]))
+		v = tx.Bucket(regBucket).Get(binary.BigEndian.AppendUint64(nil, seq))
+		if len(v) != valueLen || store.ID(v[:16]) != id {
+			t.Errorf("record %d = %x, want ID %x", seq, v, id)
 		}
+		v = slices.Clone(v)
 		return nil
 	})
-	if err != nil || last < 0 {
-		t.Fatalf("reading %x: %v (found=%v)", id, err, last >= 0)
+	if err != nil || len(v) != valueLen {
+		t.Fatalf("reading %x: %v", id, err)
 	}
-	return time.Unix(last, 0).UTC()
+	return time.Unix(int64(binary.BigEndian.Uint64(v[32:])), 0).UTC()
 }
 
 func TestTouchIsWrittenAtCloseAndSurvivesReopen(t *testing.T) {
@@ -510,6 +524,43 @@ func TestOpenOfForeignOrDamagedFileFails(t *testing.T) {
 				t.Error("a failed Open changed the file")
 			}
 		})
+	}
+}
+
+func TestOpenKeepsLaterOfDuplicateRecordsAndDeletesEarlier(t *testing.T) {
+	// Two records of one ID happen when an expiry's delete failed and the
+	// ID was registered again before the retry.
+	dir := t.TempDir()
+	s := open(t, dir, Options{})
+	id := store.ID{3}
+	mustRegister(t, s, id, store.Key{1}, t0)
+	mustClose(t, s)
+	db, err := bbolt.Open(filepath.Join(dir, FileName), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, v := make([]byte, keyLen), make([]byte, valueLen)
+	putRecord(k, v, 2, &id, &store.Key{2}, unixSecs(t0))
+	if err := db.Update(func(tx *bbolt.Tx) error { return tx.Bucket(regBucket).Put(k, v) }); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	s = open(t, dir, Options{})
+	defer mustClose(t, s)
+	if got, _ := s.Lookup(id); got != (store.Key{2}) || s.Len() != 1 {
+		t.Fatalf("Lookup = %x, Len = %d; want the later record's key, 1", got, s.Len())
+	}
+	if _, err := s.Expire(t0); err != nil { // deletes the superseded record
+		t.Fatal(err)
+	}
+	records := 0
+	s.db.View(func(tx *bbolt.Tx) error {
+		records = tx.Bucket(regBucket).Stats().KeyN
+		return nil
+	})
+	if records != 1 {
+		t.Errorf("%d records on disk after expiry, want 1", records)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"time"
 
 	bbolt "go.etcd.io/bbolt"
 
@@ -15,11 +16,18 @@ import (
 //	bucket "meta"
 //	    "format"  = "ewf registrations"   identifies the file as ours
 //	    "version" = uint32 big-endian     schema version, 1
-//	bucket "reg"
-//	    ID (16 bytes) = KEY (16 bytes) | last use, unix seconds (int64 big-endian)
+//	bucket "reg"   (its bbolt sequence numbers the records)
+//	    seq (uint64 big-endian) = ID (16) | KEY (16) | last use, unix seconds (int64 big-endian)
 //
-// A record is 40 bytes of payload plus bbolt's 16-byte element header. The
-// ID is the bbolt key, so Touch and Expire address records directly.
+// Records are keyed by commit order, not by ID. IDs are random, so keyed by
+// ID every registration of a group would land on a different 4 KB leaf
+// page, and bbolt, which copies a page on write, would write one page per
+// registration: measured 12,800 registrations/s at 1M records on the
+// development machine, below the 20,000/s target. Keyed by sequence, a group
+// commit appends to the last leaves of the tree and writes a few pages for
+// hundreds of registrations. The in-memory index keeps each ID's sequence,
+// which is how touches and expiry find the record. A record is 64 bytes
+// with bbolt's element header, and appended leaves are packed full.
 var (
 	metaBucket = []byte("meta")
 	regBucket  = []byte("reg")
@@ -30,7 +38,12 @@ var (
 
 const (
 	schemaVersion = 1
-	valueLen      = 16 + 8
+	keyLen        = 8
+	valueLen      = 16 + 16 + 8
+	// appendFill is the bucket's FillPercent for writes: with keys that
+	// only grow, splitting leaves half full (bbolt's default, right for
+	// random keys) would just waste half of every page.
+	appendFill = 1.0
 )
 
 // Errors Open reports besides I/O errors, all wrapped with the file name.
@@ -47,9 +60,12 @@ var (
 	ErrCorrupt = errors.New("corrupt ewf registration store")
 )
 
-func putValue(dst []byte, key *store.Key, last uint32) {
-	copy(dst[:16], key[:])
-	binary.BigEndian.PutUint64(dst[16:valueLen], uint64(last))
+// putRecord encodes a record into k (keyLen bytes) and v (valueLen bytes).
+func putRecord(k, v []byte, seq uint64, id *store.ID, key *store.Key, last uint32) {
+	binary.BigEndian.PutUint64(k[:keyLen], seq)
+	copy(v[:16], id[:])
+	copy(v[16:32], key[:])
+	binary.BigEndian.PutUint64(v[32:valueLen], uint64(last))
 }
 
 // errEmpty is checkSchema's report of a file without any bucket: one that
@@ -106,15 +122,26 @@ func checkSchema(tx *bbolt.Tx) error {
 	return nil
 }
 
-// loadAll reads every record into x.
-func loadAll(tx *bbolt.Tx, x *index) error {
+// loadAll reads every record into a new index and returns it with the
+// sequences of records superseded by a later one of the same ID. It counts
+// the records first, a cheap pass over the leaves, so that the tables are
+// allocated once at their final size instead of growing through copies.
+func loadAll(tx *bbolt.Tx, res time.Duration) (x *index, stale []uint64, err error) {
 	c := tx.Bucket(regBucket).Cursor()
-	for k, v := c.First(); k != nil; k, v = c.Next() {
-		if len(k) != 16 || len(v) != valueLen {
-			return fmt.Errorf("%w: record %x has %d-byte key and %d-byte value", ErrCorrupt, k, len(k), len(v))
-		}
-		last := binary.BigEndian.Uint64(v[16:])
-		x.load(store.ID(k), store.Key(v[:16]), uint32(min(last, 1<<32-1)))
+	n := 0
+	for k, _ := c.First(); k != nil; k, _ = c.Next() {
+		n++
 	}
-	return nil
+	x = newIndex(res, n)
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if len(k) != keyLen || len(v) != valueLen {
+			return nil, nil, fmt.Errorf("%w: record %x has %d-byte key and %d-byte value", ErrCorrupt, k, len(k), len(v))
+		}
+		last := binary.BigEndian.Uint64(v[32:])
+		old := x.load((*store.ID)(v[:16]), (*store.Key)(v[16:32]), uint32(min(last, 1<<32-1)), binary.BigEndian.Uint64(k))
+		if old != 0 {
+			stale = append(stale, old)
+		}
+	}
+	return x, stale, nil
 }

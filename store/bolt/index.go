@@ -1,6 +1,7 @@
 package bolt
 
 import (
+	"hash/maphash"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -10,33 +11,14 @@ import (
 )
 
 // shardCount splits the index so that Touch (which writes) on one core and
-// Lookup on another rarely meet on the same lock. A power of two, so picking
-// a shard is a mask.
+// Lookup on another rarely meet on the same lock, and so that a table
+// resize stalls only 1/64 of the lookups. A power of two, so picking a shard
+// is a mask.
 const shardCount = 64
-
-// entry is what the index keeps per registration. It holds no pointers, so
-// the garbage collector never scans the maps, and it is 24 bytes: with the
-// 16-byte ID as map key a slot is 40 bytes, which is what makes a million
-// registrations fit in ~60 MB.
-type entry struct {
-	key   store.Key
-	last  uint32 // unix seconds of the last recorded use (see Options.TouchResolution)
-	flags uint8
-}
-
-const (
-	// flagPending marks an ID reserved by Register whose record is not on
-	// disk yet. It blocks a second Register of the same ID but is invisible
-	// to Lookup and Touch.
-	flagPending uint8 = 1 << iota
-	// flagDirty marks a last-use time that the disk does not have yet. The
-	// ID is then also in its shard's dirty list.
-	flagDirty
-)
 
 type shard struct {
 	mu    sync.RWMutex
-	m     map[store.ID]entry
+	t     table
 	dirty []store.ID // IDs with flagDirty, reused between flushes
 	// Keeps neighbouring shards' locks off one cache line; otherwise the two
 	// cores would still fight over the line while holding different locks.
@@ -47,6 +29,7 @@ type shard struct {
 // registrations being committed. The disk is the truth after a crash; while
 // the store runs, the index is the truth and the disk catches up.
 type index struct {
+	seed   maphash.Seed
 	shards [shardCount]shard
 	count  atomic.Int64 // entries in all shards, pending included
 	// res is the touch resolution in seconds: a Touch less than res after
@@ -55,19 +38,31 @@ type index struct {
 	res uint32
 }
 
-func newIndex(res time.Duration, sizeHint int) *index {
-	x := &index{res: uint32(max(res/time.Second, 1))}
-	per := sizeHint / shardCount
+// newIndex makes an index with room for about entries registrations.
+func newIndex(res time.Duration, entries int) *index {
+	x := &index{
+		seed: maphash.MakeSeed(),
+		res:  uint32(min(max(res/time.Second, 1), math.MaxUint32)),
+	}
+	// Random IDs spread evenly: four standard deviations of a binomial
+	// shard size is under 1% at 1M, well inside loadLoad's room.
+	per := entries / shardCount
 	for i := range x.shards {
-		x.shards[i].m = make(map[store.ID]entry, per)
+		x.shards[i].t = newTable(per)
 	}
 	return x
 }
 
-func (x *index) shard(id *store.ID) *shard {
-	// IDs are random (a client that picks non-random ones only slows its own
-	// shard's lock; the maps themselves hash with a per-process seed).
-	return &x.shards[id[0]&(shardCount-1)]
+func (x *index) hash(id *store.ID) uint64 {
+	return hashID(x.seed, id)
+}
+
+// locate returns id's hash and shard. The shard comes from the low bits and
+// the table position from the high bits (table.home), so they do not
+// correlate.
+func (x *index) locate(id *store.ID) (uint64, *shard) {
+	h := x.hash(id)
+	return h, &x.shards[h&(shardCount-1)]
 }
 
 // unixSecs converts t to the index's uint32 seconds, clamped: registrations
@@ -85,85 +80,99 @@ func unixSecs(t time.Time) uint32 {
 
 // reserve inserts id as pending, refusing duplicates and, when limit > 0,
 // more than limit entries.
-func (x *index) reserve(id store.ID, key store.Key, last uint32, limit int64) error {
-	s := x.shard(&id)
+func (x *index) reserve(id *store.ID, key *store.Key, last uint32, limit int64) error {
+	h, s := x.locate(id)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.m[id]; ok {
+	if _, ok := s.t.find(id, h); ok {
 		return store.ErrExists
 	}
 	if n := x.count.Add(1); limit > 0 && n > limit {
 		x.count.Add(-1)
 		return store.ErrFull
 	}
-	s.m[id] = entry{key: key, last: last, flags: flagPending}
+	s.t.insert(slot{id: *id, key: *key, last: last, flags: flagPending}, h, x.seed)
 	return nil
 }
 
-// confirm makes a committed reservation visible.
-func (x *index) confirm(id *store.ID) {
-	s := x.shard(id)
+// confirm makes a committed reservation visible and records where on disk
+// it went.
+func (x *index) confirm(id *store.ID, seq uint64) {
+	h, s := x.locate(id)
 	s.mu.Lock()
-	if e, ok := s.m[*id]; ok {
-		e.flags &^= flagPending
-		s.m[*id] = e
+	if i, ok := s.t.find(id, h); ok {
+		s.t.slots[i].flags &^= flagPending
+		s.t.slots[i].seq = seq
 	}
 	s.mu.Unlock()
 }
 
 // release drops a reservation whose commit failed or was never queued.
 func (x *index) release(id *store.ID) {
-	s := x.shard(id)
+	h, s := x.locate(id)
 	s.mu.Lock()
-	if e, ok := s.m[*id]; ok && e.flags&flagPending != 0 {
-		delete(s.m, *id)
+	if i, ok := s.t.find(id, h); ok && s.t.slots[i].flags&flagPending != 0 {
+		s.t.removeAt(i, x.seed)
 		x.count.Add(-1)
 	}
 	s.mu.Unlock()
 }
 
 // load inserts a record read from disk. Only for Open, before the index is
-// shared, so it takes no lock.
-func (x *index) load(id store.ID, key store.Key, last uint32) {
-	s := x.shard(&id)
-	if _, dup := s.m[id]; !dup {
-		x.count.Add(1)
+// shared, so it takes no lock. Records come in sequence order, so if an ID
+// is on disk twice (a failed expiry delete, then a new registration), the
+// later record wins and load returns the earlier one's sequence (or 0) for
+// deletion.
+func (x *index) load(id *store.ID, key *store.Key, last uint32, seq uint64) (stale uint64) {
+	h, s := x.locate(id)
+	if i, ok := s.t.find(id, h); ok {
+		e := &s.t.slots[i]
+		stale = e.seq
+		e.key, e.last, e.seq = *key, last, seq
+		return stale
 	}
-	s.m[id] = entry{key: key, last: last}
+	s.t.insert(slot{id: *id, key: *key, last: last, seq: seq}, h, x.seed)
+	x.count.Add(1)
+	return 0
 }
 
 func (x *index) lookup(id *store.ID) (store.Key, bool) {
-	s := x.shard(id)
+	h, s := x.locate(id)
 	s.mu.RLock()
-	e, ok := s.m[*id]
+	i, ok := s.t.find(id, h)
+	e := &s.t.slots[i]
+	key, flags := e.key, e.flags
 	s.mu.RUnlock()
-	if !ok || e.flags&flagPending != 0 {
+	if !ok || flags&flagPending != 0 {
 		return store.Key{}, false
 	}
-	return e.key, true
+	return key, true
 }
 
 func (x *index) touch(id *store.ID, now uint32) {
-	s := x.shard(id)
+	h, s := x.locate(id)
 	// Most touches fall within the resolution and change nothing, so look
 	// first under the read lock and only take the write lock to update.
 	s.mu.RLock()
-	e, ok := s.m[*id]
+	i, ok := s.t.find(id, h)
+	e := s.t.slots[i]
 	s.mu.RUnlock()
 	if !ok || e.flags&flagPending != 0 || uint64(now) < uint64(e.last)+uint64(x.res) {
 		return
 	}
 	s.mu.Lock()
-	e, ok = s.m[*id]
-	if ok && e.flags&flagPending == 0 && now > e.last {
-		e.last = now
-		if e.flags&flagDirty == 0 {
-			e.flags |= flagDirty
-			// Appending reuses the slice's capacity from earlier flushes,
-			// so steady-state touches do not allocate.
-			s.dirty = append(s.dirty, *id)
+	// The table may have been resized or changed meanwhile: find again.
+	if i, ok = s.t.find(id, h); ok {
+		e := &s.t.slots[i]
+		if e.flags&flagPending == 0 && now > e.last {
+			e.last = now
+			if e.flags&flagDirty == 0 {
+				e.flags |= flagDirty
+				// Appending reuses the capacity left by earlier flushes,
+				// so steady-state touches do not allocate.
+				s.dirty = append(s.dirty, *id)
+			}
 		}
-		s.m[*id] = e
 	}
 	s.mu.Unlock()
 }
@@ -172,6 +181,7 @@ func (x *index) touch(id *store.ID, now uint32) {
 type record struct {
 	id   store.ID
 	key  store.Key
+	seq  uint64
 	last uint32
 }
 
@@ -183,15 +193,14 @@ func (x *index) takeDirty(buf []record) []record {
 		s := &x.shards[i]
 		s.mu.Lock()
 		for _, id := range s.dirty {
-			e, ok := s.m[id]
-			if !ok || e.flags&flagDirty == 0 {
+			j, ok := s.t.find(&id, x.hash(&id))
+			if !ok || s.t.slots[j].flags&flagDirty == 0 {
 				continue // expired since it was touched
 			}
+			e := &s.t.slots[j]
 			e.flags &^= flagDirty
-			s.m[id] = e
-			buf = append(buf, record{id: id, key: e.key, last: e.last})
+			buf = append(buf, record{id: id, key: e.key, seq: e.seq, last: e.last})
 		}
-		clear(s.dirty) // nothing to release, but keeps the slice honest
 		s.dirty = s.dirty[:0]
 		s.mu.Unlock()
 	}
@@ -203,12 +212,14 @@ func (x *index) takeDirty(buf []record) []record {
 func (x *index) redirty(recs []record) {
 	for i := range recs {
 		r := &recs[i]
-		s := x.shard(&r.id)
+		h, s := x.locate(&r.id)
 		s.mu.Lock()
-		if e, ok := s.m[r.id]; ok && e.key == r.key && e.flags&(flagDirty|flagPending) == 0 {
-			e.flags |= flagDirty
-			s.m[r.id] = e
-			s.dirty = append(s.dirty, r.id)
+		if j, ok := s.t.find(&r.id, h); ok {
+			e := &s.t.slots[j]
+			if e.seq == r.seq && e.flags&(flagDirty|flagPending) == 0 {
+				e.flags |= flagDirty
+				s.dirty = append(s.dirty, r.id)
+			}
 		}
 		s.mu.Unlock()
 	}
@@ -220,9 +231,10 @@ func (x *index) expiredIDs(cutoff uint32, buf []store.ID) []store.ID {
 	for i := range x.shards {
 		s := &x.shards[i]
 		s.mu.RLock()
-		for id, e := range s.m {
-			if e.flags&flagPending == 0 && e.last < cutoff {
-				buf = append(buf, id)
+		for j := range s.t.slots {
+			e := &s.t.slots[j]
+			if e.flags&(flagUsed|flagPending) == flagUsed && e.last < cutoff {
+				buf = append(buf, e.id)
 			}
 		}
 		s.mu.RUnlock()
@@ -231,33 +243,31 @@ func (x *index) expiredIDs(cutoff uint32, buf []store.ID) []store.ID {
 }
 
 // removeExpired deletes the given IDs if they are still expired and
-// appends what it removed to gone, so a failed disk delete can put them back.
+// appends what it removed to gone, for the disk delete.
 func (x *index) removeExpired(ids []store.ID, cutoff uint32, gone []record) []record {
 	for i := range ids {
 		id := &ids[i]
-		s := x.shard(id)
+		h, s := x.locate(id)
 		s.mu.Lock()
-		if e, ok := s.m[*id]; ok && e.flags&flagPending == 0 && e.last < cutoff {
-			delete(s.m, *id)
-			x.count.Add(-1)
-			gone = append(gone, record{id: *id, key: e.key, last: e.last})
+		if j, ok := s.t.find(id, h); ok {
+			e := &s.t.slots[j]
+			if e.flags&flagPending == 0 && e.last < cutoff {
+				gone = append(gone, record{id: *id, key: e.key, seq: e.seq, last: e.last})
+				s.t.removeAt(j, x.seed)
+				x.count.Add(-1)
+			}
 		}
 		s.mu.Unlock()
 	}
 	return gone
 }
 
-// restore puts back records whose disk delete failed, unless the ID was
-// registered again meanwhile (its pending commit will overwrite the disk).
-func (x *index) restore(recs []record) {
-	for i := range recs {
-		r := &recs[i]
-		s := x.shard(&r.id)
+// shrink gives back table memory after a large expiry.
+func (x *index) shrink() {
+	for i := range x.shards {
+		s := &x.shards[i]
 		s.mu.Lock()
-		if _, ok := s.m[r.id]; !ok {
-			s.m[r.id] = entry{key: r.key, last: r.last}
-			x.count.Add(1)
-		}
+		s.t.shrink(x.seed)
 		s.mu.Unlock()
 	}
 }
