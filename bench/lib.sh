@@ -59,7 +59,8 @@ start_coturn() {
 	# shellcheck disable=SC2086
 	turnserver -n --stun-only \
 		--listening-ip 127.0.0.1 --listening-port "$1" \
-		--no-tls --no-dtls --no-cli --no-rfc5780 --no-software-attribute \
+		--no-tls --no-dtls --no-cli --no-rfc5780 --response-origin-only-with-rfc5780 \
+		--no-software-attribute \
 		--userdb "$TMP/turndb" --pidfile "$TMP/turnserver.pid" \
 		--log-file "$TMP/turnserver.log" --simple-log --no-stdout-log \
 		${COTURN_FLAGS:-} >/dev/null 2>&1 &

@@ -45,12 +45,17 @@ if [[ -z "${NO_EWFD:-}" ]]; then
 fi
 
 run() { # NAME PID ADDR
-	local line
+	local line eff
 	line=$(bench "$2" "$3" stun)
-	printf '%-7s rps=%-7s p50_us=%-6s p99_us=%-6s lost=%-5s gen_cpu=%s%% server_cpu=%s%%\n' "$1" \
+	# Answers per second of server CPU: what the server does with the CPU
+	# it got, which other load on the machine disturbs much less than
+	# requests/s.
+	eff=$(awk -v ok="$(kv ok "$line")" -v w="$(kv wall_s "$line")" -v c="$(kv server_cpu_pct "$line")" \
+		'BEGIN{if (c > 0) printf "%.0f", ok/(w*c/100); else print 0}')
+	printf '%-7s rps=%-7s p50_us=%-6s p99_us=%-6s lost=%-5s gen_cpu=%s%% server_cpu=%s%% per_server_cpu_s=%s\n' "$1" \
 		"$(kv rps "$line")" "$(kv p50_us "$line")" "$(kv p99_us "$line")" "$(kv lost "$line")" \
-		"$(kv cpu_pct "$line")" "$(kv server_cpu_pct "$line")" >&2
-	echo "$1 $(kv rps "$line")" >>"$TMP/rps"
+		"$(kv cpu_pct "$line")" "$(kv server_cpu_pct "$line")" "$eff" >&2
+	echo "$1 $(kv rps "$line") $eff" >>"$TMP/rps"
 	echo "$line" >>"$TMP/lines"
 }
 
@@ -68,9 +73,15 @@ for r in $(seq "$ROUNDS"); do
 done
 
 coturn=$(awk '$1=="coturn"{print $2}' "$TMP/rps" | median)
-echo "coturn median rps=$coturn"
+coturn_eff=$(awk '$1=="coturn"{print $3}' "$TMP/rps" | median)
+echo "coturn median rps=$coturn per_server_cpu_s=$coturn_eff"
 if [[ -z "${NO_EWFD:-}" ]]; then
 	ewfd=$(awk '$1=="ewfd"{print $2}' "$TMP/rps" | median)
-	echo "ewfd   median rps=$ewfd"
-	awk -v e="$ewfd" -v c="$coturn" 'BEGIN{printf "ratio ewfd/coturn=%.2f (target >= 1.5)\n", e/c}'
+	ewfd_eff=$(awk '$1=="ewfd"{print $3}' "$TMP/rps" | median)
+	echo "ewfd   median rps=$ewfd per_server_cpu_s=$ewfd_eff"
+	awk -v e="$ewfd" -v c="$coturn" -v ee="$ewfd_eff" -v ce="$coturn_eff" \
+		'BEGIN{printf "ratio ewfd/coturn=%.2f (target >= 1.5); per server CPU second %.2f\n", e/c, ee/ce}'
+fi
+if awk -v l="$(cut -d' ' -f1 /proc/loadavg)" -v n="$(nproc)" 'BEGIN{exit !(l > n)}'; then
+	log "warning: load average $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs: other processes competed for the CPU"
 fi
