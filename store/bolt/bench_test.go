@@ -95,7 +95,7 @@ func buildStore(dir string, seed uint64, n int) error {
 	}
 	is, ks := ids(seed, n)
 	db, err := bbolt.Open(filepath.Join(dir, FileName), 0o600, &bbolt.Options{
-		NoSync: true, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType,
+		NoSync: true, FreelistType: bbolt.FreelistMapType,
 	})
 	if err != nil {
 		return err

@@ -179,14 +179,14 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("store: %w", err)
 	}
 	path := filepath.Join(dir, FileName)
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{
+	db, err := openBolt(path, &bbolt.Options{
 		Timeout: opts.LockTimeout,
-		// Without a synced freelist a commit writes only the changed pages
-		// and the meta page; with random IDs the freelist is many page IDs
-		// long and would be rewritten by every group commit. The price is a
-		// walk over the page tree at Open to rebuild it, which is small next
-		// to reading every record, which Open does anyway.
-		NoFreelistSync: true,
+		// NoFreelistSync stays off although it would save writing the
+		// freelist in each commit: without a synced freelist bbolt.Open
+		// walks every page to rebuild it, and panics on a damaged page in
+		// a goroutine of its own, which no recover can catch. With it, a
+		// damaged page is met by the load below, where it becomes
+		// ErrCorrupt. Appends keep the freelist short anyway.
 		// The hashmap freelist allocates in O(1) where the array one scans;
 		// random inserts and expiry leave many scattered free pages.
 		FreelistType: bbolt.FreelistMapType,
@@ -203,6 +203,18 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("store: %s: %w", path, err)
 	}
 	return s, nil
+}
+
+// openBolt is bbolt.Open, with a panic on a damaged file turned into
+// ErrCorrupt where bbolt panics on the calling goroutine. The file handle
+// then leaks, which matters little: ewfd cannot start on that file anyway.
+func openBolt(path string, o *bbolt.Options) (db *bbolt.DB, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			db, err = nil, fmt.Errorf("%w: %v", ErrCorrupt, p)
+		}
+	}()
+	return bbolt.Open(path, 0o600, o)
 }
 
 func openError(path string, err error) error {

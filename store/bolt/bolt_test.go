@@ -63,6 +63,28 @@ func mustRegister(t testing.TB, s store.Store, id store.ID, key store.Key, now t
 	}
 }
 
+// registerAll registers is→ks all at once (so they commit in groups) and
+// waits for every outcome.
+func registerAll(t testing.TB, s store.Store, is []store.ID, ks []store.Key, now time.Time) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, len(is))
+	for i := range is {
+		wg.Add(1)
+		s.Register(is[i], ks[i], now, func(err error) {
+			defer wg.Done()
+			if err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("Register: %v", err)
+	}
+}
+
 // gate blocks the committer: Register it and the committer sits in its done
 // callback until the returned release is called. Registrations made
 // meanwhile stay queued, i.e. reserved but not committed.
@@ -197,17 +219,7 @@ func TestReopenKeepsRegistrations(t *testing.T) {
 	dir := t.TempDir()
 	is, ks := ids(3, 2000)
 	s := open(t, dir, Options{})
-	var wg sync.WaitGroup
-	for i := range is {
-		wg.Add(1)
-		s.Register(is[i], ks[i], t0, func(err error) {
-			defer wg.Done()
-			if err != nil {
-				t.Errorf("Register: %v", err)
-			}
-		})
-	}
-	wg.Wait()
+	registerAll(t, s, is, ks, t0)
 	if st := s.Stats(); st.Commits >= st.Committed {
 		t.Logf("no grouping happened: %+v", st) // timing-dependent, not a failure
 	}
@@ -501,6 +513,23 @@ func TestOpenOfForeignOrDamagedFileFails(t *testing.T) {
 		{"damaged record", ours(func(tx *bbolt.Tx) error {
 			return tx.Bucket(regBucket).Put([]byte("short"), []byte("x"))
 		}), ErrCorrupt},
+		{"overwritten pages", func(t *testing.T, path string) {
+			s := open(t, filepath.Dir(path), Options{})
+			is, ks := ids(8, 5000)
+			registerAll(t, s, is, ks, t0)
+			mustClose(t, s)
+			f, err := os.OpenFile(path, os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			junk := make([]byte, 16<<10)
+			rand.NewChaCha8([32]byte{7}).Read(junk)
+			fi, _ := f.Stat()
+			if _, err := f.WriteAt(junk, fi.Size()/2/4096*4096); err != nil {
+				t.Fatal(err)
+			}
+		}, ErrCorrupt},
 		{"missing registrations", ours(func(tx *bbolt.Tx) error {
 			return tx.DeleteBucket(regBucket)
 		}), ErrCorrupt},
