@@ -57,9 +57,10 @@ var (
 type Store interface {
 	// Register durably records id→key with now as its last use.
 	//
-	// done is called exactly once with the outcome and must not block (it
-	// runs on the store's committer goroutine and delays every other
-	// registration queued behind it):
+	// done is called exactly once with the outcome. It must not block and
+	// must not call Close or Expire: it may run on the store's committer
+	// goroutine, which delays every registration queued behind it and which
+	// those methods wait for. The outcomes:
 	//   - nil once the record is on disk: only then may the server reply
 	//     success. From that moment Lookup finds the ID.
 	//   - ErrExists, ErrBusy, ErrFull or ErrClosed, when the request is
@@ -82,7 +83,9 @@ type Store interface {
 	Touch(id ID, now time.Time)
 
 	// Expire deletes registrations idle since before cutoff and returns how
-	// many it deleted.
+	// many it deleted. It never deletes one used after cutoff, also not
+	// after a crash lost recent touches; a backend may keep an idle one a
+	// little longer to guarantee that (the bolt one: up to an hour).
 	Expire(cutoff time.Time) (int, error)
 
 	// Len returns the number of registrations held, including those still

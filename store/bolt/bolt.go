@@ -6,14 +6,19 @@
 //
 //	Register ──reserve ID in index──▶ bounded queue ──▶ committer ──▶ one bbolt
 //	   │ ErrExists/ErrFull/ErrBusy                        │          transaction
-//	   ▼ (done called at once)                            ▼          (one fsync)
-//	                                       done(nil) for the whole group
+//	   ▼ (done called at once)                            ▼          (one fsync
+//	                                       done(nil) for the whole group   pair)
 //
-// While one group is being fsynced, the next one gathers in the queue, so the
+// While one group is being synced, the next one gathers in the queue, so the
 // group size follows the load and durability does not cap throughput. The
-// same goroutine flushes touches and deletes expired registrations, which
-// orders every disk write after the index change it reflects: an ID that
-// expires and is registered again is deleted before it is written again.
+// same goroutine flushes touches and deletes expired registrations, so the
+// file has a single writer and every disk write follows the index change it
+// reflects. See format.go for the file layout.
+//
+// The done callbacks run on the committer goroutine: they must not block,
+// and must not call Close, Expire or Flush of the same store, which wait for
+// that goroutine.
+
 package bolt
 
 import (
@@ -69,7 +74,8 @@ type Options struct {
 	// TouchResolution is the granularity of last-use times: a Touch less
 	// than this after the recorded last use is not recorded. It bounds disk
 	// writes to one per registration per TouchResolution however often a
-	// client binds; with random IDs every written touch rewrites a 4 KB
+	// client binds; the registrations touched in one interval are
+	// scattered through the file, so each written touch rewrites a 4 KB
 	// page. Expiry allows for it (see Store.Expire), so registrations expire
 	// up to TouchResolution+TouchFlushInterval late, never early. Zero means
 	// one hour.
