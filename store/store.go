@@ -14,8 +14,9 @@
 //     outcome through a callback.
 //   - The read path, Lookup and Touch, runs for every BIND and QUERY, so it is
 //     served from memory without allocating. Touch is persisted lazily:
-//     expiry works in days, so losing the last minutes of touches on a crash
-//     only delays an expiry and never loses a registration.
+//     expiry works in days, and a crash that loses the last minute of
+//     touches costs nothing for clients that keep binding, as they are
+//     touched again after the restart.
 //
 // Nothing here knows about the network or the wire format: IDs and KEYs are
 // plain 16-byte arrays.
@@ -83,9 +84,10 @@ type Store interface {
 	Touch(id ID, now time.Time)
 
 	// Expire deletes registrations idle since before cutoff and returns how
-	// many it deleted. It never deletes one used after cutoff, also not
-	// after a crash lost recent touches; a backend may keep an idle one a
-	// little longer to guarantee that (the bolt one: up to an hour).
+	// many it deleted. It does not delete one whose use after cutoff was
+	// recorded; a backend may keep an idle one a little longer to guarantee
+	// that (the bolt one: up to an hour, its touch resolution). A use whose
+	// Touch was lost in a crash is not recorded.
 	Expire(cutoff time.Time) (int, error)
 
 	// Len returns the number of registrations held, including those still

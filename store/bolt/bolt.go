@@ -67,8 +67,10 @@ type Options struct {
 	ExpireInterval time.Duration
 
 	// TouchFlushInterval is how often touched last-use times are written to
-	// disk (they are also written at Close). A crash loses at most this much
-	// of them. Zero means one minute.
+	// disk (they are also written at Close). A crash loses the touches of at
+	// most this long: a client that binds again after the restart is
+	// recorded again; one that never binds again keeps its older recorded
+	// use and may expire that much earlier. Zero means one minute.
 	TouchFlushInterval time.Duration
 
 	// TouchResolution is the granularity of last-use times: a Touch less
@@ -77,8 +79,7 @@ type Options struct {
 	// client binds; the registrations touched in one interval are
 	// scattered through the file, so each written touch rewrites a 4 KB
 	// page. Expiry allows for it (see Store.Expire), so registrations expire
-	// up to TouchResolution+TouchFlushInterval late, never early. Zero means
-	// one hour.
+	// up to TouchResolution late, never early. Zero means one hour.
 	TouchResolution time.Duration
 
 	// LockTimeout is how long Open waits for another process to release
@@ -243,7 +244,7 @@ func newStore(db *bbolt.DB, opts Options) (s *Store, err error) {
 	if err != nil {
 		return nil, err
 	}
-	slack := (opts.TouchResolution + opts.TouchFlushInterval) / time.Second
+	slack := opts.TouchResolution / time.Second
 	s = &Store{
 		db:      db,
 		opts:    opts,
@@ -327,9 +328,8 @@ func (s *Store) Len() int {
 }
 
 // Expire implements store.Store. It deletes registrations whose recorded
-// last use is more than TouchResolution+TouchFlushInterval before cutoff:
-// recorded times lag real use by up to the resolution, and after a crash by
-// up to the flush interval more, so only those are certainly idle since
+// last use is more than TouchResolution before cutoff: recorded times lag
+// real use by up to the resolution, so only those are certainly idle since
 // cutoff. Queued registrations are committed between deletion groups, so a
 // large expiry does not stall REGISTER.
 func (s *Store) Expire(cutoff time.Time) (int, error) {

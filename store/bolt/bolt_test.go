@@ -245,12 +245,17 @@ func TestExpireDeletesOnlyCertainlyIdle(t *testing.T) {
 	mustRegister(t, s, used, store.Key{2}, t0)
 	s.Touch(used, t0.Add(10*24*time.Hour))
 
-	// Within the slack (resolution + flush interval) nothing is certain.
+	// Within the touch resolution nothing is certain.
 	if n, err := s.Expire(t0.Add(time.Hour)); err != nil || n != 0 {
 		t.Fatalf("Expire(t0+1h) = %d, %v; want 0", n, err)
 	}
-	if n, err := s.Expire(t0.Add(10 * 24 * time.Hour)); err != nil || n != 1 {
-		t.Fatalf("Expire(t0+10d) = %d, %v; want 1", n, err)
+	// One second past it, the idle one is certainly idle since cutoff; the
+	// used one has a recorded use nine days after cutoff.
+	if n, err := s.Expire(t0.Add(time.Hour + time.Second)); err != nil || n != 1 {
+		t.Fatalf("Expire(t0+1h1s) = %d, %v; want 1", n, err)
+	}
+	if n, err := s.Expire(t0.Add(10 * 24 * time.Hour)); err != nil || n != 0 {
+		t.Fatalf("Expire(t0+10d) = %d, %v; want 0 (used at t0+10d)", n, err)
 	}
 	if _, ok := s.Lookup(idle); ok {
 		t.Error("expired ID still found")
@@ -361,7 +366,7 @@ func TestStoreExpiresIdleRegistrationsItself(t *testing.T) {
 		s := open(t, t.TempDir(), Options{MaxIdle: 2 * time.Hour, TouchResolution: time.Minute})
 		defer mustClose(t, s)
 		mustRegister(t, s, store.ID{1}, store.Key{1}, time.Now())
-		// Idle for MaxIdle plus the slack (resolution + flush interval),
+		// Idle for MaxIdle plus the touch resolution,
 		// then the next hourly run deletes it.
 		time.Sleep(3*time.Hour + time.Second)
 		if s.Len() != 0 {
