@@ -1,0 +1,221 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ewf-project/ewf/store"
+)
+
+// Config configures a Server (New) and a Daemon (Start). The zero value of
+// every field is a sensible production default, named in its comment; a
+// negative number where a count or duration is expected is an error.
+// Config is read once, when the Server or Daemon is made.
+type Config struct {
+	// Listen lists the addresses to serve, each on UDP and TCP with the
+	// same port. Nil means ":3478": every address, IPv4 and IPv6. A port
+	// of 0 picks a free port, the same one for UDP and TCP (tests).
+	// Used by Start only.
+	Listen []string
+
+	// DataDir is the directory of the registration store (bbolt file
+	// ewfd.db). Required by Start unless Store is set.
+	DataDir string
+
+	// Store, if set, is used instead of opening DataDir; the caller keeps
+	// ownership and closes it after the Daemon.
+	Store store.Store
+
+	// MetricsAddr is the host:port of the HTTP server for /metrics and
+	// /healthz. Empty means no HTTP server. Used by Start only.
+	MetricsAddr string
+
+	// Logger receives the server's logs. Nil discards them. Nothing is
+	// logged per packet at Info level or above.
+	Logger *slog.Logger
+
+	// Registry receives the server's metrics. Nil means a new registry,
+	// available from Server.Registry; never the global one.
+	Registry *prometheus.Registry
+
+	// Now is the clock. Nil means time.Now.
+	Now func() time.Time
+
+	// BindingTTL is how long a binding lives without a refreshing BIND.
+	// Zero means 120 s.
+	BindingTTL time.Duration
+
+	// RegistrationTTL is how long a registration lives without a BIND.
+	// Zero means 720 h (30 days). Passed to the store opened by Start.
+	RegistrationTTL time.Duration
+
+	// MaxRegistrations caps the registrations held; REGISTER beyond it gets
+	// ReasonRegistrationLimit. Zero means 2,000,000 (about 500 MB of RSS
+	// with all of them bound). Enforced by the store opened by Start.
+	MaxRegistrations int
+
+	// RegisterPerIP is how many REGISTER transactions one source IP (IPv6:
+	// one /64) may start per RegisterWindow, as a token bucket; beyond it,
+	// ReasonRegistrationLimit. Zero means 20.
+	RegisterPerIP int
+
+	// RegisterWindow is the window of RegisterPerIP. Zero means one hour.
+	RegisterWindow time.Duration
+
+	// Rate is how many requests per second one source IP (IPv6: one /64)
+	// may send on average; beyond it packets are dropped unanswered. Zero
+	// means 50, enough for some hundreds of clients behind one CGNAT
+	// address binding every 20 s.
+	Rate float64
+
+	// Burst is the number of requests a source may send at once above Rate.
+	// Zero means 2×Rate (at least 1).
+	Burst int
+
+	// MaxSources is the size of the table of per-source rate limits.
+	// Zero means 131072 (about 6 MB).
+	MaxSources int
+
+	// IntroRate and IntroBurst limit introductions (QUERY with SOURCE_ID
+	// and KEY) per querier ID; beyond them, ReasonRateLimited. Zero means
+	// 10 per second with a burst of 20.
+	IntroRate  float64
+	IntroBurst int
+
+	// TCPIdle closes a TCP connection on which no whole message arrived for
+	// this long; it is also the time a client has to send a message once it
+	// has started it. Zero means 60 s.
+	TCPIdle time.Duration
+
+	// TCPWriteTimeout closes a TCP connection that does not take a response
+	// within this time. Zero means 10 s.
+	TCPWriteTimeout time.Duration
+
+	// MaxTCPConns caps the open TCP connections; more are closed at once.
+	// Zero means 4096.
+	MaxTCPConns int
+
+	// MaxTCPPerIP caps the open TCP connections from one IP (IPv6: one
+	// /64). Zero means 32.
+	MaxTCPPerIP int
+
+	// UDPReaders is the number of UDP sockets (SO_REUSEPORT) and reader
+	// goroutines per listen address. Zero means GOMAXPROCS.
+	UDPReaders int
+
+	// UDPBatch is how many datagrams one read or write system call moves.
+	// Zero means 64.
+	UDPBatch int
+}
+
+// Defaults of Config; see the field comments.
+const (
+	DefaultPort             = 3478
+	DefaultBindingTTL       = 120 * time.Second
+	DefaultRegistrationTTL  = store.DefaultMaxIdle
+	DefaultMaxRegistrations = 2_000_000
+	DefaultRegisterPerIP    = 20
+	DefaultRegisterWindow   = time.Hour
+	DefaultRate             = 50
+	DefaultMaxSources       = 1 << 17
+	DefaultIntroRate        = 10
+	DefaultIntroBurst       = 20
+	DefaultTCPIdle          = 60 * time.Second
+	DefaultTCPWriteTimeout  = 10 * time.Second
+	DefaultMaxTCPConns      = 4096
+	DefaultMaxTCPPerIP      = 32
+	DefaultUDPBatch         = 64
+)
+
+// errConfig marks a bad Config.
+var errConfig = errors.New("server: invalid config")
+
+// populate fills defaults and rejects nonsense. It works on a copy: the
+// caller's Config is not changed.
+func (c Config) populate() (Config, error) {
+	bad := func(field string, v any) (Config, error) {
+		return c, fmt.Errorf("%w: %s must not be negative (got %v)", errConfig, field, v)
+	}
+	for _, d := range []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{
+		{"BindingTTL", &c.BindingTTL, DefaultBindingTTL},
+		{"RegistrationTTL", &c.RegistrationTTL, DefaultRegistrationTTL},
+		{"RegisterWindow", &c.RegisterWindow, DefaultRegisterWindow},
+		{"TCPIdle", &c.TCPIdle, DefaultTCPIdle},
+		{"TCPWriteTimeout", &c.TCPWriteTimeout, DefaultTCPWriteTimeout},
+	} {
+		switch {
+		case *d.v < 0:
+			return bad(d.name, *d.v)
+		case *d.v == 0:
+			*d.v = d.def
+		}
+	}
+	for _, d := range []struct {
+		name string
+		v    *int
+		def  int
+	}{
+		{"MaxRegistrations", &c.MaxRegistrations, DefaultMaxRegistrations},
+		{"RegisterPerIP", &c.RegisterPerIP, DefaultRegisterPerIP},
+		{"MaxSources", &c.MaxSources, DefaultMaxSources},
+		{"IntroBurst", &c.IntroBurst, DefaultIntroBurst},
+		{"MaxTCPConns", &c.MaxTCPConns, DefaultMaxTCPConns},
+		{"MaxTCPPerIP", &c.MaxTCPPerIP, DefaultMaxTCPPerIP},
+		{"UDPReaders", &c.UDPReaders, runtime.GOMAXPROCS(0)},
+		{"UDPBatch", &c.UDPBatch, DefaultUDPBatch},
+		{"Burst", &c.Burst, 0}, // filled below from Rate
+	} {
+		switch {
+		case *d.v < 0:
+			return bad(d.name, *d.v)
+		case *d.v == 0:
+			*d.v = d.def
+		}
+	}
+	for _, d := range []struct {
+		name string
+		v    *float64
+		def  float64
+	}{
+		{"Rate", &c.Rate, DefaultRate},
+		{"IntroRate", &c.IntroRate, DefaultIntroRate},
+	} {
+		switch {
+		case *d.v < 0 || *d.v != *d.v:
+			return bad(d.name, *d.v)
+		case *d.v == 0:
+			*d.v = d.def
+		}
+	}
+	if c.Burst == 0 {
+		c.Burst = max(int(2*c.Rate), 1)
+	}
+	if c.BindingTTL < time.Second {
+		return c, fmt.Errorf("%w: BindingTTL must be at least 1s (got %v)", errConfig, c.BindingTTL)
+	}
+	if c.UDPBatch > 1024 {
+		return c, fmt.Errorf("%w: UDPBatch must be at most 1024 (got %d)", errConfig, c.UDPBatch)
+	}
+	if len(c.Listen) == 0 {
+		c.Listen = []string{fmt.Sprintf(":%d", DefaultPort)}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Registry == nil {
+		c.Registry = prometheus.NewRegistry()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c, nil
+}

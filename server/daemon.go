@@ -1,0 +1,317 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sys/unix"
+
+	"github.com/ewf-project/ewf/store"
+	"github.com/ewf-project/ewf/store/bolt"
+	"github.com/ewf-project/ewf/wire"
+)
+
+// Daemon is a running ewfd: the store, the Server, its UDP and TCP sockets,
+// the optional metrics endpoint and the periodic sweep.
+type Daemon struct {
+	srv     *Server
+	st      store.Store
+	ownsSt  bool
+	log     *slog.Logger
+	met     *daemonMetrics
+	addrs   []netip.AddrPort
+	udp     []*udpSocket
+	tcp     []*net.TCPListener
+	http    *http.Server
+	httpLn  net.Listener
+	quit    chan struct{}
+	wg      sync.WaitGroup // readers, accept loops, connections, writers
+	bgWG    sync.WaitGroup // sweep and HTTP
+	closeMu sync.Mutex
+	done    bool
+
+	connMu  sync.Mutex
+	closing bool
+	conns   map[*tcpConn]struct{}
+	perIP   map[[16]byte]int
+}
+
+// sweepInterval is how often expired bindings and REGISTER transactions
+// are removed from memory.
+const sweepInterval = 5 * time.Second
+
+type daemonMetrics struct {
+	tcpConns   prometheus.Gauge
+	tcpRefused [2]prometheus.Counter // total cap, per-IP cap
+	tcpClosed  [numCloses]prometheus.Counter
+}
+
+// Start opens the store (unless cfg.Store is set), listens on every
+// address of cfg.Listen over UDP and TCP, and serves until Close.
+func Start(cfg Config) (d *Daemon, err error) {
+	cfg, err = cfg.populate()
+	if err != nil {
+		return nil, err
+	}
+	d = &Daemon{
+		st:    cfg.Store,
+		log:   cfg.Logger,
+		quit:  make(chan struct{}),
+		conns: make(map[*tcpConn]struct{}),
+		perIP: make(map[[16]byte]int),
+	}
+	defer func() {
+		if err != nil {
+			d.Close()
+		}
+	}()
+	if d.st == nil {
+		if cfg.DataDir == "" {
+			return nil, fmt.Errorf("%w: DataDir is empty and no Store given", errConfig)
+		}
+		bs, err := bolt.Open(cfg.DataDir, bolt.Options{
+			MaxRegistrations: cfg.MaxRegistrations,
+			MaxIdle:          cfg.RegistrationTTL,
+			Logger:           cfg.Logger,
+			Now:              cfg.Now,
+		})
+		if err != nil {
+			return nil, err
+		}
+		d.st, d.ownsSt = bs, true
+	}
+	if d.srv, err = New(d.st, cfg); err != nil {
+		return nil, err
+	}
+	if err := d.registerMetrics(cfg.Registry); err != nil {
+		return nil, err
+	}
+	if len(cfg.Listen)*cfg.UDPReaders > maxUDPRepliers {
+		return nil, fmt.Errorf("%w: %d listen addresses × %d UDP readers exceed %d sockets",
+			errConfig, len(cfg.Listen), cfg.UDPReaders, maxUDPRepliers)
+	}
+	for _, a := range cfg.Listen {
+		if err := d.listen(a, cfg.UDPReaders); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.MetricsAddr != "" {
+		if err := d.serveMetrics(cfg.MetricsAddr, cfg.Registry); err != nil {
+			return nil, err
+		}
+	}
+	for _, u := range d.udp {
+		d.wg.Add(1)
+		go d.serveUDP(u, d.srv.NewHandler(wire.TransportUDP, u))
+	}
+	for _, ln := range d.tcp {
+		d.wg.Add(1)
+		go d.serveTCP(ln)
+	}
+	d.bgWG.Add(1)
+	go d.sweep()
+	d.log.Info("ewfd serving", "listen", d.addrs, "udp_sockets", len(d.udp),
+		"registrations", d.st.Len(), "data", cfg.DataDir, "metrics", cfg.MetricsAddr)
+	return d, nil
+}
+
+func (d *Daemon) registerMetrics(reg *prometheus.Registry) error {
+	m := &daemonMetrics{
+		tcpConns: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ewfd_tcp_connections", Help: "Open TCP connections.",
+		}),
+	}
+	refused := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ewfd_tcp_refused_total", Help: "TCP connections closed at once because a cap was reached.",
+	}, []string{"cap"})
+	closed := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ewfd_tcp_closed_total", Help: "TCP connections ended, by reason (idle: no whole message within -tcp-idle).",
+	}, []string{"reason"})
+	for _, c := range []prometheus.Collector{m.tcpConns, refused, closed,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	} {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("server: metrics: %w", err)
+		}
+	}
+	m.tcpRefused[0] = refused.WithLabelValues("total")
+	m.tcpRefused[1] = refused.WithLabelValues("per_ip")
+	for i := range m.tcpClosed {
+		m.tcpClosed[i] = closed.WithLabelValues(closeNames[i])
+	}
+	d.met = m
+	return nil
+}
+
+// reusePort lets several sockets share one UDP port, one reader each; the
+// kernel spreads clients over them by their address.
+func reusePort(_, _ string, c syscall.RawConn) error {
+	var serr error
+	if err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
+// listen opens readers UDP sockets and one TCP listener on addr, all on one
+// port. With port 0 it picks a port free for both.
+func (d *Daemon) listen(addr string, readers int) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("server: listen address %q: %w", addr, err)
+	}
+	ctx := context.Background()
+	var lastErr error
+	for attempt := 0; attempt < 10; attempt++ {
+		lc := net.ListenConfig{Control: reusePort}
+		pc, err := lc.ListenPacket(ctx, "udp", addr)
+		if err != nil {
+			return fmt.Errorf("server: listen udp %s: %w", addr, err)
+		}
+		first := pc.(*net.UDPConn)
+		bound := first.LocalAddr().(*net.UDPAddr).AddrPort()
+		p := strconv.Itoa(int(bound.Port()))
+		socks := []*net.UDPConn{first}
+		var ln net.Listener
+		for i := 1; i < readers && err == nil; i++ {
+			if pc, err = lc.ListenPacket(ctx, "udp", net.JoinHostPort(host, p)); err == nil {
+				socks = append(socks, pc.(*net.UDPConn))
+			}
+		}
+		if err == nil {
+			ln, err = (&net.ListenConfig{}).Listen(ctx, "tcp", net.JoinHostPort(host, p))
+		}
+		if err != nil {
+			for _, s := range socks {
+				s.Close()
+			}
+			lastErr = err
+			if port == "0" && errors.Is(err, syscall.EADDRINUSE) {
+				continue // the TCP side of that port was taken: try another
+			}
+			return fmt.Errorf("server: listen %s: %w", addr, err)
+		}
+		for _, s := range socks {
+			// Bigger buffers absorb bursts between batches; the kernel caps
+			// them at net.core.[rw]mem_max, which is fine.
+			_ = s.SetReadBuffer(4 << 20)
+			_ = s.SetWriteBuffer(4 << 20)
+			d.udp = append(d.udp, &udpSocket{c: s})
+		}
+		d.tcp = append(d.tcp, ln.(*net.TCPListener))
+		d.addrs = append(d.addrs, bound)
+		return nil
+	}
+	return fmt.Errorf("server: listen %s: no port free for both UDP and TCP: %w", addr, lastErr)
+}
+
+func (d *Daemon) serveMetrics(addr string, reg *prometheus.Registry) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("server: metrics listener: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	d.httpLn = ln
+	d.http = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
+	}
+	d.bgWG.Add(1)
+	go func() {
+		defer d.bgWG.Done()
+		if err := d.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error("metrics server", "err", err)
+		}
+	}()
+	return nil
+}
+
+func (d *Daemon) sweep() {
+	defer d.bgWG.Done()
+	t := time.NewTicker(sweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			d.srv.Sweep(d.srv.now())
+		case <-d.quit:
+			return
+		}
+	}
+}
+
+// Addrs returns the addresses served, one per Listen entry, each on UDP and
+// TCP; a port 0 in the Config is resolved here.
+func (d *Daemon) Addrs() []netip.AddrPort { return append([]netip.AddrPort(nil), d.addrs...) }
+
+// MetricsAddr returns the address of the metrics endpoint, if any.
+func (d *Daemon) MetricsAddr() (netip.AddrPort, bool) {
+	if d.httpLn == nil {
+		return netip.AddrPort{}, false
+	}
+	return netip.MustParseAddrPort(d.httpLn.Addr().String()), true
+}
+
+// Server returns the protocol core.
+func (d *Daemon) Server() *Server { return d.srv }
+
+// Close stops the daemon gracefully: no new TCP connections; the store is
+// closed (if the Daemon opened it) while the sockets are still open, so
+// registrations being committed are answered; then the sockets close and
+// every goroutine is joined. It returns the store's close error.
+func (d *Daemon) Close() error {
+	d.closeMu.Lock()
+	defer d.closeMu.Unlock()
+	if d.done {
+		return nil
+	}
+	d.done = true
+	for _, ln := range d.tcp {
+		ln.Close()
+	}
+	var err error
+	if d.ownsSt && d.st != nil {
+		err = d.st.Close()
+	}
+	for _, u := range d.udp {
+		u.c.Close()
+	}
+	d.connMu.Lock()
+	d.closing = true
+	for t := range d.conns {
+		t.c.Close()
+	}
+	d.connMu.Unlock()
+	close(d.quit)
+	d.wg.Wait()
+	if d.http != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = d.http.Shutdown(ctx)
+		cancel()
+		_ = d.http.Close()
+	}
+	d.bgWG.Wait()
+	d.log.Info("ewfd stopped")
+	return err
+}
