@@ -43,7 +43,7 @@ const (
 	outInFlight           // REGISTER retransmission while its commit runs: dropped
 	outBusy               // store queue full or closing: dropped, the client retries
 	outReason0            // outReason0 + r for error reason r (0..9)
-	numOutcomes = outReason0 + 10
+	numOutcomes   = outReason0 + 10
 )
 
 var outcomeNames = [numOutcomes]string{
