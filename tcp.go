@@ -7,10 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"sync/atomic"
-	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/ewf-project/ewf/client"
 	"github.com/ewf-project/ewf/wire"
@@ -51,22 +48,6 @@ func (n *Node) startTCP(ctx context.Context) error {
 	return nil
 }
 
-// reuse lets the simultaneous-open sockets share the port of the
-// connection to the server.
-func reuse(_, _ string, rc syscall.RawConn) error {
-	var serr error
-	err := rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
-		if serr == nil {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-		}
-	})
-	if err != nil {
-		return err
-	}
-	return serr
-}
-
 // tcpRetry is the pause between connect attempts while the peer's NAT is
 // still closed; the kernel's own SYN retransmission (1 s, then 2 s) is too
 // slow for a fast connect.
@@ -83,7 +64,7 @@ func (n *Node) dialTCP(ctx context.Context, peer wire.ID, secret wire.Secret, ad
 	local := n.tcp.local
 	results := make(chan net.Conn, 4)
 
-	lc := net.ListenConfig{Control: reuse}
+	lc := net.ListenConfig{Control: client.ReusePortControl}
 	ln, err := lc.Listen(ctx, "tcp", local.String())
 	if err == nil {
 		go func() {
@@ -104,7 +85,7 @@ func (n *Node) dialTCP(ctx context.Context, peer wire.ID, secret wire.Secret, ad
 		defer ln.Close()
 	}
 	go func() {
-		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(local), Control: reuse, Timeout: time.Second}
+		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(local), Control: client.ReusePortControl, Timeout: time.Second}
 		for ctx.Err() == nil {
 			c, err := d.DialContext(ctx, "tcp", addr.String())
 			if err == nil {

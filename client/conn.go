@@ -136,7 +136,7 @@ func DialTCP(ctx context.Context, server string, laddr netip.AddrPort, cfg Confi
 		return nil, err
 	}
 	cfg.populate()
-	d := net.Dialer{Timeout: cfg.Timeout, Control: reuseControl}
+	d := net.Dialer{Timeout: cfg.Timeout, Control: ReusePortControl}
 	if laddr.IsValid() {
 		d.LocalAddr = net.TCPAddrFromAddrPort(laddr)
 	}

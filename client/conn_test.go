@@ -262,7 +262,7 @@ func TestTCP(t *testing.T) {
 	ts := startTCP(t, r)
 	c := dialTCP(t, ts.addr(), Config{Timeout: time.Hour})
 
-	lc := net.ListenConfig{Control: reuseControl}
+	lc := net.ListenConfig{Control: ReusePortControl}
 	ln, err := lc.Listen(t.Context(), "tcp4", c.LocalAddr().String())
 	if err != nil {
 		t.Fatalf("listening on the client's TCP port %v: %v", c.LocalAddr(), err)

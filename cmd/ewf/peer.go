@@ -107,12 +107,9 @@ func runQuery(ctx context.Context, args []string) error {
 	if err := c.check(); err != nil {
 		return err
 	}
-	if len(pos) != 1 {
-		return usageError("query takes one PEERID")
-	}
-	peer, err := ewf.ParseID(pos[0])
+	peer, err := peerArg("query", pos)
 	if err != nil {
-		return usageError(err.Error())
+		return err
 	}
 	conn, err := client.DialUDP(ctx, c.server, client.Config{})
 	if err != nil {
@@ -127,6 +124,18 @@ func runQuery(ctx context.Context, args []string) error {
 		fmt.Println(a.Transport, a.AddrPort)
 	}
 	return nil
+}
+
+// peerArg parses the one PEERID argument of cmd.
+func peerArg(cmd string, pos []string) (ewf.ID, error) {
+	if len(pos) != 1 {
+		return ewf.ID{}, usageError(cmd + " takes one PEERID")
+	}
+	peer, err := ewf.ParseID(pos[0])
+	if err != nil {
+		return ewf.ID{}, usageError(err.Error())
+	}
+	return peer, nil
 }
 
 func queryErr(err error) error {
@@ -185,12 +194,9 @@ func runConnect(ctx context.Context, args []string) error {
 	if err := c.check(); err != nil {
 		return err
 	}
-	if len(pos) != 1 {
-		return usageError("connect takes one PEERID")
-	}
-	peer, err := ewf.ParseID(pos[0])
+	peer, err := peerArg("connect", pos)
 	if err != nil {
-		return usageError(err.Error())
+		return err
 	}
 	cfg := c.config()
 	cfg.Transport = ewf.Transport(*transport)
