@@ -60,12 +60,12 @@ type daemonMetrics struct {
 
 // Start opens the store (unless cfg.Store is set), listens on every
 // address of cfg.Listen over UDP and TCP, and serves until Close.
-func Start(cfg Config) (d *Daemon, err error) {
+func Start(cfg Config) (_ *Daemon, err error) {
 	cfg, err = cfg.populate()
 	if err != nil {
 		return nil, err
 	}
-	d = &Daemon{
+	d := &Daemon{
 		st:    cfg.Store,
 		log:   cfg.Logger,
 		quit:  make(chan struct{}),

@@ -190,14 +190,17 @@ func (s *Server) udpIndex(r Replier) uint8 {
 	return uint8(len(l) - 1)
 }
 
-// Handle handles one STUN or X message: req is a whole datagram (UDP) or a
-// whole frame (TCP) from src. The synchronous answer, if any, is appended to
-// out and the extended slice returned; if nothing is appended, the packet is
-// dropped or (REGISTER) answered later through the Handler's Replier.
+// Handle handles one STUN or X message that arrived at time now: req is a
+// whole datagram (UDP) or a whole frame (TCP) from src. The synchronous
+// answer, if any, is appended to out and the extended slice returned; if
+// nothing is appended, the packet is dropped or (REGISTER) answered later
+// through the Handler's Replier. A reader of a batch passes one now for the
+// whole batch: reading the clock costs more than some requests.
 //
 // Nothing answers a packet whose header is invalid. Over UDP no answer is
-// longer than twice its request: amplification stays at most 2.
-func (h *Handler) Handle(req []byte, src netip.AddrPort, out []byte) []byte {
+// longer than twice its request: amplification stays at most 2 (STUN
+// counted as datagrams, docs/PROTOCOL.md §10).
+func (h *Handler) Handle(now time.Time, req []byte, src netip.AddrPort, out []byte) []byte {
 	s := h.s
 	kind := wire.Classify(req)
 	if kind == wire.KindOther || wire.MessageLength(req) != len(req) {
@@ -207,7 +210,6 @@ func (h *Handler) Handle(req []byte, src netip.AddrPort, out []byte) []byte {
 	// Compare and store addresses in one form: a dual-stack socket reports
 	// IPv4 clients as ::ffff:a.b.c.d, and zones never appear on the wire.
 	src = netip.AddrPortFrom(src.Addr().Unmap().WithZone(""), src.Port())
-	now := s.now()
 	sec, ns := s.clock(now)
 	sk := sourceKey(src.Addr())
 	if !s.srcLim.allow(&sk, ns) {
@@ -337,11 +339,14 @@ func (h *Handler) bindReq(src netip.AddrPort, now time.Time, sec uint32, out []b
 // query handles a plain QUERY: the peer's live bindings, UDP first.
 func (h *Handler) query(sec uint32, out []byte) []byte {
 	s, m := h.s, &h.req
-	if _, ok := s.st.Lookup(m.ID); !ok {
-		return h.fail(out, kindQuery, wire.ReasonNotRegistered)
-	}
+	// Bindings first: only registered IDs get bound, so a live binding
+	// answers the question and the store is asked only to tell "not
+	// registered" from "not bound".
 	e, n := s.bind.get(&m.ID, sec)
 	if n == 0 {
+		if _, ok := s.st.Lookup(m.ID); !ok {
+			return h.fail(out, kindQuery, wire.ReasonNotRegistered)
+		}
 		return h.fail(out, kindQuery, wire.ReasonNotBound)
 	}
 	r := h.success()

@@ -158,7 +158,7 @@ func (d *Daemon) serveConn(t *tcpConn) {
 			d.countTCPClose(err)
 			return
 		}
-		resp := h.Handle(msg, t.remote, out[:0])
+		resp := h.Handle(d.srv.now(), msg, t.remote, out[:0])
 		if len(resp) > 0 {
 			if err := t.write(resp); err != nil {
 				d.met.tcpClosed[closeWrite].Inc()

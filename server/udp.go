@@ -65,8 +65,9 @@ func (d *Daemon) udpLoop(rd *udpio.Reader, wr *udpio.Writer, h *Handler, batch i
 			continue
 		}
 		k := 0
+		now := d.srv.now()
 		for i := range n {
-			resp := h.Handle(in[i].Buf[:in[i].N], in[i].Addr, out[k].Buf[:0])
+			resp := h.Handle(now, in[i].Buf[:in[i].N], in[i].Addr, out[k].Buf[:0])
 			if len(resp) > 0 {
 				out[k].Buf, out[k].N = resp, len(resp)
 				out[k].Addr = in[i].Addr
