@@ -272,32 +272,54 @@ func BenchmarkOpen(b *testing.B) {
 		}
 		b.Run(name, func(b *testing.B) {
 			dir := bigStore(b)
-			var sum openReport
-			runs := 0
+			var reports []openReport
 			for b.Loop() {
 				if cold {
 					evict(b, filepath.Join(dir, FileName))
 				}
-				r := runOpenChild(b, dir)
-				sum.OpenSeconds += r.OpenSeconds
-				sum.RSSMB += r.RSSMB
-				sum.RSSAnonMB += r.RSSAnonMB
-				sum.RSSFileMB += r.RSSFileMB
-				sum.HeapMB += r.HeapMB
-				sum.Registrations = r.Registrations
-				runs++
+				reports = append(reports, runOpenChild(b, dir, 0))
 			}
-			if sum.Registrations != bigN {
-				b.Fatalf("child loaded %d registrations", sum.Registrations)
-			}
-			n := float64(runs)
-			b.ReportMetric(sum.OpenSeconds/n, "open-s")
-			b.ReportMetric(sum.RSSMB/n, "RSS-MB")
-			b.ReportMetric(sum.RSSAnonMB/n, "RSSanon-MB")
-			b.ReportMetric(sum.RSSFileMB/n, "RSSfile-MB")
-			b.ReportMetric(sum.HeapMB/n, "heap-MB")
+			reportMemory(b, reports)
 		})
 	}
+}
+
+// BenchmarkSteadyMemory measures the whole store's memory under load, in a
+// fresh process: it opens the 1M store and then runs 30 rounds of the worst
+// steady state the defaults allow, each round one minute's touch flush with
+// every client active (16,667 touches written) and a burst of 2,000
+// registrations (they add up to 1.06M). Reports the peak resident memory
+// too. Without GOMEMLIMIT, Go lets the heap grow to twice the live data
+// between collections; run it with GOMEMLIMIT set to see the effect.
+func BenchmarkSteadyMemory(b *testing.B) {
+	const rounds = 30
+	var reports []openReport
+	for b.Loop() {
+		reports = append(reports, runOpenChild(b, copyStore(b, bigStore(b)), rounds))
+	}
+	reportMemory(b, reports)
+}
+
+func reportMemory(b *testing.B, reports []openReport) {
+	var sum openReport
+	for _, r := range reports {
+		if r.Registrations < bigN {
+			b.Fatalf("child held %d registrations", r.Registrations)
+		}
+		sum.OpenSeconds += r.OpenSeconds
+		sum.RSSMB += r.RSSMB
+		sum.PeakRSSMB += r.PeakRSSMB
+		sum.RSSAnonMB += r.RSSAnonMB
+		sum.RSSFileMB += r.RSSFileMB
+		sum.HeapMB += r.HeapMB
+	}
+	n := float64(len(reports))
+	b.ReportMetric(sum.OpenSeconds/n, "open-s")
+	b.ReportMetric(sum.RSSMB/n, "RSS-MB")
+	b.ReportMetric(sum.PeakRSSMB/n, "peakRSS-MB")
+	b.ReportMetric(sum.RSSAnonMB/n, "RSSanon-MB")
+	b.ReportMetric(sum.RSSFileMB/n, "RSSfile-MB")
+	b.ReportMetric(sum.HeapMB/n, "heap-MB")
 }
 
 // evict drops a file's pages from the page cache (only this file's).
@@ -312,21 +334,25 @@ func evict(tb testing.TB, path string) {
 	}
 }
 
-const openDirEnv = "EWF_STORE_OPEN_DIR"
+const (
+	openDirEnv    = "EWF_STORE_OPEN_DIR"
+	openRoundsEnv = "EWF_STORE_OPEN_ROUNDS"
+)
 
 type openReport struct {
 	Registrations int
 	OpenSeconds   float64
 	RSSMB         float64 // VmRSS: all resident memory of the process
+	PeakRSSMB     float64 // VmHWM: the most VmRSS ever was
 	RSSAnonMB     float64 // RssAnon: heap, stacks
 	RSSFileMB     float64 // RssFile: mapped file pages (the bbolt mmap, the binary)
-	HeapMB        float64 // runtime HeapInuse after a GC
+	HeapMB        float64 // runtime HeapInuse after a GC: live data
 }
 
-func runOpenChild(tb testing.TB, dir string) openReport {
+func runOpenChild(tb testing.TB, dir string, rounds int) openReport {
 	tb.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperOpen$", "-test.count=1", "-test.v")
-	cmd.Env = append(os.Environ(), openDirEnv+"="+dir)
+	cmd.Env = append(os.Environ(), openDirEnv+"="+dir, openRoundsEnv+"="+strconv.Itoa(rounds))
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		tb.Fatalf("child: %v\n%s", err, out)
@@ -344,21 +370,55 @@ func runOpenChild(tb testing.TB, dir string) openReport {
 	return openReport{}
 }
 
-// TestHelperOpen is the child of BenchmarkOpen.
+// TestHelperOpen is the child of BenchmarkOpen and BenchmarkSteadyMemory.
 func TestHelperOpen(t *testing.T) {
 	dir := os.Getenv(openDirEnv)
 	if dir == "" {
 		t.Skip("child process of BenchmarkOpen")
 	}
+	rounds, _ := strconv.Atoi(os.Getenv(openRoundsEnv))
 	start := time.Now()
-	s, err := Open(dir, Options{})
+	s, err := Open(dir, Options{TouchFlushInterval: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
 	took := time.Since(start)
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
+
+	// The fixture's IDs, regenerated as a stream like ids() makes them:
+	// holding all of them would add 32 MB that ewfd does not have.
+	fixture := rand.NewChaCha8([32]byte{bigSeed})
+	fresh := rand.NewChaCha8([32]byte{0xee})
+	var id store.ID
+	var key store.Key
+	var wg sync.WaitGroup
+	inflight := make(chan struct{}, 1024) // as BenchmarkRegister
+	now := t0
+	for range rounds {
+		now = now.Add(time.Hour)
+		for range bigN / 60 {
+			fixture.Read(id[:])
+			fixture.Read(key[:])
+			s.Touch(id, now)
+		}
+		if err := s.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		for range 2_000 {
+			fresh.Read(id[:])
+			fresh.Read(key[:])
+			wg.Add(1)
+			inflight <- struct{}{}
+			s.Register(id, key, now, func(err error) {
+				defer wg.Done()
+				<-inflight
+				if err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+	}
+
 	status, err := os.ReadFile("/proc/self/status")
 	if err != nil {
 		t.Fatal(err)
@@ -372,10 +432,14 @@ func TestHelperOpen(t *testing.T) {
 		}
 		return -1
 	}
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
 	r := openReport{
 		Registrations: s.Len(),
 		OpenSeconds:   took.Seconds(),
 		RSSMB:         kB("VmRSS"),
+		PeakRSSMB:     kB("VmHWM"),
 		RSSAnonMB:     kB("RssAnon"),
 		RSSFileMB:     kB("RssFile"),
 		HeapMB:        float64(ms.HeapInuse) / (1 << 20),

@@ -126,14 +126,23 @@ func checkSchema(tx *bbolt.Tx) error {
 // sequences of records superseded by a later one of the same ID. It counts
 // the records first, a cheap pass over the leaves, so that the tables are
 // allocated once at their final size instead of growing through copies.
-func loadAll(tx *bbolt.Tx, res time.Duration) (x *index, stale []uint64, err error) {
+//
+// release is called every few thousand records to drop the file pages read
+// so far from resident memory (see releaseMapped), so that the peak at
+// startup is the index, not the index plus the whole file.
+func loadAll(tx *bbolt.Tx, res time.Duration, release func()) (x *index, stale []uint64, err error) {
 	c := tx.Bucket(regBucket).Cursor()
 	n := 0
 	for k, _ := c.First(); k != nil; k, _ = c.Next() {
 		n++
 	}
+	release()
 	x = newIndex(res, n)
+	i := 0
 	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if i++; i%(1<<16) == 0 {
+			release()
+		}
 		if len(k) != keyLen || len(v) != valueLen {
 			return nil, nil, fmt.Errorf("%w: record %x has %d-byte key and %d-byte value", ErrCorrupt, k, len(k), len(v))
 		}

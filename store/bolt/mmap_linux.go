@@ -15,8 +15,9 @@ import (
 // process's page-table entries; the data stays in the file and the page
 // cache, and a later commit faults in just the pages it changes.
 //
-// It must not run concurrently with a bbolt transaction (a remap), so Open
-// calls it before the committer starts. Failure only costs memory.
+// It may run during a read transaction (a later read faults the page back
+// in from the page cache) but not concurrently with a write transaction,
+// which may remap the file. Failure only costs memory.
 func releaseMapped(db *bbolt.DB) error {
 	fi, err := os.Stat(db.Path())
 	if err != nil {
