@@ -518,7 +518,7 @@ func (s *Store) scratch(n int) (keys, values []byte) {
 // per transaction.
 func (s *Store) flushTouches() error {
 	recs := s.idx.takeDirty(s.recs[:0])
-	defer func() { s.recs = recs[:0] }()
+	defer func() { s.recs = reuse(recs) }()
 	if len(recs) == 0 {
 		return nil
 	}
@@ -583,7 +583,7 @@ func (s *Store) expire(cutoff time.Time) (int, error) {
 	}
 	c -= s.slack
 	ids := s.idx.expiredIDs(c, s.ids[:0])
-	defer func() { s.ids = ids[:0] }()
+	defer func() { s.ids = reuse(ids) }()
 	total := 0
 	var err error
 	for start := 0; start < len(ids); start += maintenanceGroup {
@@ -636,4 +636,14 @@ func (s *Store) deleteRecords(seqs []uint64) error {
 		}
 		return nil
 	})
+}
+
+// reuse returns b emptied for the next pass, unless a rare large pass (a
+// mass expiry, say) made it big: keeping megabytes of scratch for good
+// would cost more than allocating them again.
+func reuse[T any](b []T) []T {
+	if cap(b) > 1<<16 {
+		return nil
+	}
+	return b[:0]
 }
