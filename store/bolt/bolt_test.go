@@ -80,8 +80,10 @@ func registerAll(t testing.TB, s store.Store, is []store.ID, ks []store.Key, now
 	}
 	wg.Wait()
 	close(errs)
+	// Errorf, not Fatalf: callers may run this on a goroutine of their own.
 	for err := range errs {
-		t.Fatalf("Register: %v", err)
+		t.Errorf("Register: %v (and %d more)", err, len(errs))
+		break
 	}
 }
 
@@ -276,6 +278,48 @@ func TestExpireDeletesOnlyCertainlyIdle(t *testing.T) {
 	}
 	if s.Len() != 2 {
 		t.Errorf("Len after reopen = %d, want 2", s.Len())
+	}
+}
+
+func TestLargeExpiryRunsInGroupsBesideRegistrations(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, Options{})
+	old, oldKeys := ids(10, 3*maintenanceGroup+100)
+	registerAll(t, s, old, oldKeys, t0)
+	later := t0.Add(40 * 24 * time.Hour)
+	fresh, freshKeys := ids(11, 500)
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		registerAll(t, s, fresh, freshKeys, later)
+	}()
+	n, err := s.Expire(later.Add(-store.DefaultMaxIdle))
+	<-done
+	if err != nil || n != len(old) {
+		t.Fatalf("Expire = %d, %v; want %d", n, err, len(old))
+	}
+	if s.Len() != len(fresh) {
+		t.Fatalf("Len = %d, want %d", s.Len(), len(fresh))
+	}
+	slots := 0
+	for i := range s.idx.shards {
+		slots += len(s.idx.shards[i].t.slots)
+	}
+	if slots > 4*len(fresh)+shardCount*minSlots {
+		t.Errorf("%d slots for %d registrations after expiry: tables not shrunk", slots, len(fresh))
+	}
+	mustClose(t, s)
+
+	s = open(t, dir, Options{})
+	defer mustClose(t, s)
+	if s.Len() != len(fresh) {
+		t.Fatalf("Len after reopen = %d, want %d", s.Len(), len(fresh))
+	}
+	for i := range fresh {
+		if k, ok := s.Lookup(fresh[i]); !ok || k != freshKeys[i] {
+			t.Fatalf("Lookup(%x) after reopen = %x, %v", fresh[i], k, ok)
+		}
 	}
 }
 
