@@ -378,7 +378,7 @@ func (s *Store) Close() error {
 // Stats are counters since Open, for metrics.
 type Stats struct {
 	Registrations  int    // held now, as Len
-	Commits        uint64 // group commits of registrations (each one fsync)
+	Commits        uint64 // group commits of registrations (each a bbolt commit: two fdatasyncs)
 	Committed      uint64 // registrations committed
 	CommitFailures uint64 // registrations whose commit failed
 	Busy           uint64 // registrations refused with store.ErrBusy

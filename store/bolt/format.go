@@ -57,7 +57,7 @@ var (
 	// ErrSchema: the store was written by a newer ewfd with a format this
 	// build cannot read.
 	ErrSchema = errors.New("unsupported ewf store schema version")
-	// ErrCorrupt: the file is an ewf store but a record is damaged.
+	// ErrCorrupt: the file is an ewf store but a record or page is damaged.
 	ErrCorrupt = errors.New("corrupt ewf registration store")
 )
 
