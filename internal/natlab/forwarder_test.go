@@ -89,6 +89,7 @@ func TestForwarder(t *testing.T) {
 			{Name: "plain", Router: "plain-gw"},
 			{Name: "slow", Router: "slow-gw"},
 			{Name: "lossy", Router: "lossy-gw"},
+			{Name: "slow-public", WAN: Link{Delay: delay}},
 		},
 	})
 	if lab.Forwarder("plain-gw") != nil {
@@ -107,9 +108,9 @@ func TestForwarder(t *testing.T) {
 		}()
 		return ch
 	}
-	plainC, slowC, lossyC := run("plain", 50), run("slow", 50), run("lossy", 400)
-	plain, slow, lossy := <-plainC, <-slowC, <-lossyC
-	for _, r := range []result{plain, slow, lossy} {
+	plainC, slowC, lossyC, pubC := run("plain", 50), run("slow", 50), run("lossy", 400), run("slow-public", 50)
+	plain, slow, lossy, pub := <-plainC, <-slowC, <-lossyC, <-pubC
+	for _, r := range []result{plain, slow, lossy, pub} {
 		if r.err != nil {
 			t.Fatal(r.err)
 		}
@@ -128,6 +129,11 @@ func TestForwarder(t *testing.T) {
 	}
 	if slow.st.min < 2*delay {
 		t.Errorf("min rtt through the delayed link = %v, want >= %v", slow.st.min, 2*delay)
+	}
+	t.Logf("slow public host (delay %v): %d/%d answered, min rtt %v", delay, pub.st.received, pub.st.sent, pub.st.min)
+	if pub.st.received != pub.st.sent || pub.st.min < 2*delay {
+		t.Errorf("delayed public host: %d/%d answered, min rtt %v, want all and >= %v",
+			pub.st.received, pub.st.sent, pub.st.min, 2*delay)
 	}
 	if plain.st.min >= 2*delay {
 		t.Errorf("min rtt through the plain link = %v: the delay is not the forwarder's", plain.st.min)

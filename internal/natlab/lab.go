@@ -34,8 +34,10 @@ type RouterSpec struct {
 	// public address. It is ignored for CGNAT, whose carrier never hairpins
 	// (the home router, whose WAN is a carrier-private address, does).
 	Hairpin bool
-	// UDPTimeout is the UDP mapping timeout. Zero keeps the kernel defaults
-	// (30 s before a reply, 120 s after).
+	// UDPTimeout is the UDP mapping timeout. Zero keeps the kernel
+	// defaults: 30 s, raised to 120 s only once the flow has seen a reply
+	// and is still active more than 2 s after it began (so a flow that
+	// exchanged a few packets at once and fell silent is gone after 30 s).
 	UDPTimeout time.Duration
 	// WAN adds delay and loss between the router's WAN port and the public
 	// switch. The zero value is a plain link.
@@ -64,6 +66,9 @@ type HostSpec struct {
 	// Router is the name of the router the host sits behind; empty puts the
 	// host on the public segment.
 	Router string
+	// WAN adds delay and loss between a public host and the public switch,
+	// as RouterSpec.WAN does for a router. Only for public hosts.
+	WAN Link
 }
 
 // ServerHost is the name of the host that carries the two server addresses.
@@ -110,7 +115,8 @@ type host struct {
 	name   string
 	ns     string
 	addr   netip.Addr
-	router *router // nil for public hosts
+	router *router    // nil for public hosts
+	fwd    *Forwarder // public hosts with a WAN link
 }
 
 // Skip skips the test with one line when the lab cannot run here: not root,
@@ -217,6 +223,12 @@ func checkSpec(spec Spec) error {
 		if h.Router != "" && !slices.ContainsFunc(spec.Routers, func(r RouterSpec) bool { return r.Name == h.Router }) {
 			return fmt.Errorf("natlab: host %s: no router %q", h.Name, h.Router)
 		}
+		if h.Router != "" && !h.WAN.isZero() {
+			return fmt.Errorf("natlab: host %s: a WAN link is only for public hosts", h.Name)
+		}
+		if h.WAN.Loss < 0 || h.WAN.Loss >= 1 || h.WAN.Delay < 0 {
+			return fmt.Errorf("natlab: host %s: bad WAN link %+v", h.Name, h.WAN)
+		}
 	}
 	return nil
 }
@@ -271,14 +283,16 @@ func (l *Lab) RouterOf(hostName string) (RouterSpec, bool) {
 	return h.router.spec, true
 }
 
-// Forwarder returns the delay/loss forwarder on a router's WAN link, or nil
-// if the link is plain.
-func (l *Lab) Forwarder(routerName string) *Forwarder {
-	r, ok := l.routers[routerName]
-	if !ok {
-		panic("natlab: no router " + routerName)
+// Forwarder returns the delay/loss forwarder on the WAN link of a router
+// or public host, or nil if the link is plain.
+func (l *Lab) Forwarder(name string) *Forwarder {
+	if r, ok := l.routers[name]; ok {
+		return r.fwd
 	}
-	return r.fwd
+	if h, ok := l.hosts[name]; ok {
+		return h.fwd
+	}
+	panic("natlab: no router or host " + name)
 }
 
 func (l *Lab) host(name string) *host {
@@ -401,34 +415,7 @@ func (l *Lab) addRouter(idx int, rs RouterSpec) error {
 		}
 		outer = r.isp
 	}
-	sw := l.prefix + "sw"
-	port := fmt.Sprintf("r%d", idx)
-	if rs.WAN.isZero() {
-		if err := veth(outer, "wan0", sw, port); err != nil {
-			return err
-		}
-	} else {
-		// wan0 <-> rNa (forwarder) rNb <-> rN (bridge port).
-		fa, fb := port+"a", port+"b"
-		if err := veth(outer, "wan0", sw, fa); err != nil {
-			return err
-		}
-		if err := veth(sw, fb, sw, port); err != nil {
-			return err
-		}
-		for _, i := range []string{fa, fb} {
-			if err := ipn(sw, "link", "set", i, "promisc", "on"); err != nil {
-				return err
-			}
-		}
-		f, err := startForwarder(sw, fa, fb, rs.WAN)
-		if err != nil {
-			return err
-		}
-		r.fwd = f
-		l.closers = append(l.closers, f.Close)
-	}
-	if err := enslave(sw, port, "br0"); err != nil {
+	if r.fwd, err = l.uplink(outer, "wan0", fmt.Sprintf("r%d", idx), rs.WAN); err != nil {
 		return err
 	}
 	if err := ipn(outer, "addr", "add", netip.PrefixFrom(r.wan, publicNet.Bits()).String(), "dev", "wan0"); err != nil {
@@ -488,6 +475,38 @@ func (l *Lab) addRouter(idx int, rs RouterSpec) error {
 	return nftLoad(r.ns, home.text())
 }
 
+// uplink connects interface ifname of namespace ns to the public switch as
+// bridge port port, directly or, for a non-zero link, through a Forwarder:
+//
+//	ifname <-> {port}a (forwarder) {port}b <-> port (bridge port)
+func (l *Lab) uplink(ns, ifname, port string, link Link) (*Forwarder, error) {
+	sw := l.prefix + "sw"
+	if link.isZero() {
+		if err := veth(ns, ifname, sw, port); err != nil {
+			return nil, err
+		}
+		return nil, enslave(sw, port, "br0")
+	}
+	fa, fb := port+"a", port+"b"
+	if err := veth(ns, ifname, sw, fa); err != nil {
+		return nil, err
+	}
+	if err := veth(sw, fb, sw, port); err != nil {
+		return nil, err
+	}
+	for _, i := range []string{fa, fb} {
+		if err := ipn(sw, "link", "set", i, "promisc", "on"); err != nil {
+			return nil, err
+		}
+	}
+	f, err := startForwarder(sw, fa, fb, link)
+	if err != nil {
+		return nil, err
+	}
+	l.closers = append(l.closers, f.Close)
+	return f, enslave(sw, port, "br0")
+}
+
 func (l *Lab) addHost(hs HostSpec, pub *int) error {
 	ns, err := l.addNetns(hs.Name)
 	if err != nil {
@@ -501,11 +520,7 @@ func (l *Lab) addHost(hs HostSpec, pub *int) error {
 			return errors.New("at most 100 public hosts")
 		}
 		h.addr = netip.AddrFrom4([4]byte{203, 0, 113, byte(100 + *pub)})
-		port := fmt.Sprintf("h%d", *pub)
-		if err := veth(ns, "eth0", l.prefix+"sw", port); err != nil {
-			return err
-		}
-		if err := enslave(l.prefix+"sw", port, "br0"); err != nil {
+		if h.fwd, err = l.uplink(ns, "eth0", fmt.Sprintf("h%d", *pub), hs.WAN); err != nil {
 			return err
 		}
 		return ipn(ns, "addr", "add", netip.PrefixFrom(h.addr, publicNet.Bits()).String(), "dev", "eth0")
@@ -642,7 +657,9 @@ func (l *Lab) Leftovers() []string {
 //     "home-1" and "home-2" (two devices at home).
 //   - "flat": the same without hairpinning, hosts "flat-1" and "flat-2".
 //   - "short": a port-restricted router whose UDP mappings expire after
-//     30 s without outbound traffic, host "short-1", to prove keepalives.
+//     30 s without outbound traffic, hosts "short-1" to "short-3", to
+//     prove keepalives; "far": a plain port-restricted router with hosts
+//     "far-1" to "far-3", their peers.
 func MatrixSpec() Spec {
 	var s Spec
 	for _, side := range []string{"a", "b"} {
@@ -660,6 +677,7 @@ func MatrixSpec() Spec {
 		RouterSpec{Name: "home", NAT: PortRestricted, Hairpin: true},
 		RouterSpec{Name: "flat", NAT: PortRestricted},
 		RouterSpec{Name: "short", NAT: PortRestricted, UDPTimeout: 30 * time.Second},
+		RouterSpec{Name: "far", NAT: PortRestricted},
 	)
 	s.Hosts = append(s.Hosts,
 		HostSpec{Name: "home-1", Router: "home"},
@@ -667,6 +685,11 @@ func MatrixSpec() Spec {
 		HostSpec{Name: "flat-1", Router: "flat"},
 		HostSpec{Name: "flat-2", Router: "flat"},
 		HostSpec{Name: "short-1", Router: "short"},
+		HostSpec{Name: "short-2", Router: "short"},
+		HostSpec{Name: "short-3", Router: "short"},
+		HostSpec{Name: "far-1", Router: "far"},
+		HostSpec{Name: "far-2", Router: "far"},
+		HostSpec{Name: "far-3", Router: "far"},
 	)
 	return s
 }

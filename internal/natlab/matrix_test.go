@@ -1,0 +1,733 @@
+package natlab
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Where ewfd serves in the matrix lab, and its metrics.
+const (
+	matrixServer  = "203.0.113.1:3478"
+	matrixMetrics = "203.0.113.1:9478"
+)
+
+// matrixPunch is the --punch-timeout of every peer: the bound on a pair
+// that cannot connect.
+const matrixPunch = 10 * time.Second
+
+// keepIdle is how long the keepalive listener sits idle behind a router
+// whose UDP mappings expire after 30 s.
+const keepIdle = 45 * time.Second
+
+// payloadSize goes each way over every connection.
+const payloadSize = 256 << 10
+
+// matrixParallel is how many pairs run at once. Pairs never share a host.
+const matrixParallel = 8
+
+// wantMatrix is the expected outcome of `ewf listen` behind the row's NAT
+// and `ewf connect` behind the column's, per transport: "ok" is a direct
+// connection, anything else the error reason `ewf connect` must report.
+// A change of behaviour shows up as a diff of this table; on a mismatch the
+// test prints the observed table in this very format.
+//
+// Why: a symmetric NAT gives every destination a new port, so its peer must
+// accept packets from a port it never sent to. Full-cone (EIF) and
+// restricted (ADF, the address is permitted once it has punched towards
+// it) do; port-restricted and cgnat (APDF) drop them, and two symmetric
+// NATs cannot meet at all. The same holds for TCP simultaneous open.
+const wantMatrix = `
+udp    none   full   restr  port   sym    cgnat
+none   ok     ok     ok     ok     ok     ok
+full   ok     ok     ok     ok     ok     ok
+restr  ok     ok     ok     ok     ok     ok
+port   ok     ok     ok     ok     nopath ok
+sym    ok     ok     ok     nopath nopath nopath
+cgnat  ok     ok     ok     ok     nopath ok
+
+tcp    none   full   restr  port   sym    cgnat
+none   ok     ok     ok     ok     ok     ok
+full   ok     ok     ok     ok     ok     ok
+restr  ok     ok     ok     ok     ok     ok
+port   ok     ok     ok     ok     nopath ok
+sym    ok     ok     ok     nopath nopath nopath
+cgnat  ok     ok     ok     ok     nopath ok
+`
+
+// Short names of the NAT types in wantMatrix, in NATs order.
+var natShort = map[NAT]string{
+	None: "none", FullCone: "full", Restricted: "restr",
+	PortRestricted: "port", Symmetric: "sym", CGNAT: "cgnat",
+}
+
+// outcome words of wantMatrix other than the error reasons of ewf.
+const (
+	outOK     = "ok"
+	outNoPath = "nopath" // error reason=no-direct-path
+)
+
+// parseMatrix reads wantMatrix into transport → "listener/connector" →
+// outcome.
+func parseMatrix(s string) (map[string]map[string]string, error) {
+	m := map[string]map[string]string{}
+	var tr string
+	var cols []string
+	for _, line := range strings.Split(s, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			tr = ""
+			continue
+		}
+		if tr == "" {
+			tr, cols = f[0], f[1:]
+			m[tr] = map[string]string{}
+			continue
+		}
+		if len(f) != len(cols)+1 {
+			return nil, fmt.Errorf("wantMatrix: row %q has %d columns, want %d", line, len(f)-1, len(cols))
+		}
+		for i, c := range cols {
+			m[tr][f[0]+"/"+c] = f[i+1]
+		}
+	}
+	return m, nil
+}
+
+// formatMatrix prints outcomes in wantMatrix's format.
+func formatMatrix(got map[string]map[string]string) string {
+	var b strings.Builder
+	for _, tr := range []string{"udp", "tcp"} {
+		row := []string{tr}
+		for _, c := range NATs {
+			row = append(row, natShort[c])
+		}
+		b.WriteString("\n" + formatRow(row))
+		for _, l := range NATs {
+			row = []string{natShort[l]}
+			for _, c := range NATs {
+				o := got[tr][natShort[l]+"/"+natShort[c]]
+				if o == "" {
+					o = "?"
+				}
+				row = append(row, o)
+			}
+			b.WriteString(formatRow(row))
+		}
+	}
+	return b.String()
+}
+
+func formatRow(cells []string) string {
+	var b strings.Builder
+	for _, c := range cells {
+		fmt.Fprintf(&b, "%-7s", c)
+	}
+	return strings.TrimRight(b.String(), " ") + "\n"
+}
+
+// pairCase is one `ewf listen` / `ewf connect` run.
+type pairCase struct {
+	name      string
+	listener  string // host
+	connector string // host
+	transport string // "udp" or "tcp"
+	want      string // outOK or outNoPath
+	// idle is how long the listener sits between its ready line and the
+	// connector's start; frozen stops it (SIGSTOP) for that time, so it
+	// sends no keepalives, and lets it go on 1 s after the connector's
+	// ready line.
+	idle   time.Duration
+	frozen bool
+	// remote returns whether addr is an acceptable `remote` for the
+	// side on host (the address of the other side, as seen from there),
+	// and a description of what is.
+	remote func(host string, addr netip.AddrPort, peerPublic netip.AddrPort) (bool, string)
+}
+
+// pairResult is what a pairCase observed.
+type pairResult struct {
+	outcome string        // outOK, outNoPath or the reported error reason
+	connect time.Duration // from starting `ewf connect` to its status line
+	rtt     string
+	remote  [2]string // listener's and connector's `remote`
+	// introduced is true when the listener logged that the server's
+	// INTRODUCE reached it.
+	introduced bool
+	errs       []string // failed checks
+	logs       []string // stderr of both sides when something failed
+}
+
+func (r *pairResult) fail(format string, args ...any) {
+	r.errs = append(r.errs, fmt.Sprintf(format, args...))
+}
+
+// matrixEnv is what every pair needs.
+type matrixEnv struct {
+	lab *Lab
+	ewf string
+	dir string // identity files
+}
+
+// peerAddr is the address the other side must see host at: the router's
+// public address, or the host's own on the public segment.
+func (e *matrixEnv) peerAddr(host string) netip.Addr {
+	h := e.lab.host(host)
+	if h.router == nil {
+		return h.addr
+	}
+	return h.router.wan
+}
+
+// natRemote is the remote check for hosts behind different routers: each
+// side must see the other's public address (its NAT's), and, over UDP
+// when the other NAT maps independently of the endpoint, exactly the
+// mapping the server saw (the `public` of its ready line).
+func (e *matrixEnv) natRemote(l, c, transport string) func(string, netip.AddrPort, netip.AddrPort) (bool, string) {
+	return func(host string, addr, peerPublic netip.AddrPort) (bool, string) {
+		peer := c
+		if host == c {
+			peer = l
+		}
+		want := e.peerAddr(peer)
+		samePort := transport == "udp"
+		if r, ok := e.lab.RouterOf(peer); ok && r.NAT == Symmetric {
+			samePort = false
+		}
+		if samePort {
+			w := netip.AddrPortFrom(want, peerPublic.Port())
+			return addr == w, w.String()
+		}
+		return addr.Addr() == want, want.String() + ":*"
+	}
+}
+
+// sameNATRemote accepts the peer's LAN address, or, behind a hairpinning
+// router, the router's public address (the hairpinned path).
+func (e *matrixEnv) sameNATRemote(l, c string, hairpin bool) func(string, netip.AddrPort, netip.AddrPort) (bool, string) {
+	return func(host string, addr, _ netip.AddrPort) (bool, string) {
+		peer := c
+		if host == c {
+			peer = l
+		}
+		lan := e.lab.Addr(peer)
+		if hairpin {
+			wan := e.lab.host(peer).router.wan
+			return addr.Addr() == lan || addr.Addr() == wan, lan.String() + " or " + wan.String()
+		}
+		return addr.Addr() == lan, lan.String()
+	}
+}
+
+// TestMatrix runs `ewf listen` behind every NAT type and `ewf connect`
+// behind every other, over UDP (QUIC) and TCP, with ewfd on the public
+// segment; plus two peers behind one NAT (with and without hairpinning)
+// and a listener whose NAT forgets UDP mappings after 30 s, idle for 45 s
+// before its peer comes. Each pair must end as wantMatrix says: connected
+// directly, to the other side's NAT, with 256 KiB each way intact, or with
+// "no-direct-path" within the punch timeout. Afterwards ewfd's counters
+// must show that no peer traffic reached it, and the lab must leave
+// nothing behind.
+func TestMatrix(t *testing.T) {
+	Skip(t)
+	want, err := parseMatrix(wantMatrix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	ewfd, ewf := BuildBinaries(t)
+	lab := New(t, MatrixSpec())
+	if _, err := lab.Verify(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("binaries built, lab built and verified in %v", time.Since(start).Round(time.Millisecond))
+
+	srv, err := lab.Start(ServerHost, ewfd, "-listen", matrixServer, "-data", t.TempDir(),
+		"-metrics", matrixMetrics, "-log-level", "warn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := waitMetrics(lab, 20*time.Second); err != nil {
+		t.Fatalf("ewfd did not come up: %v\n%s", err, strings.Join(srv.Lines(), "\n"))
+	}
+
+	env := &matrixEnv{lab: lab, ewf: ewf, dir: t.TempDir()}
+
+	var cases []pairCase
+	for _, tr := range []string{"udp", "tcp"} {
+		for _, ln := range NATs {
+			for _, cn := range NATs {
+				l, c := MatrixHost("a", ln), MatrixHost("b", cn)
+				cases = append(cases, pairCase{
+					name:     fmt.Sprintf("%s/%s-%s", tr, ln, cn),
+					listener: l, connector: c, transport: tr,
+					want:   want[tr][natShort[ln]+"/"+natShort[cn]],
+					remote: env.natRemote(l, c, tr),
+				})
+			}
+		}
+	}
+	// Two devices behind one router. They reach each other on the LAN
+	// over UDP (the connector's host candidates travel in the
+	// introduction); TCP has only the public binding, which only a
+	// hairpinning router turns around.
+	sameNAT := []struct {
+		router  string
+		hairpin bool
+		tcp     string
+	}{
+		{"home", true, outOK},
+		{"flat", false, outNoPath},
+	}
+	for _, s := range sameNAT {
+		for _, tr := range []string{"udp", "tcp"} {
+			w := outOK
+			if tr == "tcp" {
+				w = s.tcp
+			}
+			l, c := s.router+"-1", s.router+"-2"
+			cases = append(cases, pairCase{
+				name:     fmt.Sprintf("%s/same-nat-%s", tr, s.router),
+				listener: l, connector: c, transport: tr, want: w,
+				remote: env.sameNATRemote(l, c, s.hairpin),
+			})
+		}
+	}
+	// Longest first: pairs that must fail take the whole punch timeout.
+	slices.SortStableFunc(cases, func(a, b pairCase) int {
+		return boolInt(a.want == outOK) - boolInt(b.want == outOK)
+	})
+
+	// The keepalive checks run alongside, on hosts of their own. Behind
+	// "short" UDP mappings expire after 30 s, and the introduction reaches
+	// a listener only over its UDP mapping towards the server: a listener
+	// idle for 45 s can be reached only if its keepalives held that
+	// mapping. The controls freeze the listener (SIGSTOP) instead, so that
+	// it sends nothing: after 10 s its mapping is still there and it
+	// connects once it runs again; after 45 s the mapping is gone, the
+	// introduction never reaches it, and the connection fails.
+	keepCases := []pairCase{
+		{name: "keepalive/idle-45s", listener: "short-1", connector: "far-1", want: outOK, idle: keepIdle},
+		{name: "keepalive/frozen-10s", listener: "short-3", connector: "far-3", want: outOK, idle: 10 * time.Second, frozen: true},
+		{name: "keepalive/frozen-45s", listener: "short-2", connector: "far-2", want: outNoPath, idle: keepIdle, frozen: true},
+	}
+	keep := make([]pairResult, len(keepCases))
+	var keepWG sync.WaitGroup
+	for i := range keepCases {
+		keepCases[i].transport = "udp"
+		keepCases[i].remote = env.natRemote(keepCases[i].listener, keepCases[i].connector, "udp")
+		keepWG.Go(func() { keep[i] = env.run(keepCases[i]) })
+	}
+
+	results := make([]pairResult, len(cases))
+	matrixStart := time.Now()
+	schedule(cases, matrixParallel, func(i int) { results[i] = env.run(cases[i]) })
+	t.Logf("matrix: %d pairs in %v", len(cases), time.Since(matrixStart).Round(time.Millisecond))
+	keepWG.Wait()
+	t.Logf("keepalive checks done after %v", time.Since(matrixStart).Round(time.Millisecond))
+
+	got := map[string]map[string]string{"udp": {}, "tcp": {}}
+	for i, c := range cases {
+		r := results[i]
+		if c.listener[:2] == "a-" {
+			ln, cn := c.listener[2:], c.connector[2:]
+			got[c.transport][natShort[NAT(ln)]+"/"+natShort[NAT(cn)]] = r.outcome
+		}
+		t.Run(c.name, func(t *testing.T) {
+			report(t, c.want, r)
+		})
+	}
+	for i, c := range keepCases {
+		t.Run(c.name, func(t *testing.T) {
+			// The listener logs "introduced" (with -v) when the
+			// server's INTRODUCE reaches it.
+			if want := c.want == outOK; keep[i].introduced != want {
+				t.Errorf("listener introduced: %t, want %t", keep[i].introduced, want)
+			}
+			report(t, c.want, keep[i])
+		})
+	}
+	if !t.Failed() {
+		t.Logf("outcomes:\n%s", formatMatrix(got))
+	} else {
+		t.Logf("observed outcomes (want wantMatrix):\n%s", formatMatrix(got))
+	}
+
+	// ewfd carried no peer traffic: every packet it got was a request it
+	// understood. QUIC or TLS records sent to it would count as
+	// malformed, PUNCH requests as kind "other".
+	m, err := scrapeMetrics(lab)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{`ewfd_dropped_total{reason="malformed"}`, `ewfd_dropped_total{reason="ignored"}`,
+		`ewfd_requests_total{kind="other",outcome="unknown_method"}`, `ewfd_requests_total{kind="introduction",outcome="ok"}`} {
+		if _, ok := m[k]; !ok {
+			t.Errorf("ewfd exports no %s: the checks below would be vacuous", k)
+		}
+	}
+	var total float64
+	for k, v := range m {
+		if strings.HasPrefix(k, "ewfd_requests_total{") {
+			total += v
+		}
+	}
+	t.Logf("ewfd: %.0f requests for %d pairs; malformed %.0f, ignored %.0f, other %.0f, introductions ok %.0f",
+		total, len(cases)+len(keepCases), m[`ewfd_dropped_total{reason="malformed"}`], m[`ewfd_dropped_total{reason="ignored"}`],
+		sumPrefix(m, `ewfd_requests_total{kind="other"`), m[`ewfd_requests_total{kind="introduction",outcome="ok"}`])
+	for _, k := range []string{`ewfd_dropped_total{reason="malformed"}`, `ewfd_dropped_total{reason="ignored"}`} {
+		if m[k] != 0 {
+			t.Errorf("ewfd: %s = %v, want 0 (peer traffic reached the server)", k, m[k])
+		}
+	}
+	if v := sumPrefix(m, `ewfd_requests_total{kind="other"`); v != 0 {
+		t.Errorf("ewfd: %v requests of kind other (PUNCH sent to the server?), want 0", v)
+	}
+	if v := m[`ewfd_requests_total{kind="introduction",outcome="ok"}`]; v < float64(len(cases)+len(keepCases)) {
+		t.Errorf("ewfd: %v introductions, want at least one per pair (%d)", v, len(cases)+len(keepCases))
+	}
+
+	if err := lab.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if left := lab.Leftovers(); len(left) > 0 {
+		t.Errorf("left behind after Close: %v", left)
+	}
+	t.Logf("total %v", time.Since(start).Round(time.Millisecond))
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func sumPrefix(m map[string]float64, prefix string) float64 {
+	var s float64
+	for k, v := range m {
+		if strings.HasPrefix(k, prefix) {
+			s += v
+		}
+	}
+	return s
+}
+
+// report turns a pairResult into test failures.
+func report(t *testing.T, want string, r pairResult) {
+	t.Helper()
+	if r.outcome != want {
+		t.Errorf("outcome %q, want %q", r.outcome, want)
+	}
+	for _, e := range r.errs {
+		t.Error(e)
+	}
+	if r.outcome == outOK {
+		t.Logf("connected in %v, rtt_ms=%s, listener remote %s, connector remote %s",
+			r.connect.Round(time.Millisecond), r.rtt, r.remote[0], r.remote[1])
+	} else {
+		t.Logf("failed as %q after %v", r.outcome, r.connect.Round(time.Millisecond))
+	}
+	if t.Failed() && len(r.logs) > 0 {
+		t.Logf("stderr:\n%s", strings.Join(r.logs, "\n"))
+	}
+}
+
+// schedule runs run(i) for every case, at most parallel at a time and
+// never two on one host, starting each as soon as its hosts are free, in
+// the order given.
+func schedule(cases []pairCase, parallel int, run func(i int)) {
+	busy := map[string]bool{}
+	pending := make([]int, len(cases))
+	for i := range pending {
+		pending[i] = i
+	}
+	done := make(chan int)
+	running := 0
+	for len(pending) > 0 || running > 0 {
+		for j := 0; j < len(pending) && running < parallel; {
+			c := cases[pending[j]]
+			if busy[c.listener] || busy[c.connector] {
+				j++
+				continue
+			}
+			busy[c.listener], busy[c.connector] = true, true
+			running++
+			i := pending[j]
+			pending = slices.Delete(pending, j, j+1)
+			go func() {
+				run(i)
+				done <- i
+			}()
+		}
+		i := <-done
+		running--
+		busy[cases[i].listener], busy[cases[i].connector] = false, false
+	}
+}
+
+// run runs one pair: listener, then connector, then 256 KiB each way.
+func (e *matrixEnv) run(c pairCase) (r pairResult) {
+	id := strings.NewReplacer("/", "-").Replace(c.name)
+	common := func(who string) []string {
+		return []string{"--server", matrixServer, "--identity", filepath.Join(e.dir, id+"-"+who+".json"),
+			"--punch-timeout", matrixPunch.String(), "-v"}
+	}
+	var procs []*Proc
+	defer func() {
+		for _, p := range procs {
+			p.Kill()
+		}
+		if len(procs) > 0 {
+			r.introduced = slices.ContainsFunc(procs[0].Lines(), func(s string) bool {
+				return strings.Contains(s, " msg=introduced ")
+			})
+		}
+		if len(r.errs) > 0 || r.outcome != c.want {
+			for i, p := range procs {
+				r.logs = append(r.logs, fmt.Sprintf("--- %s on %s:", []string{"listener", "connector"}[i], p.host))
+				r.logs = append(r.logs, p.Lines()...)
+			}
+		}
+	}()
+
+	l, err := e.lab.Start(c.listener, e.ewf, append([]string{"listen"},
+		append(common("l"), "--timeout", "2m")...)...)
+	if err != nil {
+		r.fail("start listener: %v", err)
+		return r
+	}
+	procs = append(procs, l)
+	lready, err := l.WaitLine("ready", 30*time.Second)
+	if err != nil {
+		r.outcome = "listener-failed"
+		r.fail("listener: %v", err)
+		return r
+	}
+	lpub, _ := netip.ParseAddrPort(lready["public"])
+	if c.frozen {
+		if err := l.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+			r.fail("stop listener: %v", err)
+			return r
+		}
+	}
+	time.Sleep(c.idle)
+
+	t0 := time.Now()
+	cn, err := e.lab.Start(c.connector, e.ewf, append(append([]string{"connect"}, common("c")...),
+		"--transport", c.transport, "--timeout", "40s", lready["id"])...)
+	if err != nil {
+		r.fail("start connector: %v", err)
+		return r
+	}
+	procs = append(procs, cn)
+	cready, err := cn.WaitLine("ready", 30*time.Second)
+	if err != nil {
+		r.outcome = "connector-failed"
+		r.fail("connector: %v", err)
+		return r
+	}
+	cpub, _ := netip.ParseAddrPort(cready["public"])
+	if c.frozen {
+		time.Sleep(time.Second)
+		if err := l.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+			r.fail("continue listener: %v", err)
+			return r
+		}
+	}
+	got, err := cn.WaitLine("connected", 60*time.Second)
+	r.connect = time.Since(t0)
+	var el *ErrorLine
+	switch {
+	case errors.As(err, &el):
+		r.outcome = el.Fields["reason"]
+		if r.outcome == "no-direct-path" {
+			r.outcome = outNoPath
+		}
+		// Bounded by the punch timeout, not by the overall --timeout.
+		if werr := cn.Wait(10 * time.Second); exitCode(werr) != 1 {
+			r.fail("connector exit: %v, want status 1", werr)
+		}
+		return r
+	case err != nil:
+		r.outcome = "no-status"
+		r.fail("connector: %v", err)
+		return r
+	}
+	r.outcome = outOK
+	r.rtt = got["rtt_ms"]
+	lgot, err := l.WaitLine("connected", 20*time.Second)
+	if err != nil {
+		r.fail("listener: %v", err)
+		return r
+	}
+	r.remote = [2]string{lgot["remote"], got["remote"]}
+
+	for _, side := range []struct {
+		who, host  string
+		fields     map[string]string
+		peerID     string
+		peerPublic netip.AddrPort
+	}{
+		{"listener", c.listener, lgot, cready["id"], cpub},
+		{"connector", c.connector, got, lready["id"], lpub},
+	} {
+		if side.fields["transport"] != c.transport {
+			r.fail("%s: transport %q, want %q", side.who, side.fields["transport"], c.transport)
+		}
+		if side.fields["peer"] != side.peerID {
+			r.fail("%s: peer %q, want %q", side.who, side.fields["peer"], side.peerID)
+		}
+		remote, err := netip.ParseAddrPort(side.fields["remote"])
+		if err != nil {
+			r.fail("%s: remote %q: %v", side.who, side.fields["remote"], err)
+			continue
+		}
+		if remote.Addr() == serverAddr1 || remote.Addr() == serverAddr2 {
+			r.fail("%s: remote %v is the server", side.who, remote)
+		}
+		if ok, wantDesc := c.remote(side.host, remote, side.peerPublic); !ok {
+			r.fail("%s: remote %v, want %s", side.who, remote, wantDesc)
+		}
+	}
+	for _, err := range exchange(l, cn) {
+		r.fail("%v", err)
+	}
+	return r
+}
+
+// exchange sends payloadSize random bytes each way, closes both inputs and
+// checks that both sides exit 0 having received exactly what the other
+// sent.
+func exchange(l, c *Proc) []error {
+	var errs []error
+	var mu sync.Mutex
+	add := func(err error) {
+		mu.Lock()
+		errs = append(errs, err)
+		mu.Unlock()
+	}
+	var sums [2][sha256.Size]byte
+	var wg sync.WaitGroup
+	for i, p := range []*Proc{l, c} {
+		data := make([]byte, payloadSize)
+		rand.Read(data)
+		sums[i] = sha256.Sum256(data)
+		wg.Go(func() {
+			if _, err := p.Stdin().Write(data); err != nil {
+				add(fmt.Errorf("write to %s on %s: %w", p.name, p.host, err))
+			}
+			if err := p.Stdin().Close(); err != nil {
+				add(fmt.Errorf("close stdin of %s on %s: %w", p.name, p.host, err))
+			}
+		})
+	}
+	wg.Wait()
+	for i, p := range []*Proc{l, c} {
+		if err := p.Wait(60 * time.Second); err != nil {
+			add(fmt.Errorf("%s on %s did not exit cleanly: %w", p.name, p.host, err))
+			continue
+		}
+		out := p.Stdout()
+		if len(out) != payloadSize || sha256.Sum256([]byte(out)) != sums[1-i] {
+			add(fmt.Errorf("%s on %s received %d bytes, sha256 %x; want %d bytes, sha256 %x",
+				p.name, p.host, len(out), sha256.Sum256([]byte(out)), payloadSize, sums[1-i]))
+		}
+	}
+	return errs
+}
+
+func exitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	return -1
+}
+
+// scrapeMetrics fetches ewfd's /metrics from inside the server namespace
+// and returns every sample by its name and labels.
+func scrapeMetrics(l *Lab) (map[string]float64, error) {
+	body, err := getInNetns(l.Namespace(ServerHost), "http://"+matrixMetrics+"/metrics")
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]float64{}
+	sc := bufio.NewScanner(bytes.NewReader(body))
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			continue
+		}
+		m[line[:i]] = v
+	}
+	return m, sc.Err()
+}
+
+// waitMetrics waits until ewfd answers on its metrics address.
+func waitMetrics(l *Lab, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		_, err := getInNetns(l.Namespace(ServerHost), "http://"+matrixMetrics+"/metrics")
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// getInNetns makes an HTTP GET whose socket lives in namespace ns.
+func getInNetns(ns, url string) ([]byte, error) {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var c net.Conn
+			err := inNetns(ns, func() error {
+				var err error
+				c, err = (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, network, addr)
+				return err
+			})
+			return c, err
+		},
+		DisableKeepAlives: true,
+	}
+	defer tr.CloseIdleConnections()
+	cl := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	resp, err := cl.Get(url)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return body, err
+}
