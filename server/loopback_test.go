@@ -402,3 +402,36 @@ func TestListenDefaultsToDualStackWildcard(t *testing.T) {
 }
 
 var _ = net.IPv4len
+
+func TestSTUNAttributesOtherThanFingerprintAreIgnored(t *testing.T) {
+	// docs/PROTOCOL.md §12: comprehension-required attributes included, so a
+	// CHANGE-REQUEST or ICE check still gets the mapped address.
+	d := startDaemon(t, server.Config{})
+	forEach(t, d, func(t *testing.T, srv netip.AddrPort, tr wire.Transport) {
+		c := dial(t, tr, srv)
+		for _, extra := range [][]stun.Setter{
+			{stun.RawAttribute{Type: stun.AttrChangeRequest, Value: []byte{0, 0, 0, 6}}},
+			{stun.RawAttribute{Type: stun.AttrResponsePort, Value: []byte{0x12, 0x34, 0, 0}}},
+			{stun.NewUsername("a:b"), stun.RawAttribute{Type: stun.AttrPriority, Value: []byte{1, 2, 3, 4}}},
+			{stun.NewSoftware("test"), stun.Fingerprint},
+		} {
+			req := stun.MustBuild(append([]stun.Setter{stun.TransactionID, stun.BindingRequest}, extra...)...)
+			c.send(req.Raw)
+			var m stun.Message
+			m.Raw = c.recv()
+			if err := m.Decode(); err != nil {
+				t.Fatal(err)
+			}
+			if m.Type != stun.BindingSuccess || m.TransactionID != req.TransactionID {
+				t.Fatalf("got %v, want Binding success", m.Type)
+			}
+			var xa stun.XORMappedAddress
+			if err := xa.GetFrom(&m); err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := netip.AddrFromSlice(xa.IP); netip.AddrPortFrom(got.Unmap(), uint16(xa.Port)) != c.local {
+				t.Fatalf("XOR-MAPPED-ADDRESS %v, want %v", xa, c.local)
+			}
+		}
+	})
+}

@@ -53,6 +53,21 @@ var outcomeNames = [numOutcomes]string{
 	"rate_limited", "server_error",
 }
 
+func r(x wire.Reason) outcome { return reasonOutcome(x) }
+
+// kindOutcomes lists the outcomes each kind of request can have.
+var kindOutcomes = [numKinds][]outcome{
+	kindSTUN: {outOK},
+	kindRegister: {outOK, outRetransmit, outInFlight, outBusy, r(wire.ReasonInvalidAttributes),
+		r(wire.ReasonIDConflict), r(wire.ReasonRegistrationLimit), r(wire.ReasonServerError)},
+	kindBind: {outOK, r(wire.ReasonInvalidAttributes), r(wire.ReasonNotRegistered),
+		r(wire.ReasonKeyMismatch), r(wire.ReasonAddressMismatch)},
+	kindQuery: {outOK, r(wire.ReasonInvalidAttributes), r(wire.ReasonNotRegistered), r(wire.ReasonNotBound)},
+	kindIntroduction: {outOK, r(wire.ReasonNotRegistered), r(wire.ReasonKeyMismatch),
+		r(wire.ReasonNotBound), r(wire.ReasonRateLimited)},
+	kindOther: {r(wire.ReasonUnknownMethod), r(wire.ReasonInvalidAttributes)},
+}
+
 func reasonOutcome(r wire.Reason) outcome {
 	if r <= wire.ReasonServerError {
 		return outReason0 + outcome(r)
@@ -116,8 +131,14 @@ func newMetrics(reg *prometheus.Registry, s *Server) (*metrics, error) {
 			return nil, err
 		}
 	}
+	// Only the combinations that can happen are exported; the others count
+	// into a counter no registry sees, so a mistake cannot panic.
+	sink := prometheus.NewCounter(prometheus.CounterOpts{Name: "ewfd_unexported"})
 	for k := range numKinds {
 		for o := range numOutcomes {
+			m.requests[k][o] = sink
+		}
+		for _, o := range kindOutcomes[k] {
 			m.requests[k][o] = reqs.WithLabelValues(kindNames[k], outcomeNames[o])
 		}
 	}
