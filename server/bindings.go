@@ -1,6 +1,8 @@
 package server
 
 import (
+	"hash/maphash"
+	"math/bits"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -8,29 +10,34 @@ import (
 	"github.com/ewf-project/ewf/wire"
 )
 
-// bindings is the in-memory table of live bindings: per client ID, the
-// address observed for its last BIND over UDP and over TCP, each with an
-// expiry. Bindings are deliberately not durable (clients refresh them every
-// 20–25 s, and an address from before a restart is stale anyway).
+// bindings is the in-memory table of live bindings: per client ID and
+// transport, the address observed for its last BIND, the UDP socket it came
+// in on, and an expiry. Bindings are deliberately not durable: clients
+// refresh them every 20–25 s, and an address from before a restart is
+// stale anyway.
 //
-// The table holds only registered IDs (BIND checks the KEY first), so its
-// size is bounded by the registration cap. An entry is 64 bytes with its key
-// and holds no pointers, so the garbage collector never scans the maps.
+// Only registered IDs get bound (BIND checks the KEY first), so the table is
+// bounded by the registration cap. It is sized for a million clients on a
+// small machine: each transport has its own open-addressing table of
+// 40-byte records without pointers (the garbage collector never scans
+// them), kept 64–80 % full, about 55 bytes per binding; Go's map costs
+// three times that here (measured: 176 bytes per ID with both transports
+// in one 48-byte value).
 type bindings struct {
+	seed   maphash.Seed
 	shards [bindShards]bindShard
-	live   [2]atomic.Int64 // slots marked valid per transport, for the gauge
+	live   [2]atomic.Int64 // bindings per transport, for the gauge
 }
 
+// bindShards splits the table so that readers on different cores rarely
+// wait for one another; a power of two, so picking one is a mask.
 const bindShards = 64
 
 type bindShard struct {
 	mu sync.Mutex
-	m  map[wire.ID]bindEntry
-	_  [48]byte
+	t  [2]bindTable // by wire.Transport
+	_  [64]byte     // keep neighbouring shards' locks off one cache line
 }
-
-// bindEntry holds one slot per transport, indexed by wire.Transport.
-type bindEntry [2]bindSlot
 
 // bindSlot is one observed address in 24 bytes. A netip.AddrPort would be
 // 32 bytes and carry a pointer (the zone); ewfd never binds zoned addresses.
@@ -43,19 +50,27 @@ type bindSlot struct {
 }
 
 const (
-	slotValid uint8 = 1 << iota
+	slotValid uint8 = 1 << iota // the record is in use
 	slotIs4
 )
 
+// bindEntry is what get returns: one slot per transport, by wire.Transport.
+type bindEntry [2]bindSlot
+
 func newBindings() *bindings {
-	b := &bindings{}
+	b := &bindings{seed: maphash.MakeSeed()}
 	for i := range b.shards {
-		b.shards[i].m = make(map[wire.ID]bindEntry)
+		for tr := range b.shards[i].t {
+			b.shards[i].t[tr] = newBindTable(b.seed, 0)
+		}
 	}
 	return b
 }
 
-func (b *bindings) shard(id *wire.ID) *bindShard { return &b.shards[id[0]&(bindShards-1)] }
+func (b *bindings) locate(id *wire.ID) (*bindShard, uint64) {
+	h := maphash.Bytes(b.seed, id[:])
+	return &b.shards[h&(bindShards-1)], h
+}
 
 // set binds id's transport tr to ap until exp.
 func (b *bindings) set(id *wire.ID, tr wire.Transport, ap netip.AddrPort, via uint8, exp uint32) {
@@ -63,30 +78,25 @@ func (b *bindings) set(id *wire.ID, tr wire.Transport, ap netip.AddrPort, via ui
 	if ap.Addr().Is4() {
 		s.flags |= slotIs4
 	}
-	sh := b.shard(id)
+	sh, h := b.locate(id)
 	sh.mu.Lock()
-	e := sh.m[*id]
-	if e[tr].flags&slotValid == 0 {
+	if sh.t[tr].put(id, h, s) {
 		b.live[tr].Add(1)
 	}
-	e[tr] = s
-	sh.m[*id] = e
 	sh.mu.Unlock()
 }
 
-// get returns id's bindings alive at now.
+// get returns id's bindings alive at now, and how many there are.
 func (b *bindings) get(id *wire.ID, now uint32) (e bindEntry, n int) {
-	sh := b.shard(id)
+	sh, h := b.locate(id)
 	sh.mu.Lock()
-	e = sh.m[*id]
-	sh.mu.Unlock()
-	for i := range e {
-		if e[i].flags&slotValid != 0 && e[i].exp > now {
+	for tr := range e {
+		if s, ok := sh.t[tr].get(id, h); ok && s.exp > now {
+			e[tr] = s
 			n++
-		} else {
-			e[i] = bindSlot{}
 		}
 	}
+	sh.mu.Unlock()
 	return e, n
 }
 
@@ -98,22 +108,10 @@ func (b *bindings) sweep(now uint32) int {
 	for i := range b.shards {
 		sh := &b.shards[i]
 		sh.mu.Lock()
-		for id, e := range sh.m {
-			changed := false
-			for tr := range e {
-				if e[tr].flags&slotValid != 0 && e[tr].exp <= now {
-					e[tr] = bindSlot{}
-					b.live[tr].Add(-1)
-					changed = true
-					n++
-				}
-			}
-			switch {
-			case e[0].flags|e[1].flags == 0:
-				delete(sh.m, id)
-			case changed:
-				sh.m[id] = e
-			}
+		for tr := range sh.t {
+			k := sh.t[tr].sweep(now)
+			b.live[tr].Add(-int64(k))
+			n += k
 		}
 		sh.mu.Unlock()
 	}
@@ -130,4 +128,136 @@ func (s *bindSlot) addrPort() netip.AddrPort {
 		a = netip.AddrFrom16(s.ip)
 	}
 	return netip.AddrPortFrom(a, s.port)
+}
+
+// bindRec is one record of a bindTable: 40 bytes, no pointers.
+type bindRec struct {
+	id wire.ID
+	s  bindSlot // s.flags&slotValid marks the record used
+}
+
+// bindTable is an open-addressing hash table with linear probing and
+// backward-shift deletion (no tombstones, so probes do not lengthen with
+// churn). It grows by 1.25× at 80 % load, so it stays 64–80 % full, and
+// shrinks after a sweep leaves it under a quarter full.
+type bindTable struct {
+	seed maphash.Seed // the bindings' seed: records are rehashed on resize and delete
+	recs []bindRec
+	used int
+}
+
+const (
+	bindMaxLoad  = 0.80
+	bindGrowBy   = 1.25
+	bindMinSlots = 16
+)
+
+func newBindTable(seed maphash.Seed, entries int) bindTable {
+	return bindTable{seed: seed, recs: make([]bindRec, max(int(float64(entries)/0.7)+1, bindMinSlots))}
+}
+
+// hash is the hash locate computed; records do not store it (8 more bytes
+// each), so resize and delete compute it again.
+func (t *bindTable) hash(id *wire.ID) uint64 { return maphash.Bytes(t.seed, id[:]) }
+
+// home maps h onto the table with a multiply, so the size need not be a
+// power of two. The high bits of h are used; the shard took the low ones.
+func (t *bindTable) home(h uint64) int {
+	hi, _ := bits.Mul64(h, uint64(len(t.recs)))
+	return int(hi)
+}
+
+// find returns the index of id's record, or of the free record where it
+// would go, and whether id is there. The table is never full.
+func (t *bindTable) find(id *wire.ID, h uint64) (int, bool) {
+	n := len(t.recs)
+	for i := t.home(h); ; {
+		r := &t.recs[i]
+		if !r.s.valid() {
+			return i, false
+		}
+		if r.id == *id {
+			return i, true
+		}
+		if i++; i == n {
+			i = 0
+		}
+	}
+}
+
+func (t *bindTable) get(id *wire.ID, h uint64) (bindSlot, bool) {
+	i, ok := t.find(id, h)
+	return t.recs[i].s, ok
+}
+
+// put stores s for id and reports whether id was new.
+func (t *bindTable) put(id *wire.ID, h uint64, s bindSlot) bool {
+	i, ok := t.find(id, h)
+	if ok {
+		t.recs[i].s = s
+		return false
+	}
+	if float64(t.used+1) > bindMaxLoad*float64(len(t.recs)) {
+		t.resize(int(float64(len(t.recs)) * bindGrowBy))
+		i, _ = t.find(id, h)
+	}
+	t.recs[i] = bindRec{id: *id, s: s}
+	t.used++
+	return true
+}
+
+// resize moves every record into a new array of n records.
+func (t *bindTable) resize(n int) {
+	old := t.recs
+	t.recs = make([]bindRec, max(n, bindMinSlots))
+	for i := range old {
+		if old[i].s.valid() {
+			j, _ := t.find(&old[i].id, t.hash(&old[i].id))
+			t.recs[j] = old[i]
+		}
+	}
+}
+
+// sweep deletes records that expired at or before now and returns how many.
+func (t *bindTable) sweep(now uint32) int {
+	k := 0
+	for i := 0; i < len(t.recs); {
+		if r := &t.recs[i]; r.s.valid() && r.s.exp <= now {
+			// The shift may pull a later record into i: look at i again.
+			t.deleteAt(i)
+			k++
+			continue
+		}
+		i++
+	}
+	if t.used < len(t.recs)/4 && len(t.recs) > bindMinSlots {
+		t.resize(int(float64(t.used) / 0.7))
+	}
+	return k
+}
+
+// deleteAt removes record i and shifts later records of its probe run back,
+// so that every record stays reachable from its home without tombstones.
+func (t *bindTable) deleteAt(i int) {
+	n := len(t.recs)
+	t.used--
+	for j := i; ; {
+		t.recs[i] = bindRec{}
+		for {
+			if j++; j == n {
+				j = 0
+			}
+			if !t.recs[j].s.valid() {
+				return
+			}
+			// Record j may move to i if its home is not in (i, j]
+			// cyclically: otherwise moving it would put it before its home.
+			h := t.home(t.hash(&t.recs[j].id))
+			if (i <= j && (h <= i || h > j)) || (i > j && h <= i && h > j) {
+				break
+			}
+		}
+		t.recs[i] = t.recs[j]
+		i = j
+	}
 }

@@ -54,7 +54,7 @@ type txCache struct {
 
 func newTxCache(size int) *txCache {
 	return &txCache{
-		m:    make(map[txKey]txEntry, size),
+		m:    make(map[txKey]txEntry), // grows with use, bounded by the ring
 		ring: make([]txKey, size),
 		seqs: make([]uint64, size),
 	}
