@@ -21,6 +21,12 @@ type batchIO struct {
 	wiovs []unix.Iovec
 	wbufs [][]byte // requests to send; wbufs[i] is sent as whdrs[i]
 	wn    int      // requests queued in wbufs
+
+	// State shared with the raw-socket callbacks.
+	readFn, writeFn func(fd uintptr) bool
+	send            []unix.Mmsghdr // headers flush has yet to send
+	n               int            // result of the last system call
+	errno           syscall.Errno
 }
 
 func newBatchIO(conn *net.UDPConn, depth int) (*batchIO, error) {
@@ -49,6 +55,7 @@ func newBatchIO(conn *net.UDPConn, depth int) (*batchIO, error) {
 		b.whdrs[i].Hdr.Iov = &b.wiovs[i]
 		b.whdrs[i].Hdr.SetIovlen(1)
 	}
+	b.readFn, b.writeFn = b.doRead, b.doWrite
 	return b, nil
 }
 
@@ -56,26 +63,26 @@ func newBatchIO(conn *net.UDPConn, depth int) (*batchIO, error) {
 // deadline passes), then returns how many it read into rbufs, their
 // lengths in rhdrs[i].Len.
 func (b *batchIO) read() (int, error) {
-	var (
-		n     int
-		errno syscall.Errno
-	)
-	err := b.rc.Read(func(fd uintptr) bool {
-		r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.rhdrs[0])),
-			uintptr(len(b.rhdrs)), unix.MSG_DONTWAIT, 0, 0)
-		if e == unix.EAGAIN {
-			return false // park in the poller until readable or the deadline
-		}
-		n, errno = int(r), e
-		return true
-	})
-	if err != nil {
+	if err := b.rc.Read(b.readFn); err != nil {
 		return 0, err
 	}
-	if errno != 0 {
-		return 0, errno
+	if b.errno != 0 {
+		return 0, b.errno
 	}
-	return n, nil
+	return b.n, nil
+}
+
+// doRead is the raw-socket callback of read. It is a method value made
+// once (readFn): a closure over read's locals would be allocated on every
+// call.
+func (b *batchIO) doRead(fd uintptr) bool {
+	r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.rhdrs[0])),
+		uintptr(len(b.rhdrs)), unix.MSG_DONTWAIT, 0, 0)
+	if e == unix.EAGAIN {
+		return false // park in the poller until readable or the deadline
+	}
+	b.n, b.errno = int(r), e
+	return true
 }
 
 // packet returns the i-th datagram of the last read.
@@ -98,31 +105,30 @@ func (b *batchIO) flush() (failed int) {
 		b.wiovs[i].Base = unsafe.SliceData(b.wbufs[i])
 		b.wiovs[i].SetLen(len(b.wbufs[i]))
 	}
-	hdrs := b.whdrs[:b.wn]
+	b.send = b.whdrs[:b.wn]
 	b.wn = 0
-	for len(hdrs) > 0 {
-		var (
-			n     int
-			errno syscall.Errno
-		)
-		err := b.rc.Write(func(fd uintptr) bool {
-			r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&hdrs[0])),
-				uintptr(len(hdrs)), unix.MSG_DONTWAIT, 0, 0)
-			if e == unix.EAGAIN {
-				return false
-			}
-			n, errno = int(r), e
-			return true
-		})
-		if err != nil {
-			return failed + len(hdrs) // closed
+	for len(b.send) > 0 {
+		if err := b.rc.Write(b.writeFn); err != nil {
+			return failed + len(b.send) // closed
 		}
-		if errno != 0 {
+		n := b.n
+		if b.errno != 0 {
 			// The first datagram failed: skip it, send the rest.
 			failed++
 			n = 1
 		}
-		hdrs = hdrs[n:]
+		b.send = b.send[n:]
 	}
 	return failed
+}
+
+// doWrite is the raw-socket callback of flush; see doRead.
+func (b *batchIO) doWrite(fd uintptr) bool {
+	r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.send[0])),
+		uintptr(len(b.send)), unix.MSG_DONTWAIT, 0, 0)
+	if e == unix.EAGAIN {
+		return false
+	}
+	b.n, b.errno = int(r), e
+	return true
 }

@@ -381,9 +381,9 @@ func appendBindingRequest(b []byte, tx wire.TransactionID) []byte {
 	return append(b, tx[:]...)
 }
 
-// find returns the in-flight slot for transaction ID tx, or nil. A nil
-// result with known true means tx was one of this socket's and timed out
-// recently: the response is late, not bad.
+// find returns the in-flight slot for transaction ID tx, or nil. With nil,
+// late reports that tx was one of this socket's requests that timed out
+// recently: its response is late, not bad.
 func (w *worker) find(tx *wire.TransactionID) (s *slot, late bool) {
 	if binary.BigEndian.Uint64(tx[:8]) != w.prefix {
 		return nil, false
