@@ -48,22 +48,24 @@ start_ewfd() {
 	PIDS+=("$EWFD_PID")
 }
 
-# start_coturn PORT: coturn as a STUN-only server on 127.0.0.1:PORT, our
-# own process with no configuration file; see bench/README.md for why
-# these options.
+# start_coturn PORT [FLAGS...]: coturn as a STUN-only server on
+# 127.0.0.1:PORT, our own process with no configuration file; see
+# bench/README.md for why these options.
 start_coturn() {
+	local port=$1
+	shift
 	command -v turnserver >/dev/null || {
 		echo "coturn is not installed (apt-get install -y coturn)" >&2
 		exit 2
 	}
 	# shellcheck disable=SC2086
 	turnserver -n --stun-only \
-		--listening-ip 127.0.0.1 --listening-port "$1" \
+		--listening-ip 127.0.0.1 --listening-port "$port" \
 		--no-tls --no-dtls --no-cli --no-rfc5780 --response-origin-only-with-rfc5780 \
 		--no-software-attribute \
-		--userdb "$TMP/turndb" --pidfile "$TMP/turnserver.pid" \
-		--log-file "$TMP/turnserver.log" --simple-log --no-stdout-log \
-		${COTURN_FLAGS:-} >/dev/null 2>&1 &
+		--userdb "$TMP/turndb.$port" --pidfile "$TMP/turnserver.$port.pid" \
+		--log-file "$TMP/turnserver.$port.log" --simple-log --no-stdout-log \
+		"$@" ${COTURN_FLAGS:-} >/dev/null 2>&1 &
 	COTURN_PID=$!
 	PIDS+=("$COTURN_PID")
 }
