@@ -177,3 +177,55 @@ func benchmarkRegister(b *testing.B) {
 	}
 	b.ReportMetric(float64(i)/time.Since(start).Seconds(), "registers/s")
 }
+
+// TestServingDoesNotAllocate measures whole round trips through the real
+// listeners, the test's client included (it does not allocate either):
+// AllocsPerRun counts every goroutine's allocations, so this covers the
+// batch reader, the TCP connection loop and the handler together.
+func TestServingDoesNotAllocate(t *testing.T) {
+	if testing.Short() {
+		t.Skip("round trips on loopback")
+	}
+	d := startDaemon(t, server.Config{UDPReaders: 1})
+	srv := addrFor(t, d, "127.0.0.1")
+	u := dialUDP(t, srv)
+	id, key := u.register()
+	u.bind(id, key)
+	tc := dialTCP(t, srv)
+	tc.bind(id, key)
+	stun := stunRequest(false)
+	query := queryReq(id).AppendTo(nil)
+	bindU := bindReq(id, key, wire.TransportUDP, u.local).AppendTo(nil)
+	buf := make([]byte, 1500)
+	for _, c := range []struct {
+		name string
+		req  []byte
+		tr   wire.Transport
+	}{
+		{"udp stun", stun, wire.TransportUDP},
+		{"udp bind", bindU, wire.TransportUDP},
+		{"udp query", query, wire.TransportUDP},
+		{"tcp stun", stun, wire.TransportTCP},
+		{"tcp query", query, wire.TransportTCP},
+	} {
+		rt := func() {
+			if c.tr == wire.TransportUDP {
+				u.udp.Write(c.req)
+				if _, err := u.udp.Read(buf); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			tc.tcp.Write(c.req)
+			if _, _, err := tc.fr.Next(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		rt() // warm up: buffers, timers
+		u.udp.SetReadDeadline(time.Time{})
+		tc.tcp.SetReadDeadline(time.Time{})
+		if allocs := testing.AllocsPerRun(500, rt); allocs > 0.05 {
+			t.Errorf("%s: %.2f allocations per round trip, want 0", c.name, allocs)
+		}
+	}
+}

@@ -318,3 +318,29 @@ func TestTwoServersHaveSeparateRegistries(t *testing.T) {
 		t.Fatal("servers share a metrics registry")
 	}
 }
+
+func TestIntroductionsPerTargetAddressAreLimitedWithoutStarvingTheTarget(t *testing.T) {
+	c := newCore(t, server.Config{Rate: 5, Burst: 5}, bolt.Options{})
+	tid := newID()
+	tkey := c.register(tid, src1).Key
+	wantSuccess(t, c.do(bindReq(tid, tkey, wire.TransportUDP, src1), src1), wire.MethodBind)
+	for i := range 8 {
+		// Every querier its own ID and address, so only the target's
+		// address is common.
+		qsrc := netip.AddrPortFrom(netip.AddrFrom4([4]byte{203, 0, 113, byte(i)}), 7000)
+		qid := newID()
+		qkey := c.register(qid, qsrc).Key
+		wantSuccess(t, c.do(bindReq(qid, qkey, wire.TransportUDP, qsrc), qsrc), wire.MethodBind)
+		r := c.do(introReq(tid, qid, qkey), qsrc)
+		if i < 5 {
+			wantSuccess(t, r, wire.MethodQuery)
+			if s := c.rec.next(t); s.to != src1 {
+				t.Fatalf("INTRODUCE went to %v, want %v", s.to, src1)
+			}
+		} else {
+			wantError(t, r, wire.MethodQuery, wire.ReasonRateLimited)
+		}
+	}
+	// The target's own requests are not charged for what it received.
+	wantSuccess(t, c.do(bindReq(tid, tkey, wire.TransportUDP, src1), src1), wire.MethodBind)
+}

@@ -68,7 +68,8 @@ type Server struct {
 
 	bind     *bindings
 	tx       *txCache
-	srcLim   *limiter // requests per source IP; also INTRODUCEs per target IP
+	srcLim   *limiter // requests per source IP
+	dstLim   *limiter // INTRODUCEs per target IP
 	regLim   *limiter // REGISTERs per source IP per window
 	introLim *limiter // introductions per querier ID
 	met      *metrics
@@ -106,6 +107,7 @@ func New(st store.Store, cfg Config) (*Server, error) {
 		bind:     newBindings(),
 		tx:       newTxCache(txCacheSize),
 		srcLim:   newLimiter(cfg.MaxSources, cfg.Rate, cfg.Burst),
+		dstLim:   newLimiter(cfg.MaxSources, cfg.Rate, cfg.Burst),
 		regLim:   newLimiter(cfg.MaxSources, float64(cfg.RegisterPerIP)/cfg.RegisterWindow.Seconds(), cfg.RegisterPerIP),
 		introLim: newLimiter(cfg.MaxSources, cfg.IntroRate, cfg.IntroBurst),
 		reg:      cfg.Registry,
@@ -394,11 +396,12 @@ func (h *Handler) introduce(sec uint32, ns int64, out []byte) []byte {
 		return h.fail(out, kindIntroduction, wire.ReasonRateLimited)
 	}
 	dst := te[wire.TransportUDP].addrPort()
-	// Charge the target's address like a source: however many IDs an
-	// attacker binds to a victim's address, the victim receives no more
-	// than one source's rate of INTRODUCEs.
+	// Limit INTRODUCEs per target address at the per-source rate: however
+	// many IDs an attacker binds to a victim's address, the victim receives
+	// no more than that. A table of its own, so that a popular peer's own
+	// requests are not charged for the introductions it receives.
 	dk := sourceKey(dst.Addr())
-	if !s.srcLim.allow(&dk, ns) {
+	if !s.dstLim.allow(&dk, ns) {
 		return h.fail(out, kindIntroduction, wire.ReasonRateLimited)
 	}
 	udp := *s.udp.Load()
