@@ -216,5 +216,11 @@ func (r Result) String() string {
 	if r.ReadErrors+r.WriteErrors > 0 {
 		fmt.Fprintf(&b, "  socket errors: %d on read, %d on write (is the server up?)\n", r.ReadErrors, r.WriteErrors)
 	}
+	if r.Lost > r.Sent/2 {
+		// The usual cause, besides a server that is down: per-source
+		// rate limits, which a generator on one address hits at once.
+		b.WriteString("  most requests were lost: is the server up, and does it rate-limit this\n" +
+			"  source address? (ewfd: run it with -rate 1e9 for benchmarks)\n")
+	}
 	return b.String()
 }
