@@ -29,5 +29,13 @@
 // SIGTERM) kills every process and deletes every namespace; labs of
 // processes that died anyway are removed by the next New.
 //
+// The package's own tests use the lab for what it was built for.
+// TestMatrix runs the real `ewf listen` and `ewf connect` behind every pair
+// of NAT types (MatrixSpec), over UDP and TCP, and checks each outcome
+// against an expected table (wantMatrix), the remote addresses, 256 KiB
+// each way and ewfd's counters; it also covers two peers behind one NAT and
+// keepalives behind a 30 s NAT. BenchmarkConnect times connect per pair
+// with 20 ms one-way delay on every uplink.
+//
 // docs/NATLAB.md has the nftables design of each NAT type and the results.
 package natlab

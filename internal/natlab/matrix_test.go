@@ -143,6 +143,24 @@ func formatRow(cells []string) string {
 	return strings.TrimRight(b.String(), " ") + "\n"
 }
 
+// TestWantMatrixFormat checks that wantMatrix covers every pair and that
+// the observed table is printed in wantMatrix's own format, so that it can
+// be pasted over it.
+func TestWantMatrixFormat(t *testing.T) {
+	want, err := parseMatrix(wantMatrix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tr := range []string{"udp", "tcp"} {
+		if n := len(want[tr]); n != len(NATs)*len(NATs) {
+			t.Errorf("%s: %d pairs, want %d", tr, n, len(NATs)*len(NATs))
+		}
+	}
+	if got := formatMatrix(want); got != wantMatrix {
+		t.Errorf("formatMatrix(parseMatrix(wantMatrix)) =%s\nwant%s", got, wantMatrix)
+	}
+}
+
 // pairCase is one `ewf listen` / `ewf connect` run.
 type pairCase struct {
 	name      string
@@ -308,6 +326,11 @@ func TestMatrix(t *testing.T) {
 				listener: l, connector: c, transport: tr, want: w,
 				remote: env.sameNATRemote(l, c, s.hairpin),
 			})
+		}
+	}
+	for _, c := range cases {
+		if c.want == "" {
+			t.Fatalf("wantMatrix has no entry for %s", c.name)
 		}
 	}
 	// Longest first: pairs that must fail take the whole punch timeout.
