@@ -392,3 +392,13 @@ func (r *recorder) next(t testing.TB) sent {
 }
 
 var _ io.Writer = tWriter{}
+
+func openStoreAt(t testing.TB, dir string) *bolt.Store {
+	t.Helper()
+	s, err := bolt.Open(dir, bolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}

@@ -2,13 +2,17 @@ package server_test
 
 import (
 	"bytes"
-	"net"
+	"errors"
 	"net/netip"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/pion/stun/v3"
 
 	"github.com/ewf-project/ewf/server"
+	"github.com/ewf-project/ewf/store"
+	"github.com/ewf-project/ewf/store/bolt"
 	"github.com/ewf-project/ewf/wire"
 )
 
@@ -401,7 +405,6 @@ func TestListenDefaultsToDualStackWildcard(t *testing.T) {
 	}
 }
 
-var _ = net.IPv4len
 
 func TestSTUNAttributesOtherThanFingerprintAreIgnored(t *testing.T) {
 	// docs/PROTOCOL.md §12: comprehension-required attributes included, so a
@@ -434,4 +437,101 @@ func TestSTUNAttributesOtherThanFingerprintAreIgnored(t *testing.T) {
 			}
 		}
 	})
+}
+
+func TestRegistrationLimitsOverUDPAndTCP(t *testing.T) {
+	for _, host := range loopbacks(t) {
+		for _, tr := range transports {
+			t.Run(tr.String()+"/"+host, func(t *testing.T) {
+				// Per source IP: 2 per window.
+				d := startDaemon(t, server.Config{RegisterPerIP: 2})
+				c := dial(t, tr, addrFor(t, d, host))
+				c.register()
+				c.register()
+				wantError(t, c.roundTrip(registerReq(newID())), wire.MethodRegister, wire.ReasonRegistrationLimit)
+
+				// Global: 1 registration in all.
+				g := startDaemon(t, server.Config{MaxRegistrations: 1})
+				gc := dial(t, tr, addrFor(t, g, host))
+				gc.register()
+				wantError(t, gc.roundTrip(registerReq(newID())), wire.MethodRegister, wire.ReasonRegistrationLimit)
+			})
+		}
+	}
+}
+
+// failingStore is a real bbolt store whose commits fail, as a full or
+// broken disk would make them: the store is not under test here, the
+// server's reaction to its failure is.
+type failingStore struct {
+	*bolt.Store
+	fail atomic.Bool
+}
+
+func (s *failingStore) Register(id store.ID, key store.Key, now time.Time, done func(error)) {
+	if s.fail.Load() {
+		go done(errors.New("disk on fire"))
+		return
+	}
+	s.Store.Register(id, key, now, done)
+}
+
+func TestStoreFailureGetsServerErrorAndIsNotCached(t *testing.T) {
+	fs := &failingStore{Store: openStore(t, bolt.Options{})}
+	d := startDaemon(t, server.Config{Store: fs})
+	forEach(t, d, func(t *testing.T, srv netip.AddrPort, tr wire.Transport) {
+		c := dial(t, tr, srv)
+		fs.fail.Store(true)
+		m := registerReq(newID())
+		wantError(t, c.roundTrip(m), wire.MethodRegister, wire.ReasonServerError)
+		// The failure is transient: a retransmission is tried again and,
+		// the disk being back, succeeds.
+		fs.fail.Store(false)
+		wantSuccess(t, c.roundTrip(m), wire.MethodRegister)
+	})
+}
+
+// TestCloseAnswersRegistrationsInFlight: Close finishes the commits under
+// way and sends their answers before the sockets close, and every KEY
+// answered is in the store afterwards.
+func TestCloseAnswersRegistrationsInFlight(t *testing.T) {
+	dir := t.TempDir()
+	d, err := server.Start(server.Config{DataDir: dir, Listen: []string{"127.0.0.1:0"},
+		Rate: 1e6, RegisterPerIP: 1e6, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := dialUDP(t, d.Addrs()[0])
+	sent := map[wire.TransactionID]wire.ID{}
+	for range 300 {
+		m := registerReq(newID())
+		sent[m.TransactionID] = m.ID
+		c.send(m.AppendTo(nil))
+	}
+	answered := map[wire.ID]wire.Key{}
+	collect := func(b []byte) {
+		var r wire.Message
+		if r.Decode(b) == nil && r.Type.Class == wire.ClassSuccess {
+			answered[sent[r.TransactionID]] = r.Key
+		}
+	}
+	// Close once the server is busy with them: the first answer is out.
+	collect(c.recv())
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		b, err := c.recvWithin(500 * time.Millisecond)
+		if err != nil {
+			break
+		}
+		collect(b)
+	}
+	st := openStoreAt(t, dir)
+	for id, key := range answered {
+		if k, ok := st.Lookup(id); !ok || k != key {
+			t.Fatalf("answered KEY for %x not in the store after Close", id[:4])
+		}
+	}
+	t.Logf("%d of 300 answered before Close, all durable", len(answered))
 }
