@@ -405,7 +405,6 @@ func TestListenDefaultsToDualStackWildcard(t *testing.T) {
 	}
 }
 
-
 func TestSTUNAttributesOtherThanFingerprintAreIgnored(t *testing.T) {
 	// docs/PROTOCOL.md §12: comprehension-required attributes included, so a
 	// CHANGE-REQUEST or ICE check still gets the mapped address.
