@@ -43,7 +43,9 @@ type Config struct {
 	// available from Server.Registry; never the global one.
 	Registry *prometheus.Registry
 
-	// Now is the clock. Nil means time.Now.
+	// Now is the Daemon's clock, read once per batch of datagrams or TCP
+	// message and passed to Handler.Handle, and the store's. Nil means
+	// time.Now.
 	Now func() time.Time
 
 	// BindingTTL is how long a binding lives without a refreshing BIND.

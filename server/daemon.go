@@ -60,8 +60,8 @@ type daemonMetrics struct {
 
 // Start opens the store (unless cfg.Store is set), listens on every
 // address of cfg.Listen over UDP and TCP, and serves until Close.
-func Start(cfg Config) (_ *Daemon, err error) {
-	cfg, err = cfg.populate()
+func Start(cfg Config) (*Daemon, error) {
+	cfg, err := cfg.populate()
 	if err != nil {
 		return nil, err
 	}
@@ -72,14 +72,17 @@ func Start(cfg Config) (_ *Daemon, err error) {
 		conns: make(map[*tcpConn]struct{}),
 		perIP: make(map[[16]byte]int),
 	}
-	defer func() {
-		if err != nil {
-			d.Close()
-		}
-	}()
+	if err := d.start(cfg); err != nil {
+		d.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+func (d *Daemon) start(cfg Config) error {
 	if d.st == nil {
 		if cfg.DataDir == "" {
-			return nil, fmt.Errorf("%w: DataDir is empty and no Store given", errConfig)
+			return fmt.Errorf("%w: DataDir is empty and no Store given", errConfig)
 		}
 		bs, err := bolt.Open(cfg.DataDir, bolt.Options{
 			MaxRegistrations: cfg.MaxRegistrations,
@@ -88,28 +91,30 @@ func Start(cfg Config) (_ *Daemon, err error) {
 			Now:              cfg.Now,
 		})
 		if err != nil {
-			return nil, err
+			return err
 		}
 		d.st, d.ownsSt = bs, true
 	}
-	if d.srv, err = New(d.st, cfg); err != nil {
-		return nil, err
+	srv, err := New(d.st, cfg)
+	if err != nil {
+		return err
 	}
+	d.srv = srv
 	if err := d.registerMetrics(cfg.Registry); err != nil {
-		return nil, err
+		return err
 	}
 	if len(cfg.Listen)*cfg.UDPReaders > maxUDPRepliers {
-		return nil, fmt.Errorf("%w: %d listen addresses × %d UDP readers exceed %d sockets",
+		return fmt.Errorf("%w: %d listen addresses × %d UDP readers exceed %d sockets",
 			errConfig, len(cfg.Listen), cfg.UDPReaders, maxUDPRepliers)
 	}
 	for _, a := range cfg.Listen {
 		if err := d.listen(a, cfg.UDPReaders); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if cfg.MetricsAddr != "" {
 		if err := d.serveMetrics(cfg.MetricsAddr, cfg.Registry); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	for _, u := range d.udp {
@@ -122,9 +127,13 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	}
 	d.bgWG.Add(1)
 	go d.sweep()
+	metrics := "off"
+	if ma, ok := d.MetricsAddr(); ok {
+		metrics = ma.String()
+	}
 	d.log.Info("ewfd serving", "listen", d.addrs, "udp_sockets", len(d.udp),
-		"registrations", d.st.Len(), "data", cfg.DataDir, "metrics", cfg.MetricsAddr)
-	return d, nil
+		"registrations", d.st.Len(), "data", cfg.DataDir, "metrics", metrics)
+	return nil
 }
 
 func (d *Daemon) registerMetrics(reg *prometheus.Registry) error {

@@ -165,8 +165,9 @@ const maxUDPRepliers = 255
 
 // NewHandler returns a Handler for packets arriving on transport tr, whose
 // late answers go out through r. For UDP, r is also the socket through
-// which INTRODUCE indications reach clients bound on it, and at most 255
-// UDP Repliers can be registered per Server (NewHandler panics beyond).
+// which INTRODUCE indications reach clients bound on it; it must be
+// comparable (a pointer, typically), and at most 255 UDP Repliers can be
+// registered per Server (NewHandler panics beyond).
 func (s *Server) NewHandler(tr wire.Transport, r Replier) *Handler {
 	h := &Handler{s: s, tr: tr, r: r}
 	if tr == wire.TransportUDP {
