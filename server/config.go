@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"runtime"
 	"time"
 
@@ -141,7 +142,7 @@ var errConfig = errors.New("server: invalid config")
 // caller's Config is not changed.
 func (c Config) populate() (Config, error) {
 	bad := func(field string, v any) (Config, error) {
-		return c, fmt.Errorf("%w: %s must not be negative (got %v)", errConfig, field, v)
+		return c, fmt.Errorf("%w: %s must be a finite number, not negative (got %v)", errConfig, field, v)
 	}
 	for _, d := range []struct {
 		name string
@@ -192,7 +193,7 @@ func (c Config) populate() (Config, error) {
 		{"IntroRate", &c.IntroRate, DefaultIntroRate},
 	} {
 		switch {
-		case *d.v < 0 || *d.v != *d.v:
+		case *d.v < 0 || math.IsNaN(*d.v) || math.IsInf(*d.v, 0):
 			return bad(d.name, *d.v)
 		case *d.v == 0:
 			*d.v = d.def

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/binary"
+	"math"
 	"net/netip"
 	"runtime"
 	"testing"
@@ -288,6 +289,8 @@ func TestConfigRejectsNegativeValues(t *testing.T) {
 		{BindingTTL: -1},
 		{BindingTTL: time.Millisecond},
 		{Rate: -1},
+		{Rate: math.Inf(1)},
+		{IntroRate: math.NaN()},
 		{MaxTCPConns: -1},
 		{RegisterPerIP: -5},
 		{UDPBatch: 5000},
