@@ -36,7 +36,7 @@ type Node struct {
 	mux    *mux
 	tr     *quic.Transport
 	ql     *quic.Listener
-	tcp    *tcpSide // nil unless EnableTCP
+	tcp    atomic.Pointer[tcpSide] // nil unless EnableTCP and bound
 	public atomic.Value
 
 	mu       sync.Mutex
@@ -139,28 +139,30 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	n.self, n.key = ident.ID, ident.Keys[n.cfg.Server]
 
-	public, err := n.rc.PublicAddress(ctx)
+	// The TCP binding needs its own connection and three round trips;
+	// make them while the UDP binding is made.
+	tcpc := make(chan tcpResult, 1)
+	if n.cfg.EnableTCP {
+		self, key := n.self, n.key
+		go func() {
+			t, err := n.bindTCP(ctx, self, key)
+			tcpc <- tcpResult{t, err}
+		}()
+	} else {
+		tcpc <- tcpResult{}
+	}
+	rekeyed, err := n.bindUDP(ctx, ident, path, register)
+	tr := <-tcpc
 	if err != nil {
-		return serverErr(err)
-	}
-	err = n.rc.Bind(ctx, n.self, n.key, wire.Address{Transport: wire.TransportUDP, AddrPort: public})
-	if errors.Is(err, client.ErrNotRegistered) {
-		// The server forgot us (its registration expired, or its data
-		// was reset): register the same ID again under a new KEY.
-		delete(ident.Keys, n.cfg.Server)
-		if err := ident.Save(path); err != nil {
-			return err
+		if tr.side != nil {
+			tr.side.close()
 		}
-		if ident, err = client.EnsureRegistered(ctx, path, n.cfg.Server, register); err != nil {
-			return serverErr(err)
-		}
-		n.self, n.key = ident.ID, ident.Keys[n.cfg.Server]
-		err = n.rc.Bind(ctx, n.self, n.key, wire.Address{Transport: wire.TransportUDP, AddrPort: public})
+		return err
 	}
-	if err != nil {
-		return serverErr(err)
+	if rekeyed && tr.err != nil {
+		tr = tcpResult{}
+		tr.side, tr.err = n.bindTCP(ctx, n.self, n.key)
 	}
-	n.public.Store(public)
 
 	n.tr = &quic.Transport{Conn: n.mux.quic}
 	n.ql, err = n.tr.Listen(&tls.Config{
@@ -169,23 +171,62 @@ func (n *Node) start(ctx context.Context) error {
 		GetConfigForClient: n.configForClient,
 	}, quicConfig)
 	if err != nil {
+		if tr.side != nil {
+			tr.side.close()
+		}
 		return fmt.Errorf("ewf: start QUIC: %w", err)
 	}
 	n.wg.Add(2)
 	go n.keep(n.rc, wire.TransportUDP, func(a netip.AddrPort) { n.public.Store(a) })
 	go n.acceptQUIC()
 
-	if n.cfg.EnableTCP {
-		if err := n.startTCP(ctx); err != nil {
-			if n.cfg.Transport == TransportTCP {
-				return err
-			}
-			// A listener still serves UDP peers when the server's TCP
-			// port is out of reach.
-			n.log.Warn("TCP binding failed; accepting UDP peers only", "err", err)
-		}
+	switch {
+	case tr.side != nil:
+		n.tcp.Store(tr.side)
+		n.wg.Add(1)
+		go n.keep(tr.side.conn.Client, wire.TransportTCP, func(a netip.AddrPort) { tr.side.public.Store(a) })
+	case tr.err != nil && n.cfg.Transport == TransportTCP:
+		return tr.err
+	case tr.err != nil:
+		// A listener still serves UDP peers when the server's TCP port
+		// is out of reach.
+		n.log.Warn("TCP binding failed; accepting UDP peers only", "err", tr.err)
 	}
 	return nil
+}
+
+type tcpResult struct {
+	side *tcpSide
+	err  error
+}
+
+// bindUDP learns the public UDP address and binds it. If the server has
+// forgotten our registration (it expired, or its data was reset), it
+// registers the same ID again under a new KEY and reports rekeyed.
+func (n *Node) bindUDP(ctx context.Context, ident *client.Identity, path string,
+	register func(context.Context, wire.ID) (wire.Key, error)) (rekeyed bool, err error) {
+	public, err := n.rc.PublicAddress(ctx)
+	if err != nil {
+		return false, serverErr(err)
+	}
+	err = n.rc.Bind(ctx, n.self, n.key, wire.Address{Transport: wire.TransportUDP, AddrPort: public})
+	if errors.Is(err, client.ErrNotRegistered) {
+		rekeyed = true
+		delete(ident.Keys, n.cfg.Server)
+		if err := ident.Save(path); err != nil {
+			return rekeyed, err
+		}
+		if ident, err = client.EnsureRegistered(ctx, path, n.cfg.Server, register); err != nil {
+			return rekeyed, serverErr(err)
+		}
+		n.self, n.key = ident.ID, ident.Keys[n.cfg.Server]
+		err = n.rc.Bind(ctx, n.self, n.key, wire.Address{Transport: wire.TransportUDP, AddrPort: public})
+	}
+	if err != nil {
+		return rekeyed, serverErr(err)
+	}
+	n.public.Store(public)
+	return rekeyed, nil
 }
 
 // keep refreshes a binding until the node closes.
@@ -214,10 +255,11 @@ func (n *Node) PublicAddr() netip.AddrPort { return n.public.Load().(netip.AddrP
 
 // PublicTCPAddr returns the public TCP address, if TCP is enabled.
 func (n *Node) PublicTCPAddr() (netip.AddrPort, bool) {
-	if n.tcp == nil {
+	t := n.tcp.Load()
+	if t == nil {
 		return netip.AddrPort{}, false
 	}
-	return n.tcp.public.Load().(netip.AddrPort), true
+	return t.public.Load().(netip.AddrPort), true
 }
 
 // Close ends the node's bindings refresh, closes its sockets and every
@@ -231,8 +273,8 @@ func (n *Node) Close() error {
 		if n.tr != nil {
 			n.tr.Close()
 		}
-		if n.tcp != nil {
-			n.tcp.close()
+		if t := n.tcp.Load(); t != nil {
+			t.close()
 		}
 		n.sock.Close()
 		<-n.mux.done
@@ -263,7 +305,7 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 	if tr == "" {
 		tr = n.cfg.Transport
 	}
-	if tr == TransportTCP && n.tcp == nil {
+	if tr == TransportTCP && n.tcp.Load() == nil {
 		return nil, errors.New("ewf: TCP dial needs Config.EnableTCP")
 	}
 	in, err := n.rc.Introduce(ctx, n.self, n.key, peer, n.candidates())
@@ -362,7 +404,7 @@ func (n *Node) onIntroduce(in client.Introduction) {
 	if _, err := n.startAttempt(in.Peer, in.Secret, in.Addresses, in.Candidates); err != nil {
 		n.log.Warn("punch", "peer", in.Peer, "err", err)
 	}
-	if addr, ok := addressOf(in.Addresses, wire.TransportTCP); ok && n.tcp != nil {
+	if addr, ok := addressOf(in.Addresses, wire.TransportTCP); ok && n.tcp.Load() != nil {
 		n.wg.Add(1)
 		go func() {
 			defer n.wg.Done()

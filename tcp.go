@@ -25,27 +25,27 @@ type tcpSide struct {
 
 func (t *tcpSide) close() { t.conn.Close() }
 
-func (n *Node) startTCP(ctx context.Context) error {
+// bindTCP connects to the server over TCP, learns the public TCP address
+// and binds it.
+func (n *Node) bindTCP(ctx context.Context, self wire.ID, key wire.Key) (*tcpSide, error) {
 	c, err := client.DialTCP(ctx, n.cfg.Server, netip.AddrPort{}, client.Config{
 		Logger:      n.log,
 		OnIntroduce: n.onIntroduce,
 	})
 	if err != nil {
-		return fmt.Errorf("ewf: TCP to server: %w", serverErr(err))
+		return nil, fmt.Errorf("ewf: TCP to server: %w", serverErr(err))
 	}
 	public, err := c.PublicAddress(ctx)
 	if err == nil {
-		err = c.Bind(ctx, n.self, n.key, wire.Address{Transport: wire.TransportTCP, AddrPort: public})
+		err = c.Bind(ctx, self, key, wire.Address{Transport: wire.TransportTCP, AddrPort: public})
 	}
 	if err != nil {
 		c.Close()
-		return fmt.Errorf("ewf: TCP binding: %w", serverErr(err))
+		return nil, fmt.Errorf("ewf: TCP binding: %w", serverErr(err))
 	}
-	n.tcp = &tcpSide{conn: c, local: c.LocalAddr()}
-	n.tcp.public.Store(public)
-	n.wg.Add(1)
-	go n.keep(c.Client, wire.TransportTCP, func(a netip.AddrPort) { n.tcp.public.Store(a) })
-	return nil
+	t := &tcpSide{conn: c, local: c.LocalAddr()}
+	t.public.Store(public)
+	return t, nil
 }
 
 // tcpRetry is the pause between connect attempts while the peer's NAT is
@@ -61,7 +61,7 @@ func (n *Node) dialTCP(ctx context.Context, peer wire.ID, secret wire.Secret, ad
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.PunchTimeout)
 	defer cancel()
 	start := time.Now()
-	local := n.tcp.local
+	local := n.tcp.Load().local
 	results := make(chan net.Conn, 4)
 
 	lc := net.ListenConfig{Control: client.ReusePortControl}
