@@ -100,16 +100,25 @@ cpu_ticks() {
 # kv KEY LINE: the value of KEY in an ewf-bench key=value line.
 kv() { tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p"; }
 
+# busy_ticks: CPU ticks the whole machine has spent busy (all CPUs).
+busy_ticks() {
+	awk '$1=="cpu"{print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat
+}
+
 # bench PID ADDR MODE: one ewf-bench run; prints its key=value line with
-# server_cpu_pct (the server's CPU over the run, 100 = one core) appended.
-# Fails the script if the server sent a bad response.
+# server_cpu_pct (the server's CPU over the run, 100 = one core) and
+# other_cpu_pct (CPU that neither the server nor the generator used: other
+# load on the machine, which the numbers suffer from) appended. Fails the
+# script if the server sent a bad response.
 bench() {
-	local pid=$1 addr=$2 mode=$3 t0 t1 out rc=0 wall
+	local pid=$1 addr=$2 mode=$3 t0 t1 b0 b1 out rc=0 wall
+	b0=$(busy_ticks)
 	t0=$(cpu_ticks "$pid")
 	out=$("$TMP/ewf-bench" --server "$addr" --mode "$mode" --sockets "${SOCKETS:-64}" \
 		--depth "${DEPTH:-4}" --duration "${DURATION:-10s}" --warmup "${WARMUP:-1s}" \
 		${BENCH_FLAGS:-}) || rc=$?
 	t1=$(cpu_ticks "$pid")
+	b1=$(busy_ticks)
 	if [[ $rc -ne 0 ]]; then
 		echo "$out" >&2
 		echo "ewf-bench against $addr failed (exit $rc)" >&2
@@ -117,7 +126,9 @@ bench() {
 	fi
 	out=$(tail -n 1 <<<"$out")
 	wall=$(kv wall_s "$out")
-	echo "$out server_cpu_pct=$(awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v w="$wall" 'BEGIN{printf "%.0f", 100*t/hz/w}')"
+	awk -v t=$((t1 - t0)) -v b=$((b1 - b0)) -v hz="$CLK_TCK" -v w="$wall" -v g="$(kv cpu_pct "$out")" -v line="$out" \
+		'BEGIN{s = 100*t/hz/w; o = 100*b/hz/w - s - g; if (o < 0) o = 0
+			printf "%s server_cpu_pct=%.0f other_cpu_pct=%.0f\n", line, s, o}' 
 }
 
 # median: the median of the numbers on stdin, one per line.

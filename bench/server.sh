@@ -35,15 +35,15 @@ for r in $(seq "$ROUNDS"); do
 	done
 done
 
-echo "| request | requests/s | p50 | p99 | lost | ewf-bench CPU | ewfd CPU |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
+echo "| request | requests/s | p50 | p99 | lost | ewf-bench CPU | ewfd CPU | other CPU |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
 for m in $MODES; do
 	# The median round by requests/s, whole, so its columns belong together.
 	line=$(grep " mode=$m " "$TMP/lines" | awk '{for (i = 1; i <= NF; i++) if ($i ~ /^rps=/) print substr($i, 5), $0}' |
 		sort -n | awk '{l[NR]=$0} END{print l[int((NR+1)/2)]}' | cut -d' ' -f2-)
-	printf '| %s | %s | %s µs | %s µs | %s | %s %% | %s %% |\n' "$m" "$(kv rps "$line")" \
+	printf '| %s | %s | %s µs | %s µs | %s | %s %% | %s %% | %s %% |\n' "$m" "$(kv rps "$line")" \
 		"$(kv p50_us "$line")" "$(kv p99_us "$line")" "$(kv lost "$line")" \
-		"$(kv cpu_pct "$line")" "$(kv server_cpu_pct "$line")"
+		"$(kv cpu_pct "$line")" "$(kv server_cpu_pct "$line")" "$(kv other_cpu_pct "$line")"
 	echo "$m $(kv rps "$line")" >>"$TMP/rps"
 done
 if grep -q '^stun ' "$TMP/rps" && grep -q '^query ' "$TMP/rps"; then
