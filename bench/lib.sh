@@ -27,6 +27,14 @@ trap 'exit 130' INT TERM
 log() { echo "# $*" >&2; }
 
 # build_tools builds ewf-bench (and ewfd unless NO_EWFD is set) into $TMP.
+# PIN=1 gives the servers CPU 0 and the generator CPU 1 (taskset), so that
+# a server that answers faster cannot take CPU from the generator that
+# measures it; by default nothing is pinned, as in production.
+SERVER_PIN="" BENCH_PIN=""
+if [[ -n "${PIN:-}" ]]; then
+	SERVER_PIN="taskset -c 0" BENCH_PIN="taskset -c 1"
+fi
+
 build_tools() {
 	(cd "$REPO" && go build -o "$TMP/ewf-bench" ./cmd/ewf-bench)
 	if [[ -z "${NO_EWFD:-}" ]]; then
@@ -43,7 +51,7 @@ EWFD_BENCH_DEFAULT="-rate 1e9 -register-per-ip 1000000000 -log-level warn"
 start_ewfd() {
 	mkdir -p "$TMP/data"
 	# shellcheck disable=SC2086
-	"$TMP/ewfd" -listen "$1" -data "$TMP/data" ${EWFD_BENCH_FLAGS-$EWFD_BENCH_DEFAULT} ${EWFD_FLAGS:-} >"$TMP/ewfd.log" 2>&1 &
+	$SERVER_PIN "$TMP/ewfd" -listen "$1" -data "$TMP/data" ${EWFD_BENCH_FLAGS-$EWFD_BENCH_DEFAULT} ${EWFD_FLAGS:-} >"$TMP/ewfd.log" 2>&1 &
 	EWFD_PID=$!
 	PIDS+=("$EWFD_PID")
 }
@@ -59,7 +67,7 @@ start_coturn() {
 		exit 2
 	}
 	# shellcheck disable=SC2086
-	turnserver -n --stun-only \
+	$SERVER_PIN turnserver -n --stun-only \
 		--listening-ip 127.0.0.1 --listening-port "$port" \
 		--no-tls --no-dtls --no-cli --no-rfc5780 --response-origin-only-with-rfc5780 \
 		--no-software-attribute \
@@ -114,7 +122,7 @@ bench() {
 	local pid=$1 addr=$2 mode=$3 t0 t1 b0 b1 out rc=0 wall
 	b0=$(busy_ticks)
 	t0=$(cpu_ticks "$pid")
-	out=$("$TMP/ewf-bench" --server "$addr" --mode "$mode" --sockets "${SOCKETS:-64}" \
+	out=$($BENCH_PIN "$TMP/ewf-bench" --server "$addr" --mode "$mode" --sockets "${SOCKETS:-64}" \
 		--depth "${DEPTH:-4}" --duration "${DURATION:-10s}" --warmup "${WARMUP:-1s}" \
 		${BENCH_FLAGS:-}) || rc=$?
 	t1=$(cpu_ticks "$pid")

@@ -21,7 +21,8 @@
 # DEPTH (4), EWFD_PORT (3478), COTURN_PORT (3479, then 3480, …),
 # COTURN_THREADS ("default 1": --relay-threads values), COTURN_FLAGS and
 # EWFD_FLAGS (extra server options), BENCH_FLAGS (extra ewf-bench flags),
-# NO_EWFD=1 (coturn only), KEEP_TMP=1 (keep logs).
+# NO_EWFD=1 (coturn only), KEEP_TMP=1 (keep logs), PIN=1 (servers on CPU 0,
+# the generator on CPU 1; see lib.sh).
 #
 # coturn's configuration (bench/README.md explains it): no configuration
 # file (-n), --stun-only, one listening IP, no TLS/DTLS/CLI listeners, no
