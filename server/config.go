@@ -138,65 +138,42 @@ const (
 // errConfig marks a bad Config.
 var errConfig = errors.New("server: invalid config")
 
+// orDefault replaces a zero *v with def and rejects a negative, NaN or
+// infinite one.
+func orDefault[T ~int | ~int64 | ~float64](field string, v *T, def T) error {
+	f := float64(*v)
+	switch {
+	case f < 0 || math.IsNaN(f) || math.IsInf(f, 0):
+		return fmt.Errorf("%w: %s must be a finite number, not negative (got %v)", errConfig, field, *v)
+	case *v == 0:
+		*v = def
+	}
+	return nil
+}
+
 // populate fills defaults and rejects nonsense. It works on a copy: the
 // caller's Config is not changed.
 func (c Config) populate() (Config, error) {
-	bad := func(field string, v any) (Config, error) {
-		return c, fmt.Errorf("%w: %s must be a finite number, not negative (got %v)", errConfig, field, v)
-	}
-	for _, d := range []struct {
-		name string
-		v    *time.Duration
-		def  time.Duration
-	}{
-		{"BindingTTL", &c.BindingTTL, DefaultBindingTTL},
-		{"RegistrationTTL", &c.RegistrationTTL, DefaultRegistrationTTL},
-		{"RegisterWindow", &c.RegisterWindow, DefaultRegisterWindow},
-		{"TCPIdle", &c.TCPIdle, DefaultTCPIdle},
-		{"TCPWriteTimeout", &c.TCPWriteTimeout, DefaultTCPWriteTimeout},
+	for _, err := range []error{
+		orDefault("BindingTTL", &c.BindingTTL, DefaultBindingTTL),
+		orDefault("RegistrationTTL", &c.RegistrationTTL, DefaultRegistrationTTL),
+		orDefault("RegisterWindow", &c.RegisterWindow, DefaultRegisterWindow),
+		orDefault("TCPIdle", &c.TCPIdle, DefaultTCPIdle),
+		orDefault("TCPWriteTimeout", &c.TCPWriteTimeout, DefaultTCPWriteTimeout),
+		orDefault("MaxRegistrations", &c.MaxRegistrations, DefaultMaxRegistrations),
+		orDefault("RegisterPerIP", &c.RegisterPerIP, DefaultRegisterPerIP),
+		orDefault("MaxSources", &c.MaxSources, DefaultMaxSources),
+		orDefault("IntroBurst", &c.IntroBurst, DefaultIntroBurst),
+		orDefault("MaxTCPConns", &c.MaxTCPConns, DefaultMaxTCPConns),
+		orDefault("MaxTCPPerIP", &c.MaxTCPPerIP, DefaultMaxTCPPerIP),
+		orDefault("UDPReaders", &c.UDPReaders, runtime.GOMAXPROCS(0)),
+		orDefault("UDPBatch", &c.UDPBatch, DefaultUDPBatch),
+		orDefault("Burst", &c.Burst, 0), // filled below from Rate
+		orDefault("Rate", &c.Rate, DefaultRate),
+		orDefault("IntroRate", &c.IntroRate, DefaultIntroRate),
 	} {
-		switch {
-		case *d.v < 0:
-			return bad(d.name, *d.v)
-		case *d.v == 0:
-			*d.v = d.def
-		}
-	}
-	for _, d := range []struct {
-		name string
-		v    *int
-		def  int
-	}{
-		{"MaxRegistrations", &c.MaxRegistrations, DefaultMaxRegistrations},
-		{"RegisterPerIP", &c.RegisterPerIP, DefaultRegisterPerIP},
-		{"MaxSources", &c.MaxSources, DefaultMaxSources},
-		{"IntroBurst", &c.IntroBurst, DefaultIntroBurst},
-		{"MaxTCPConns", &c.MaxTCPConns, DefaultMaxTCPConns},
-		{"MaxTCPPerIP", &c.MaxTCPPerIP, DefaultMaxTCPPerIP},
-		{"UDPReaders", &c.UDPReaders, runtime.GOMAXPROCS(0)},
-		{"UDPBatch", &c.UDPBatch, DefaultUDPBatch},
-		{"Burst", &c.Burst, 0}, // filled below from Rate
-	} {
-		switch {
-		case *d.v < 0:
-			return bad(d.name, *d.v)
-		case *d.v == 0:
-			*d.v = d.def
-		}
-	}
-	for _, d := range []struct {
-		name string
-		v    *float64
-		def  float64
-	}{
-		{"Rate", &c.Rate, DefaultRate},
-		{"IntroRate", &c.IntroRate, DefaultIntroRate},
-	} {
-		switch {
-		case *d.v < 0 || math.IsNaN(*d.v) || math.IsInf(*d.v, 0):
-			return bad(d.name, *d.v)
-		case *d.v == 0:
-			*d.v = d.def
+		if err != nil {
+			return c, err
 		}
 	}
 	if c.Burst == 0 {
