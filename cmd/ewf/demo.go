@@ -70,7 +70,7 @@ func runDemo(ctx context.Context, args []string) error {
 			return err
 		}
 		step("punched through in %v: bob sees alice at %s, alice sees bob (%s) at %s, rtt %v",
-			time.Since(start).Round(time.Millisecond), bob.RemoteAddr(), conn.Peer(), conn.RemoteAddr(), bob.RTT())
+			time.Since(start).Round(time.Millisecond), bob.RemoteAddr(), conn.Peer(), conn.RemoteAddr(), bob.RTT().Round(time.Microsecond))
 		if err := exchange(bob, conn, "hello alice, this is bob", "hi bob, alice here"); err != nil {
 			bob.Close()
 			conn.Close()
