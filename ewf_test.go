@@ -263,3 +263,66 @@ func readAll(t *testing.T, c io.Reader) []byte {
 	}
 	return b.Bytes()
 }
+
+// TestServerRestart: ewfd restarts (bindings live in its memory only, and
+// the TCP binding's connection is gone); a listener binds again, over UDP
+// with its keepalive and over TCP on a new connection, and a peer can
+// then reach it over TCP.
+func TestServerRestart(t *testing.T) {
+	dir := t.TempDir()
+	d, err := server.Start(server.Config{Listen: []string{"127.0.0.1:0"}, DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := d.Addrs()[0].String()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg := config(t, addr, "listener")
+	cfg.KeepaliveInterval = func() time.Duration { return 200 * time.Millisecond }
+	l, err := ewf.Listen(ctx, cfg)
+	if err != nil {
+		d.Close()
+		t.Fatal(err)
+	}
+	defer l.Close()
+	before, _ := l.Node().PublicTCPAddr()
+
+	d.Close()
+	d, err = server.Start(server.Config{Listen: []string{addr}, DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for {
+		if a, ok := l.Node().PublicTCPAddr(); ok && a != before {
+			break // bound again, from a new local port
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("the listener never bound TCP again after the server restarted")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	dcfg := config(t, addr, "dialer")
+	dcfg.Transport = ewf.TransportTCP
+	var c *ewf.Conn
+	for { // the UDP binding comes back with the next keepalive
+		c, err = ewf.Dial(ctx, dcfg, l.ID())
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ewf.ErrPeerOffline) || ctx.Err() != nil {
+			t.Fatalf("dial after restart: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	defer c.Close()
+	ac, err := l.AcceptContext(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ac.Close()
+	if ac.Transport() != ewf.TransportTCP || c.Peer() != l.ID() {
+		t.Errorf("accepted over %s; dialer reached %s, want %s", ac.Transport(), c.Peer(), l.ID())
+	}
+}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sync"
@@ -177,14 +176,17 @@ func (n *Node) start(ctx context.Context) error {
 		return fmt.Errorf("ewf: start QUIC: %w", err)
 	}
 	n.wg.Add(2)
-	go n.keep(n.rc, wire.TransportUDP, func(a netip.AddrPort) { n.public.Store(a) })
+	go func() {
+		defer n.wg.Done()
+		n.keep(n.rc, wire.TransportUDP, func(a netip.AddrPort) { n.public.Store(a) })
+	}()
 	go n.acceptQUIC()
 
 	switch {
 	case tr.side != nil:
 		n.tcp.Store(tr.side)
 		n.wg.Add(1)
-		go n.keep(tr.side.conn.Client, wire.TransportTCP, func(a netip.AddrPort) { tr.side.public.Store(a) })
+		go n.keepTCP(tr.side)
 	case tr.err != nil && n.cfg.Transport == TransportTCP:
 		return tr.err
 	case tr.err != nil:
@@ -229,12 +231,11 @@ func (n *Node) bindUDP(ctx context.Context, ident *client.Identity, path string,
 	return rekeyed, nil
 }
 
-// keep refreshes a binding until the node closes.
+// keep refreshes a binding until the node closes or the binding is lost.
 func (n *Node) keep(rc *client.Client, tr wire.Transport, onChange func(netip.AddrPort)) {
-	defer n.wg.Done()
 	interval := n.cfg.KeepaliveInterval
 	if interval == nil {
-		interval = func() time.Duration { return 20*time.Second + rand.N(5*time.Second) }
+		interval = client.DefaultKeepInterval
 	}
 	err := rc.Keep(n.ctx, n.self, n.key, tr, interval, func(a netip.AddrPort) {
 		n.log.Debug("public address", "transport", tr.String(), "addr", a)
@@ -243,7 +244,37 @@ func (n *Node) keep(rc *client.Client, tr wire.Transport, onChange func(netip.Ad
 		n.log.Warn("binding refresh failed", "transport", tr.String(), "err", err)
 	})
 	if err != nil && n.ctx.Err() == nil {
-		n.log.Error("binding lost", "transport", tr.String(), "err", err)
+		n.log.Warn("binding lost", "transport", tr.String(), "err", err)
+	}
+}
+
+// keepTCP holds the TCP binding until the node closes. Unlike UDP, the
+// binding lives on a connection, which ends when the server restarts or a
+// NAT drops it; then it is made again on a new connection, with backoff.
+func (n *Node) keepTCP(t *tcpSide) {
+	defer n.wg.Done()
+	for {
+		n.keep(t.conn.Client, wire.TransportTCP, func(a netip.AddrPort) { t.public.Store(a) })
+		for backoff := time.Second; ; backoff = min(2*backoff, time.Minute) {
+			select {
+			case <-n.ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			nt, err := n.bindTCP(n.ctx, n.self, n.key)
+			if err != nil {
+				n.log.Debug("TCP binding again", "err", err)
+				continue
+			}
+			n.tcp.Swap(nt).close()
+			if n.ctx.Err() != nil { // Close ran meanwhile and closed the old one
+				nt.close()
+				return
+			}
+			n.log.Debug("TCP bound again", "public", nt.public.Load())
+			t = nt
+			break
+		}
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -62,16 +63,18 @@ func (n *Node) dialTCP(ctx context.Context, peer wire.ID, secret wire.Secret, ad
 	defer cancel()
 	start := time.Now()
 	local := n.tcp.Load().local
-	results := make(chan net.Conn, 4)
+	// Each goroutine sends at most one connection, so neither blocks.
+	results := make(chan net.Conn, 2)
+	var wg sync.WaitGroup
 
 	lc := net.ListenConfig{Control: client.ReusePortControl}
 	ln, err := lc.Listen(ctx, "tcp", local.String())
 	if err == nil {
-		go func() {
+		wg.Go(func() {
 			for {
 				c, err := ln.Accept()
 				if err != nil {
-					return
+					return // ln closed
 				}
 				ra, _ := netip.ParseAddrPort(c.RemoteAddr().String())
 				if ra.Addr().Unmap() != addr.Addr() {
@@ -81,10 +84,9 @@ func (n *Node) dialTCP(ctx context.Context, peer wire.ID, secret wire.Secret, ad
 				results <- c
 				return
 			}
-		}()
-		defer ln.Close()
+		})
 	}
-	go func() {
+	wg.Go(func() {
 		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(local), Control: client.ReusePortControl, Timeout: time.Second}
 		for ctx.Err() == nil {
 			c, err := d.DialContext(ctx, "tcp", addr.String())
@@ -97,25 +99,27 @@ func (n *Node) dialTCP(ctx context.Context, peer wire.ID, secret wire.Secret, ad
 			case <-time.After(tcpRetry):
 			}
 		}
-	}()
+	})
 
 	var raw net.Conn
 	select {
 	case raw = <-results:
 	case <-ctx.Done():
+	}
+	// Stop both sides of the race and close a second connection that got
+	// in too: one is all the peer will use.
+	cancel()
+	if ln != nil {
+		ln.Close()
+	}
+	wg.Wait()
+	close(results)
+	for c := range results {
+		c.Close()
+	}
+	if raw == nil {
 		return nil, fmt.Errorf("%w: TCP simultaneous open with %s (peer %s) did not complete", ErrNoDirectPath, addr, peer)
 	}
-	cancel()
-	go func() { // a second connection that raced in is not needed
-		for {
-			select {
-			case c := <-results:
-				c.Close()
-			case <-time.After(2 * time.Second):
-				return
-			}
-		}
-	}()
 	rtt := time.Since(start)
 
 	conf, err := tlsConfig(secret, n.self, peer, isClient)
