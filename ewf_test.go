@@ -47,25 +47,7 @@ func TestTransferBothWays(t *testing.T) {
 	srv := startServer(t)
 	for _, tr := range []ewf.Transport{ewf.TransportUDP, ewf.TransportTCP} {
 		t.Run(string(tr), func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			l, err := ewf.Listen(ctx, config(t, srv, "listener"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer l.Close()
-			cfg := config(t, srv, "dialer")
-			cfg.Transport = tr
-			dc, err := ewf.Dial(ctx, cfg, l.ID())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer dc.Close()
-			ac, err := l.AcceptContext(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ac.Close()
+			l, dc, ac := connectPair(t, srv, tr)
 			if dc.Transport() != tr || ac.Transport() != tr {
 				t.Errorf("transports: dialer %s, acceptor %s, want %s", dc.Transport(), ac.Transport(), tr)
 			}
@@ -110,21 +92,7 @@ func TestDatagrams(t *testing.T) {
 	srv := startServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	l, err := ewf.Listen(ctx, config(t, srv, "listener"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	dc, err := ewf.Dial(ctx, config(t, srv, "dialer"), l.ID())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dc.Close()
-	ac, err := l.AcceptContext(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ac.Close()
+	_, dc, ac := connectPair(t, srv, ewf.TransportUDP)
 	// Datagrams may be lost even on loopback; send until one arrives.
 	got := make(chan []byte, 1)
 	go func() {
@@ -248,6 +216,32 @@ func TestIdentityReused(t *testing.T) {
 	if b, _ := os.ReadFile(cfg.IdentityFile); string(b) != "{not json" {
 		t.Errorf("the corrupt identity file was replaced")
 	}
+}
+
+// connectPair makes a listener and dials it over tr; everything is closed
+// when the test ends.
+func connectPair(t *testing.T, srv string, tr ewf.Transport) (l *ewf.Listener, dialer, acceptor *ewf.Conn) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l, err := ewf.Listen(ctx, config(t, srv, "listener"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	cfg := config(t, srv, "dialer")
+	cfg.Transport = tr
+	dialer, err = ewf.Dial(ctx, cfg, l.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dialer.Close() })
+	acceptor, err = l.AcceptContext(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { acceptor.Close() })
+	return l, dialer, acceptor
 }
 
 func randomBytes(t *testing.T, n int) []byte {
