@@ -45,6 +45,8 @@ func (t AttrType) String() string {
 		return "CANDIDATE"
 	case AttrMAC:
 		return "MAC"
+	case AttrNATClass:
+		return "NAT_CLASS"
 	}
 	return "unknown"
 }

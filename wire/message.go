@@ -33,6 +33,7 @@ type Message struct {
 	Key      Key    // KEY
 	Secret   Secret // SECRET
 	MAC      [MACSize]byte
+	NATClass NATClass // NAT_CLASS
 
 	// Addresses holds NumAddresses NETWORK_ADDRESS values, at most one per
 	// transport, in the order they were added or decoded.
@@ -67,6 +68,7 @@ func (m *Message) Reset() {
 	m.Key = Key{}
 	m.Secret = Secret{}
 	m.MAC = [MACSize]byte{}
+	m.NATClass = 0
 	m.NumAddresses = 0
 	m.NumCandidates = 0
 	m.Raw = nil
@@ -182,6 +184,9 @@ func (m *Message) Len() int {
 	for _, a := range m.Candidates[:m.NumCandidates] {
 		n += 4 + 4*a.words()
 	}
+	if m.Has(AttrNATClass) {
+		n += 4 + 4*wordsNATClass
+	}
 	if m.Has(AttrMAC) {
 		n += 4 + MACSize
 	}
@@ -190,7 +195,7 @@ func (m *Message) Len() int {
 
 // AppendTo appends the encoding of m to b and returns the extended slice.
 // Attributes are written in a fixed order (ERROR_REASON, ID, SOURCE_ID,
-// KEY, NETWORK_ADDRESS, CANDIDATE, SECRET, MAC), MAC last as the spec
+// KEY, NETWORK_ADDRESS, CANDIDATE, SECRET, NAT_CLASS, MAC), MAC last as the spec
 // requires. It does not check that m is a valid message of its method; see
 // Check.
 func (m *Message) AppendTo(b []byte) []byte {
@@ -220,6 +225,9 @@ func (m *Message) AppendTo(b []byte) []byte {
 	}
 	if m.Has(AttrSecret) {
 		b = append(appendAttrHeader(b, AttrSecret, wordsSecret), m.Secret[:]...)
+	}
+	if m.Has(AttrNATClass) {
+		b = appendNATClass(b, m.NATClass)
 	}
 	if m.Has(AttrMAC) {
 		b = append(appendAttrHeader(b, AttrMAC, wordsMAC), m.MAC[:]...)
@@ -326,7 +334,7 @@ func (m *Message) decodeAttr(t AttrType, v []byte) error {
 			return errTooManyCandidates
 		}
 		return nil
-	case AttrErrorReason, AttrID, AttrSourceID, AttrKey, AttrSecret, AttrMAC:
+	case AttrErrorReason, AttrID, AttrSourceID, AttrKey, AttrSecret, AttrMAC, AttrNATClass:
 	default:
 		return errUnknownRequired
 	}
@@ -358,6 +366,12 @@ func (m *Message) decodeAttr(t AttrType, v []byte) error {
 			return errAttrLength
 		}
 		m.SetMAC([MACSize]byte(v))
+	case AttrNATClass:
+		c, err := decodeNATClass(v)
+		if err != nil {
+			return err
+		}
+		m.SetNATClass(c)
 	}
 	return nil
 }

@@ -49,6 +49,9 @@ func randomMessage(r *rand.Rand) wire.Message {
 		fill(s[:])
 		m.SetSecret(s)
 	}
+	if r.IntN(2) == 0 {
+		m.SetNATClass(wire.NATClass(r.Uint32()))
+	}
 	for _, tr := range []wire.Transport{wire.TransportUDP, wire.TransportTCP} {
 		if r.IntN(2) == 0 {
 			_ = m.AddAddress(wire.Address{Transport: tr, AddrPort: randomAddrPort(r)})

@@ -1,0 +1,113 @@
+package natdisco
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/ewf-project/ewf/wire"
+)
+
+func TestClassWireRoundTrip(t *testing.T) {
+	for _, c := range []Class{
+		{},
+		{Mapping: MappingEIM, Filtering: FilteringEIF, Ports: PortsPreserved, Hairpin: true, IPv6: true, Public: true},
+		{Mapping: MappingAPDM, Filtering: FilteringAPDF, Ports: PortsSequential, Delta: 1},
+		{Mapping: MappingAPDM, Filtering: FilteringAPDF, Ports: PortsSequential, Delta: -3, IPv6: true},
+		{Mapping: MappingADM, Filtering: FilteringUnknown, Ports: PortsRandom},
+	} {
+		if got := FromWire(c.Wire()); got != c {
+			t.Errorf("FromWire(%v.Wire()) = %v", c, got)
+		}
+	}
+}
+
+// The word layout is fixed by the golden vectors in package wire; here the
+// Class side of one of them.
+func TestClassWireGolden(t *testing.T) {
+	c := Class{Mapping: MappingAPDM, Filtering: FilteringAPDF, Ports: PortsSequential, Delta: 1, IPv6: true}
+	if w := c.Wire(); w != 0x33200102 {
+		t.Fatalf("Wire = %08x, want 33200102", uint32(w))
+	}
+	// Delta is meaningless unless sequential and is not sent.
+	c = Class{Mapping: MappingAPDM, Ports: PortsRandom, Delta: 5}
+	if w := c.Wire(); w.Delta() != 0 {
+		t.Fatalf("random class sent delta %d", w.Delta())
+	}
+}
+
+func TestFromWireUnknownValues(t *testing.T) {
+	// Mapping 7, filtering 9, ports 4, delta 5 with random... all beyond
+	// this version: read as unknown, flags 0xf8 ignored.
+	c := FromWire(wire.MakeNATClass(7, 9, 4, 5, 0xf8))
+	if c != (Class{}) {
+		t.Fatalf("FromWire of unassigned values = %+v, want zero Class", c)
+	}
+}
+
+func TestLineIsStable(t *testing.T) {
+	for _, tc := range []struct {
+		c    Class
+		want string
+	}{
+		{Class{}, "nat mapping=unknown filtering=unknown ports=unknown hairpin=no ipv6=no"},
+		{Class{Mapping: MappingEIM, Filtering: FilteringAPDF, Ports: PortsPreserved, Hairpin: true},
+			"nat mapping=eim filtering=apdf ports=preserved hairpin=yes ipv6=no"},
+		{Class{Mapping: MappingAPDM, Filtering: FilteringAPDF, Ports: PortsSequential, Delta: 1, IPv6: true},
+			"nat mapping=apdm filtering=apdf ports=sequential hairpin=no ipv6=yes"},
+		{Class{Mapping: MappingADM, Filtering: FilteringADF, Ports: PortsSequential, Delta: 2},
+			"nat mapping=adm filtering=adf ports=sequential hairpin=no ipv6=no delta=2"},
+		{Class{Mapping: MappingAPDM, Filtering: FilteringEIF, Ports: PortsRandom},
+			"nat mapping=apdm filtering=eif ports=random hairpin=no ipv6=no"},
+	} {
+		if got := tc.c.Line(); got != tc.want {
+			t.Errorf("Line = %q, want %q", got, tc.want)
+		}
+	}
+}
+
+var (
+	symRandom = Class{Mapping: MappingAPDM, Filtering: FilteringAPDF, Ports: PortsRandom}
+	symSeq    = Class{Mapping: MappingAPDM, Filtering: FilteringAPDF, Ports: PortsSequential, Delta: 1}
+	portRestr = Class{Mapping: MappingEIM, Filtering: FilteringAPDF, Ports: PortsPreserved}
+	fullCone  = Class{Mapping: MappingEIM, Filtering: FilteringEIF, Ports: PortsPreserved}
+)
+
+func TestDiagnose(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		local, peer Class
+		want        string // a substring that must appear
+	}{
+		{"both-random", symRandom, symRandom, "both peers are behind NATs that map each destination to a new random port; no direct path is possible"},
+		{"random-vs-port-restricted", symRandom, portRestr, "this peer's NAT maps each destination to a new random port and the other peer's NAT only admits the exact port"},
+		{"port-restricted-vs-random", portRestr, symRandom, "the other peer's NAT maps each destination to a new random port and this peer's NAT only admits"},
+		{"random-vs-full-cone", symRandom, fullCone, "this peer's NAT maps each destination to a new random port and the probes did not get through"},
+		{"sequential-both", symSeq, symSeq, "predicted ports did not answer"},
+		{"easy-both", portRestr, fullCone, "a firewall may be blocking UDP"},
+		{"unknown-both", Class{}, Class{}, "neither peer is known"},
+		{"unknown-peer", portRestr, Class{}, "one peer is unknown"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := Diagnose(tc.local, tc.peer)
+			if !strings.Contains(got, tc.want) {
+				t.Fatalf("Diagnose = %q, want it to contain %q", got, tc.want)
+			}
+			if strings.Contains(got, `"`) {
+				t.Fatalf("Diagnose = %q: a double quote would break msg=\"...\"", got)
+			}
+		})
+	}
+}
+
+func TestExplainMentionsTheFix(t *testing.T) {
+	s := strings.Join(Explain(symRandom), " ")
+	for _, w := range []string{"new public port", "random", "To fix it", "IPv6"} {
+		if !strings.Contains(s, w) {
+			t.Errorf("Explain(symmetric random) = %q: missing %q", s, w)
+		}
+	}
+	s = strings.Join(Explain(Class{}), " ")
+	if !strings.Contains(s, "could not be measured") {
+		t.Errorf("Explain(unknown) = %q", s)
+	}
+}
