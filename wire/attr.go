@@ -47,6 +47,16 @@ func (t AttrType) String() string {
 		return "MAC"
 	case AttrNATClass:
 		return "NAT_CLASS"
+	case AttrRelayURL:
+		return "RELAY_URL"
+	case AttrRelayUsername:
+		return "RELAY_USERNAME"
+	case AttrRelayPassword:
+		return "RELAY_PASSWORD"
+	case AttrRelayExpiry:
+		return "RELAY_EXPIRY"
+	case AttrPadding:
+		return "PADDING"
 	}
 	return "unknown"
 }
@@ -99,6 +109,7 @@ const (
 	ReasonRegistrationLimit Reason = 0x00000007
 	ReasonRateLimited       Reason = 0x00000008
 	ReasonServerError       Reason = 0x00000009
+	ReasonNoRelay           Reason = 0x0000000D // RELAY: this server offers no relay
 	ReasonUnknown           Reason = 0x11111111
 )
 
@@ -125,6 +136,8 @@ func (r Reason) String() string {
 		return "rate limited"
 	case ReasonServerError:
 		return "server error"
+	case ReasonNoRelay:
+		return "no relay"
 	case ReasonUnknown:
 		return "unknown reason"
 	}

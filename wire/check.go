@@ -1,12 +1,12 @@
 package wire
 
 // bit returns the presence bit of attribute t.
-func bit(t AttrType) uint16 { return 1 << t }
+func bit(t AttrType) uint32 { return 1 << t }
 
 // rule says which attributes a message of one method and class must and
 // may carry (docs/PROTOCOL.md, "Methods").
 type rule struct {
-	required, allowed uint16
+	required, allowed uint32
 }
 
 var (
@@ -18,6 +18,7 @@ var (
 	bSecret  = bit(AttrSecret)
 	bCand    = bit(AttrCandidate)
 	bMAC     = bit(AttrMAC)
+	bRelay   = bit(AttrRelayURL) | bit(AttrRelayUsername) | bit(AttrRelayPassword) | bit(AttrRelayExpiry)
 	errorMsg = rule{required: bReason, allowed: bReason}
 )
 
@@ -57,6 +58,13 @@ func ruleFor(t Type) (r rule, err error) {
 	case MethodIntroduce:
 		if t.Class == ClassIndication {
 			return rule{bSource | bSecret | bAddr, bSource | bSecret | bAddr | bCand}, nil
+		}
+	case MethodRelay:
+		switch t.Class {
+		case ClassRequest:
+			return rule{bID | bKey, bID | bKey}, nil
+		case ClassSuccess:
+			return rule{bRelay, bRelay}, nil
 		}
 	case MethodPunch:
 		// Requests and success responses probe a path; indications keep

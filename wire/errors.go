@@ -24,6 +24,8 @@ var (
 	ErrDuplicateAddress  = errors.New("x: NETWORK_ADDRESS for this transport already present")
 	ErrTooManyCandidates = errors.New("x: too many CANDIDATE attributes")
 	ErrBadIDText         = errors.New("x: an ID is 32 hex digits")
+	ErrBadString         = errors.New("x: a relay string must be 1 to MaxRelayString bytes")
+	ErrTooManyURLs       = errors.New("x: too many RELAY_URL attributes")
 )
 
 // formatError is a specific decode error that matches one of the three
@@ -50,6 +52,7 @@ var (
 	errUnknownRequired   = &formatError{"x: unknown comprehension-required attribute", ErrInvalidAttributes}
 	errDuplicate         = &formatError{"x: duplicate attribute", ErrInvalidAttributes}
 	errTooManyCandidates = &formatError{"x: more than MaxCandidates CANDIDATE attributes", ErrInvalidAttributes}
+	errTooManyURLs       = &formatError{"x: more than MaxRelayURLs RELAY_URL attributes", ErrInvalidAttributes}
 	errAfterMAC          = &formatError{"x: attribute after MAC", ErrInvalidAttributes}
 	errBadFamily         = &formatError{"x: unknown address family", ErrInvalidAttributes}
 	errBadTransport      = &formatError{"x: unknown transport", ErrInvalidAttributes}

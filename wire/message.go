@@ -43,11 +43,16 @@ type Message struct {
 	Candidates    [MaxCandidates]Address
 	NumCandidates int
 
+	// Relay holds the relay credentials of a RELAY success (wire/relay.go);
+	// Padding the size of a PADDING attribute's value.
+	Relay   RelayCredentials
+	Padding int
+
 	// Raw is the buffer the message was decoded from. It aliases the
 	// caller's buffer and is valid only while that buffer is unchanged.
 	Raw []byte
 
-	present uint16 // bit t set when attribute type t (< 16) is present
+	present uint32 // bit t set when attribute type t (< 32) is present
 }
 
 // Reset empties m for reuse: afterwards m equals a zero Message, as long
@@ -72,6 +77,8 @@ func (m *Message) Reset() {
 	m.NumAddresses = 0
 	m.NumCandidates = 0
 	m.Raw = nil
+	m.Relay.reset()
+	m.Padding = 0
 	m.present = 0
 }
 
@@ -79,7 +86,7 @@ func (m *Message) Reset() {
 func clampCount(n, limit int) int { return min(max(n, 0), limit) }
 
 // Has reports whether attribute t is present.
-func (m *Message) Has(t AttrType) bool { return t < 16 && m.present&(1<<t) != 0 }
+func (m *Message) Has(t AttrType) bool { return t < 32 && m.present&(1<<t) != 0 }
 
 func (m *Message) mark(t AttrType) { m.present |= 1 << t }
 
@@ -187,6 +194,10 @@ func (m *Message) Len() int {
 	if m.Has(AttrNATClass) {
 		n += 4 + 4*wordsNATClass
 	}
+	n += m.relayLen()
+	if m.Padding > 0 {
+		n += 4 + paddingWords(m.Padding)*4
+	}
 	if m.Has(AttrMAC) {
 		n += 4 + MACSize
 	}
@@ -195,7 +206,8 @@ func (m *Message) Len() int {
 
 // AppendTo appends the encoding of m to b and returns the extended slice.
 // Attributes are written in a fixed order (ERROR_REASON, ID, SOURCE_ID,
-// KEY, NETWORK_ADDRESS, CANDIDATE, SECRET, NAT_CLASS, MAC), MAC last as the spec
+// KEY, NETWORK_ADDRESS, CANDIDATE, SECRET, NAT_CLASS, RELAY_URL, RELAY_USERNAME,
+// RELAY_PASSWORD, RELAY_EXPIRY, PADDING, MAC), MAC last as the spec
 // requires. It does not check that m is a valid message of its method; see
 // Check.
 func (m *Message) AppendTo(b []byte) []byte {
@@ -228,6 +240,12 @@ func (m *Message) AppendTo(b []byte) []byte {
 	}
 	if m.Has(AttrNATClass) {
 		b = appendNATClass(b, m.NATClass)
+	}
+	b = m.appendRelay(b)
+	if m.Padding > 0 {
+		w := paddingWords(m.Padding)
+		b = appendAttrHeader(b, AttrPadding, w)
+		b = append(b, make([]byte, 4*w)...)
 	}
 	if m.Has(AttrMAC) {
 		b = append(appendAttrHeader(b, AttrMAC, wordsMAC), m.MAC[:]...)
@@ -316,9 +334,14 @@ func (m *Message) Decode(b []byte) error {
 
 func (m *Message) decodeAttr(t AttrType, v []byte) error {
 	if t >= optionalAttrMin {
+		if t == AttrPadding {
+			m.Padding = len(v) // kept only so that a decoded message re-encodes the same
+		}
 		return nil // comprehension-optional: skipped by design
 	}
 	switch t {
+	case AttrRelayURL, AttrRelayUsername, AttrRelayPassword, AttrRelayExpiry:
+		return m.decodeRelayAttr(t, v)
 	case AttrNetworkAddress, AttrCandidate:
 		a, err := decodeAddress(v, &m.TransactionID)
 		if err != nil {

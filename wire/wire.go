@@ -79,6 +79,7 @@ const (
 	MethodQuery     Method = 0x004
 	MethodIntroduce Method = 0x005
 	MethodPunch     Method = 0x006
+	MethodRelay     Method = 0x008 // relay credentials (wire/relay.go)
 )
 
 // String returns the method's name as the spec spells it.
@@ -94,6 +95,8 @@ func (m Method) String() string {
 		return "INTRODUCE"
 	case MethodPunch:
 		return "PUNCH"
+	case MethodRelay:
+		return "RELAY"
 	}
 	return "unknown"
 }
