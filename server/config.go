@@ -24,6 +24,18 @@ type Config struct {
 	// Used by Start only.
 	Listen []string
 
+	// Alternate turns on RFC 5780 NAT behaviour discovery: a second UDP
+	// port, and optionally a second IP, as "host:port" (":port" or the
+	// primary's host for a second port only). The primary is the first
+	// Listen address with a concrete IP of the same family. ewfd then also
+	// listens on UDP at the alternate port of each IP (four sockets with
+	// two IPs, two with one) and answers Binding requests with OTHER-ADDRESS
+	// and RESPONSE-ORIGIN, and from another socket when a CHANGE-REQUEST
+	// asks. Empty (the default) means off, as in coturn: a server that
+	// answers from an address the client did not talk to is a tool for
+	// probing filters, so an operator opts in. Used by Start only.
+	Alternate string
+
 	// DataDir is the directory of the registration store (bbolt file
 	// ewfd.db). Required by Start unless Store is set.
 	DataDir string

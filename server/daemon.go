@@ -32,6 +32,7 @@ type Daemon struct {
 	log     *slog.Logger
 	met     *daemonMetrics
 	addrs   []netip.AddrPort
+	alt     *rfc5780 // nil unless Config.Alternate
 	udp     []*udpSocket
 	tcp     []*net.TCPListener
 	http    *http.Server
@@ -112,14 +113,23 @@ func (d *Daemon) start(cfg Config) error {
 			return err
 		}
 	}
+	if cfg.Alternate != "" {
+		if err := d.listenAlternate(cfg.Listen, cfg.Alternate); err != nil {
+			return err
+		}
+	}
 	if cfg.MetricsAddr != "" {
 		if err := d.serveMetrics(cfg.MetricsAddr, cfg.Registry); err != nil {
 			return err
 		}
 	}
 	for _, u := range d.udp {
+		h := d.srv.NewHandler(wire.TransportUDP, u)
+		if u.alt != nil {
+			h.alt, h.altI, h.altJ, h.altIP4 = u.alt, u.altI, u.altJ, u.altIP4
+		}
 		d.wg.Add(1)
-		go d.serveUDP(u, d.srv.NewHandler(wire.TransportUDP, u))
+		go d.serveUDP(u, h)
 	}
 	for _, ln := range d.tcp {
 		d.wg.Add(1)
@@ -131,7 +141,11 @@ func (d *Daemon) start(cfg Config) error {
 	if ma, ok := d.MetricsAddr(); ok {
 		metrics = ma.String()
 	}
-	d.log.Info("ewfd serving", "listen", d.addrs, "udp_sockets", len(d.udp),
+	alternate := "off"
+	if d.alt != nil {
+		alternate = d.alt.other(0, 0).String()
+	}
+	d.log.Info("ewfd serving", "listen", d.addrs, "alternate", alternate, "udp_sockets", len(d.udp),
 		"registrations", d.st.Len(), "data", cfg.DataDir, "metrics", metrics)
 	return nil
 }

@@ -157,6 +157,13 @@ type Handler struct {
 	stun stun.Message
 	rnd  [16]byte
 	ind  [wire.MaxMessageSize]byte
+
+	// alt is set when the Handler reads one of the RFC 5780 sockets
+	// (Config.Alternate), whose [IP][port] index is altI, altJ and whose
+	// family is IPv4 when altIP4.
+	alt        *rfc5780
+	altI, altJ uint8
+	altIP4     bool
 }
 
 // maxUDPRepliers is how many UDP sockets one Server can serve: a binding
@@ -222,14 +229,16 @@ func (h *Handler) Handle(now time.Time, req []byte, src netip.AddrPort, out []by
 	start := len(out)
 	if kind == wire.KindSTUN {
 		var oc stunOutcome
-		out, oc = handleSTUN(&h.stun, req, src, out)
+		out, oc = h.handleSTUN(req, src, out)
 		switch oc {
 		case stunAnswered:
 			s.met.count(kindSTUN, outOK)
 		case stunMalformed:
 			s.met.drop(dropMalformed)
-		case stunNotBinding:
+		case stunNotBinding, stunUnsupported:
 			s.met.drop(dropIgnored)
+		case stunTooLarge:
+			s.met.drop(dropAmplification)
 		}
 	} else {
 		out = h.handleX(req, src, now, sec, ns, out)

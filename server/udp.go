@@ -16,6 +16,12 @@ import (
 // anything else).
 type udpSocket struct {
 	c *net.UDPConn
+
+	// alt, altI, altJ and altIP4: the RFC 5780 role of the socket, if any
+	// (Handler has the same fields).
+	alt        *rfc5780
+	altI, altJ uint8
+	altIP4     bool
 }
 
 // Reply sends b to to. A UDP send does not wait for the peer; a full socket

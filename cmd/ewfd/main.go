@@ -75,6 +75,8 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 	c := &o.cfg
 	fs.StringVar(&o.listen, "listen", fmt.Sprintf(":%d", server.DefaultPort),
 		"comma-separated `host:port` list to serve, each on UDP and TCP; \":3478\" means every address")
+	fs.StringVar(&c.Alternate, "alternate", "",
+		"RFC 5780 NAT discovery: a second UDP `host:port` (\":3479\" for a second port only, \"IP2:3479\" for a second address too); default off")
 	fs.StringVar(&c.DataDir, "data", defaultDataDir(),
 		"`directory` of the registration store (created if missing; keep it across restarts)")
 	fs.StringVar(&c.MetricsAddr, "metrics", "",

@@ -132,42 +132,70 @@ func Decode(b []byte, m *stun.Message) error {
 // goroutine just for this. The tests decode the result with pion and check
 // its XOR-MAPPED-ADDRESS and FINGERPRINT as a second opinion.
 func AppendBindingSuccess(b []byte, req *stun.Message, src netip.AddrPort) []byte {
+	return AppendBindingSuccess5780(b, req, src, netip.AddrPort{}, netip.AddrPort{})
+}
+
+// MaxBindingSuccess5780Size is the largest response AppendBindingSuccess5780
+// builds: MaxBindingSuccessSize plus RESPONSE-ORIGIN and OTHER-ADDRESS with
+// IPv6 addresses.
+const MaxBindingSuccess5780Size = MaxBindingSuccessSize + 2*(4+20)
+
+// BindingSuccess5780Len returns the size of the response
+// AppendBindingSuccess5780 would build, so that a server can leave out
+// the RFC 5780 attributes when they would break its amplification bound.
+func BindingSuccess5780Len(req *stun.Message, src, origin, other netip.AddrPort) int {
+	n := wire.HeaderSize + 4 + addrValueLen(src)
+	if origin.IsValid() {
+		n += 4 + addrValueLen(origin)
+	}
+	if other.IsValid() {
+		n += 4 + addrValueLen(other)
+	}
+	if req.Contains(stun.AttrFingerprint) {
+		n += fingerprintAttrN
+	}
+	return n
+}
+
+func addrValueLen(a netip.AddrPort) int {
+	if a.Addr().Unmap().Is4() {
+		return 8
+	}
+	return 20
+}
+
+// AppendBindingSuccess5780 is AppendBindingSuccess with the two RFC 5780
+// §7 attributes a NAT-behaviour-discovery server adds: RESPONSE-ORIGIN
+// (the address and port the response leaves from) and OTHER-ADDRESS (the
+// server's address and port that differ in both IP and port, or in port
+// only when it has one IP), each left out when invalid. Both use the
+// plain MAPPED-ADDRESS layout (RFC 5389 §15.1), not the XOR one.
+//
+// It allocates nothing when cap(b)−len(b) ≥ MaxBindingSuccess5780Size.
+func AppendBindingSuccess5780(b []byte, req *stun.Message, src, origin, other netip.AddrPort) []byte {
 	if !src.IsValid() {
 		return b
 	}
-	b = slices.Grow(b, MaxBindingSuccessSize)
+	b = slices.Grow(b, MaxBindingSuccess5780Size)
 	start := len(b)
-	addr := src.Addr().Unmap()
-	valueLen, family := 8, byte(0x01)
-	if !addr.Is4() {
-		valueLen, family = 20, 0x02
-	}
-	bodyLen := 4 + valueLen
 	fp := req.Contains(stun.AttrFingerprint)
-	if fp {
-		bodyLen += fingerprintAttrN
-	}
+	bodyLen := BindingSuccess5780Len(req, src, origin, other) - wire.HeaderSize
 	b = binary.BigEndian.AppendUint16(b, stun.BindingSuccess.Value())
 	b = binary.BigEndian.AppendUint16(b, uint16(bodyLen))
 	b = binary.BigEndian.AppendUint32(b, wire.MagicCookie)
 	b = append(b, req.TransactionID[:]...)
 
-	b = binary.BigEndian.AppendUint16(b, uint16(stun.AttrXORMappedAddress))
-	b = binary.BigEndian.AppendUint16(b, uint16(valueLen))
-	b = append(b, 0, family)
-	b = binary.BigEndian.AppendUint16(b, src.Port()^uint16(wire.MagicCookie>>16))
 	// The address is XOR-ed with the cookie followed by the transaction
 	// ID; an IPv4 address uses the cookie alone.
 	var mask [16]byte
 	binary.BigEndian.PutUint32(mask[:4], wire.MagicCookie)
 	copy(mask[4:], req.TransactionID[:])
-	ip := addr.As16()
-	if addr.Is4() {
-		v4 := addr.As4()
-		copy(ip[:], v4[:])
+	b = appendAddr(b, stun.AttrXORMappedAddress, src, &mask)
+	if origin.IsValid() {
+		b = appendAddr(b, stun.AttrResponseOrigin, origin, nil)
 	}
-	for i := range valueLen - 4 {
-		b = append(b, ip[i]^mask[i])
+	if other.IsValid() {
+		b = appendAddr(b, stun.AttrOtherAddress, other, nil)
 	}
 
 	if fp {
@@ -178,4 +206,57 @@ func AppendBindingSuccess(b []byte, req *stun.Message, src netip.AddrPort) []byt
 		b = binary.BigEndian.AppendUint32(b, crc)
 	}
 	return b
+}
+
+// appendAddr appends one address attribute of type t: XOR-ed with mask
+// (XOR-MAPPED-ADDRESS) or plain when mask is nil (MAPPED-ADDRESS layout).
+func appendAddr(b []byte, t stun.AttrType, ap netip.AddrPort, mask *[16]byte) []byte {
+	addr := ap.Addr().Unmap()
+	valueLen, family := 8, byte(0x01)
+	if !addr.Is4() {
+		valueLen, family = 20, 0x02
+	}
+	b = binary.BigEndian.AppendUint16(b, uint16(t))
+	b = binary.BigEndian.AppendUint16(b, uint16(valueLen))
+	b = append(b, 0, family)
+	port := ap.Port()
+	if mask != nil {
+		port ^= uint16(wire.MagicCookie >> 16)
+	}
+	b = binary.BigEndian.AppendUint16(b, port)
+	ip := addr.As16()
+	if addr.Is4() {
+		v4 := addr.As4()
+		copy(ip[:], v4[:])
+	}
+	for i := range valueLen - 4 {
+		if mask != nil {
+			b = append(b, ip[i]^mask[i])
+		} else {
+			b = append(b, ip[i])
+		}
+	}
+	return b
+}
+
+// CHANGE-REQUEST flags (RFC 5780 §7.2).
+const (
+	changeIPFlag   = 0x04
+	changePortFlag = 0x02
+)
+
+// ChangeRequest returns the flags of req's CHANGE-REQUEST attribute (RFC
+// 5780 §7.2): whether the client asks for the answer to come from the
+// other IP address, from the other port, or both. present is false when
+// req has no CHANGE-REQUEST; ok is false when it has one of a length
+// other than 4. It does not allocate.
+func ChangeRequest(req *stun.Message) (changeIP, changePort, present, ok bool) {
+	v, err := req.Get(stun.AttrChangeRequest)
+	if err != nil {
+		return false, false, false, true
+	}
+	if len(v) != 4 {
+		return false, false, true, false
+	}
+	return v[3]&changeIPFlag != 0, v[3]&changePortFlag != 0, true, true
 }
