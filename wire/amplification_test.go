@@ -55,6 +55,17 @@ func TestAmplificationBound(t *testing.T) {
 		{"QUERY introduction → success (two IPv6 bindings, SECRET)",
 			mk(wire.MethodQuery, wire.ClassRequest, withID, withSource, withKey),
 			mk(wire.MethodQuery, wire.ClassSuccess, append(maxAddrs, withSecret)...)},
+		// Integrity (§17): the answers grow by a MAC, the requests by
+		// TIMESTAMP and MAC in place of KEY.
+		{"BIND request with integrity → success with MAC",
+			mk(wire.MethodBind, wire.ClassRequest, withID, withAddr(wire.Address{AddrPort: v4}), withTS(1), withMAC(macReqV)),
+			mk(wire.MethodBind, wire.ClassSuccess, withMAC(macResV))},
+		{"BIND request with integrity → stale error with TIMESTAMP and MAC",
+			mk(wire.MethodBind, wire.ClassRequest, withID, withAddr(wire.Address{AddrPort: v4}), withTS(1), withMAC(macReqV)),
+			mk(wire.MethodBind, wire.ClassError, withReason(wire.ReasonStale), withTS(1), withMAC(macResV))},
+		{"QUERY introduction with integrity → success (two IPv6 bindings, SECRET, MAC)",
+			mk(wire.MethodQuery, wire.ClassRequest, withID, withSource, withTS(1), withMAC(macReqV)),
+			mk(wire.MethodQuery, wire.ClassSuccess, append(maxAddrs, withSecret, withMAC(macResV))...)},
 		{"PUNCH request → PUNCH success (peer)",
 			mk(wire.MethodPunch, wire.ClassRequest, withSource, withMAC(macReqV)), mk(wire.MethodPunch, wire.ClassSuccess, withSource, withMAC(macResV))},
 	}

@@ -21,6 +21,7 @@ const (
 	AttrSecret         AttrType = 0x0005 // 4 words: per-introduction secret that keys PUNCH MACs
 	AttrCandidate      AttrType = 0x0006 // 2 or 5 words: a host (local) address, up to MaxCandidates
 	AttrMAC            AttrType = 0x0007 // 8 words: HMAC-SHA256 over the message before it; last
+	AttrTimestamp      AttrType = 0x0008 // 2 words: sender's clock, Unix milliseconds; with MAC
 )
 
 // optionalAttrMin is the first comprehension-optional attribute type.
@@ -57,6 +58,8 @@ func (t AttrType) String() string {
 		return "RELAY_EXPIRY"
 	case AttrPadding:
 		return "PADDING"
+	case AttrTimestamp:
+		return "TIMESTAMP"
 	}
 	return "unknown"
 }
@@ -110,7 +113,14 @@ const (
 	ReasonRateLimited       Reason = 0x00000008
 	ReasonServerError       Reason = 0x00000009
 	ReasonNoRelay           Reason = 0x0000000D // RELAY: this server offers no relay
-	ReasonUnknown           Reason = 0x11111111
+	// ReasonIntegrityRequired: the server refuses the KEY form of an
+	// authenticated request (ewfd --require-integrity); send MAC instead.
+	ReasonIntegrityRequired Reason = 0x0000000B
+	// ReasonStale: the request's TIMESTAMP is outside the server's window,
+	// or its transaction ID was already used from another source (a
+	// replay). The error carries the server's TIMESTAMP, authenticated.
+	ReasonStale   Reason = 0x0000000C
+	ReasonUnknown Reason = 0x11111111
 )
 
 // String returns a short lower-case name, the word the CLI prints.
@@ -138,6 +148,10 @@ func (r Reason) String() string {
 		return "server error"
 	case ReasonNoRelay:
 		return "no relay"
+	case ReasonIntegrityRequired:
+		return "integrity required"
+	case ReasonStale:
+		return "stale or replayed request"
 	case ReasonUnknown:
 		return "unknown reason"
 	}

@@ -17,6 +17,7 @@ func benchCases(tb testing.TB) []golden {
 		"query-success-udp4-tcp6":               true,
 		"introduce-indication-candidates":       true,
 		"punch-request":                         true,
+		"bind-request-integrity":                true,
 	}
 	var out []golden
 	for _, g := range goldens {

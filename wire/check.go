@@ -10,16 +10,21 @@ type rule struct {
 }
 
 var (
-	bReason  = bit(AttrErrorReason)
-	bID      = bit(AttrID)
-	bAddr    = bit(AttrNetworkAddress)
-	bKey     = bit(AttrKey)
-	bSource  = bit(AttrSourceID)
-	bSecret  = bit(AttrSecret)
-	bCand    = bit(AttrCandidate)
-	bMAC     = bit(AttrMAC)
-	bRelay   = bit(AttrRelayURL) | bit(AttrRelayUsername) | bit(AttrRelayPassword) | bit(AttrRelayExpiry)
-	errorMsg = rule{required: bReason, allowed: bReason}
+	bReason = bit(AttrErrorReason)
+	bID     = bit(AttrID)
+	bAddr   = bit(AttrNetworkAddress)
+	bKey    = bit(AttrKey)
+	bSource = bit(AttrSourceID)
+	bSecret = bit(AttrSecret)
+	bCand   = bit(AttrCandidate)
+	bMAC    = bit(AttrMAC)
+	bRelay  = bit(AttrRelayURL) | bit(AttrRelayUsername) | bit(AttrRelayPassword) | bit(AttrRelayExpiry)
+	bTime   = bit(AttrTimestamp)
+	// bProof is what an authenticated request carries instead of KEY.
+	bProof = bTime | bMAC
+	// An error may be authenticated (MAC keyed by the request's KEY), and
+	// the stale-request error carries the server's clock.
+	errorMsg = rule{required: bReason, allowed: bReason | bMAC | bTime}
 )
 
 // ruleFor returns the rule for t, or ok false when the method is unknown or
@@ -44,16 +49,16 @@ func ruleFor(t Type) (r rule, err error) {
 	case MethodBind:
 		switch t.Class {
 		case ClassRequest:
-			return rule{bID | bKey | bAddr, bID | bKey | bAddr}, nil
+			return rule{bID | bAddr, bID | bKey | bAddr | bProof}, nil
 		case ClassSuccess:
-			return rule{0, 0}, nil
+			return rule{0, bMAC}, nil
 		}
 	case MethodQuery:
 		switch t.Class {
 		case ClassRequest:
-			return rule{bID, bID | bSource | bKey | bCand}, nil
+			return rule{bID, bID | bSource | bKey | bCand | bProof}, nil
 		case ClassSuccess:
-			return rule{bAddr, bAddr | bSecret | bCand}, nil
+			return rule{bAddr, bAddr | bSecret | bCand | bMAC}, nil
 		}
 	case MethodIntroduce:
 		if t.Class == ClassIndication {
@@ -62,9 +67,9 @@ func ruleFor(t Type) (r rule, err error) {
 	case MethodRelay:
 		switch t.Class {
 		case ClassRequest:
-			return rule{bID | bKey, bID | bKey}, nil
+			return rule{bID, bID | bKey | bProof}, nil
 		case ClassSuccess:
-			return rule{bRelay, bRelay}, nil
+			return rule{bRelay, bRelay | bMAC}, nil
 		}
 	case MethodPunch:
 		// Requests and success responses probe a path; indications keep
@@ -81,9 +86,12 @@ func ruleFor(t Type) (r rule, err error) {
 // attributes present, no other known attribute present, and the pairings
 // below. The error matches ErrUnknownMethod or ErrInvalidAttributes.
 //
-//   - BIND request: exactly one NETWORK_ADDRESS.
-//   - QUERY request: SOURCE_ID and KEY together or not at all; CANDIDATE
-//     only with them (only an introduction forwards candidates).
+//   - BIND request: exactly one NETWORK_ADDRESS; the proof of the KEY,
+//     either KEY itself or TIMESTAMP and MAC, never both.
+//   - RELAY request: the proof of the KEY, as BIND.
+//   - QUERY request: SOURCE_ID and a proof of its KEY (KEY, or TIMESTAMP
+//     and MAC) together or not at all; CANDIDATE only with them (only an
+//     introduction forwards candidates).
 func (m *Message) Check() error {
 	r, err := ruleFor(m.Type)
 	if err != nil {
@@ -95,13 +103,18 @@ func (m *Message) Check() error {
 	if m.present&^r.allowed != 0 {
 		return errUnexpected
 	}
-	switch {
-	case m.Type == Type{MethodBind, ClassRequest} && m.NumAddresses != 1:
-		return errUnexpected
-	case m.Type == Type{MethodQuery, ClassRequest}:
+	switch m.Type {
+	case Type{MethodBind, ClassRequest}:
+		if m.NumAddresses != 1 {
+			return errUnexpected
+		}
+		return m.checkProof(true)
+	case Type{MethodRelay, ClassRequest}:
+		return m.checkProof(true)
+	case Type{MethodQuery, ClassRequest}:
 		intro := m.Has(AttrSourceID)
-		if intro != m.Has(AttrKey) {
-			return errMissing
+		if err := m.checkProof(intro); err != nil {
+			return err
 		}
 		if m.Has(AttrCandidate) && !intro {
 			return errUnexpected
@@ -110,8 +123,31 @@ func (m *Message) Check() error {
 	return nil
 }
 
-// IsIntroduction reports whether m is a QUERY request that asks the server
-// to introduce the querier to the peer (it carries SOURCE_ID and KEY).
-func (m *Message) IsIntroduction() bool {
-	return m.Type == Type{MethodQuery, ClassRequest} && m.Has(AttrSourceID) && m.Has(AttrKey)
+// checkProof checks the proof of a KEY in a request: with want, exactly one
+// of KEY or the pair TIMESTAMP + MAC; without, neither. A request carrying
+// KEY and MAC at once is refused rather than half-trusted: the point of the
+// MAC is that the KEY does not travel.
+func (m *Message) checkProof(want bool) error {
+	key, ts, mac := m.Has(AttrKey), m.Has(AttrTimestamp), m.Has(AttrMAC)
+	switch {
+	case key && (ts || mac):
+		return errUnexpected
+	case ts != mac:
+		return errMissing
+	case want != (key || mac):
+		return errMissing
+	}
+	return nil
 }
+
+// IsIntroduction reports whether m is a QUERY request that asks the server
+// to introduce the querier to the peer (it carries SOURCE_ID and a proof of
+// its KEY: KEY, or TIMESTAMP and MAC).
+func (m *Message) IsIntroduction() bool {
+	return m.Type == Type{MethodQuery, ClassRequest} && m.Has(AttrSourceID) && (m.Has(AttrKey) || m.Has(AttrMAC))
+}
+
+// HasIntegrity reports whether m proves its KEY with TIMESTAMP and MAC
+// (docs/PROTOCOL.md §17) instead of carrying it. Only meaningful on a
+// message that passed Check.
+func (m *Message) HasIntegrity() bool { return m.Has(AttrMAC) && m.Has(AttrTimestamp) }

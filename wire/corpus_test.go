@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/ewf-project/ewf/wire"
 )
 
 // TestWriteSeedCorpus regenerates the golden part of the committed fuzz
@@ -37,6 +39,21 @@ func TestWriteSeedCorpus(t *testing.T) {
 		write("stun-binding-fingerprint", unhex(t, "00010008"+"2112a442"+txHex+"80280004"+"fdf6ae02"))
 		if target == "FuzzFramer" {
 			write("stream-all-goldens", all)
+		}
+	}
+	// FuzzIntegrity takes a message and a key: the golden messages that
+	// carry a MAC, with the KEY that made it.
+	dir := filepath.Join("testdata", "fuzz", "FuzzIntegrity")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range goldens {
+		if !g.want.Has(wire.AttrMAC) || g.want.Type.Method == wire.MethodPunch {
+			continue
+		}
+		data := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n[]byte(%q)\n", unhex(t, g.hex), testKey[:])
+		if err := os.WriteFile(filepath.Join(dir, "golden-"+g.name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
 		}
 	}
 }

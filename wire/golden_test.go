@@ -48,6 +48,17 @@ const (
 	macReq = "cb36aca4b5e0e7105b049b59b3c1c5d7f144b71a61462a38aa353b0464b93038"
 	macRes = "9f41636165872f20d4a811a5dbab31ddf3759fb5269a745acaba813301a27869"
 	macInd = "9c6a9abe70d6a45201348f701597a478b7773aaa131d43e7b4c5821945229be3"
+
+	// Integrity (docs/PROTOCOL.md §17): TIMESTAMP 1764667309056 ms
+	// (2025-12-02 09:21:49.056 UTC) and MACs keyed by KEY 101112…1f,
+	// computed outside Go with hexkey:101112131415161718191a1b1c1d1e1f.
+	tsHex         = "0000019ade5e3c00"
+	attrTimestamp = "00080002" + tsHex
+	macBindReq    = "fa3a92dbf716c0902eea42dfafc08832b10fa69f6a8da151e3aa972cb4aec2b5"
+	macBindOK     = "e694a6d09b15cee8245d04b9260b3de1e754fb8c3495faf09aa3917423b419a3"
+	macQueryReq   = "5b0b6ab6af4e0f34b9c634264490e6c07cf7b76f9612a530a09203a146d3c358"
+	macStale      = "e8ad69e8b4bb009f358d8f2796f5d287d8c8890fc9ddc8031623f38909f77d51" // server clock 1764667313116
+	macNotBound   = "e7ea4f012161b0c4b9afb71f6bb6e3c829daef1a13e54c08022c713d87dcf9d0"
 )
 
 // hdr is a header: message type, length in bytes, cookie, transaction ID.
@@ -81,6 +92,7 @@ var (
 	macReqV  = [wire.MACSize]byte(mustHex(macReq))
 	macResV  = [wire.MACSize]byte(mustHex(macRes))
 	macIndV  = [wire.MACSize]byte(mustHex(macInd))
+	macKeyed = func(s string) func(*wire.Message) { return withMAC([wire.MACSize]byte(mustHex(s))) }
 	udpAddr4 = wire.Address{Transport: wire.TransportUDP, AddrPort: addr4}
 	tcpAddr4 = wire.Address{Transport: wire.TransportTCP, AddrPort: addr4}
 	tcpAddr6 = wire.Address{Transport: wire.TransportTCP, AddrPort: addr6}
@@ -101,6 +113,9 @@ func withID(m *wire.Message)     { m.SetID(testID) }
 func withKey(m *wire.Message)    { m.SetKey(testKey) }
 func withSource(m *wire.Message) { m.SetSourceID(testSrc) }
 func withSecret(m *wire.Message) { m.SetSecret(testSec) }
+func withTS(ms uint64) func(*wire.Message) {
+	return func(m *wire.Message) { m.SetTimestamp(ms) }
+}
 func withReason(r wire.Reason) func(*wire.Message) {
 	return func(m *wire.Message) { m.SetReason(r) }
 }
@@ -191,6 +206,20 @@ var goldens = []golden{
 		msg(wire.MethodQuery, wire.ClassError, withReason(wire.ReasonServerError))},
 	{"register-error-unknown-reason", hdr("c112", "0008") + reason("11111111"),
 		msg(wire.MethodRegister, wire.ClassError, withReason(wire.ReasonUnknown))},
+
+	// Integrity: the KEY proven, not sent (§17).
+	{"bind-request-integrity", hdr("c003", "0050") + attrID + udp4 + attrTimestamp + "00070008" + macBindReq,
+		msg(wire.MethodBind, wire.ClassRequest, withID, withAddr(udpAddr4), withTS(0x19ade5e3c00), macKeyed(macBindReq))},
+	{"bind-success-integrity", hdr("c103", "0024") + "00070008" + macBindOK,
+		msg(wire.MethodBind, wire.ClassSuccess, macKeyed(macBindOK))},
+	{"bind-error-address-mismatch-integrity", hdr("c113", "002c") + reason("00000005") + "00070008" + macNotBound,
+		msg(wire.MethodBind, wire.ClassError, withReason(wire.ReasonAddressMismatch), macKeyed(macNotBound))},
+	{"query-request-introduction-integrity", hdr("c004", "0058") + attrID + attrSource + attrTimestamp + "00070008" + macQueryReq,
+		msg(wire.MethodQuery, wire.ClassRequest, withID, withSource, withTS(0x19ade5e3c00), macKeyed(macQueryReq))},
+	{"query-error-stale", hdr("c114", "0038") + reason("0000000c") + "00080002" + "0000019ade5e4bdc" + "00070008" + macStale,
+		msg(wire.MethodQuery, wire.ClassError, withReason(wire.ReasonStale), withTS(0x19ade5e4bdc), macKeyed(macStale))},
+	{"bind-error-integrity-required", hdr("c113", "0008") + reason("0000000b"),
+		msg(wire.MethodBind, wire.ClassError, withReason(wire.ReasonIntegrityRequired))},
 }
 
 // sameMessage compares two messages field by field, Raw excepted: Raw
@@ -283,8 +312,14 @@ func TestGoldenTypeValues(t *testing.T) {
 // where the receiver looks.
 func TestGoldenMAC(t *testing.T) {
 	for _, g := range goldens {
-		if g.want.Type.Method != wire.MethodPunch || !g.want.Has(wire.AttrMAC) {
+		if !g.want.Has(wire.AttrMAC) {
 			continue
+		}
+		// PUNCH is keyed by the introduction's SECRET, everything else
+		// by the client's KEY.
+		key := testKey[:]
+		if g.want.Type.Method == wire.MethodPunch {
+			key = testSec[:]
 		}
 		t.Run(g.name, func(t *testing.T) {
 			b := unhex(t, g.hex)
@@ -295,7 +330,7 @@ func TestGoldenMAC(t *testing.T) {
 			if len(in) != len(b)-4-wire.MACSize {
 				t.Fatalf("MACInput covers %d bytes, want %d", len(in), len(b)-4-wire.MACSize)
 			}
-			h := hmac.New(sha256.New, testSec[:])
+			h := hmac.New(sha256.New, key)
 			h.Write(in)
 			sum := h.Sum(nil)
 			if !bytes.Equal(sum, g.want.MAC[:]) {

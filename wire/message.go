@@ -34,6 +34,10 @@ type Message struct {
 	Secret   Secret // SECRET
 	MAC      [MACSize]byte
 	NATClass NATClass // NAT_CLASS
+	// Timestamp is TIMESTAMP: the sender's clock in Unix milliseconds. It
+	// travels with MAC in authenticated requests, so that a captured
+	// request stops working once it leaves the receiver's window.
+	Timestamp uint64
 
 	// Addresses holds NumAddresses NETWORK_ADDRESS values, at most one per
 	// transport, in the order they were added or decoded.
@@ -74,6 +78,7 @@ func (m *Message) Reset() {
 	m.Secret = Secret{}
 	m.MAC = [MACSize]byte{}
 	m.NATClass = 0
+	m.Timestamp = 0
 	m.NumAddresses = 0
 	m.NumCandidates = 0
 	m.Raw = nil
@@ -109,6 +114,9 @@ func (m *Message) SetSecret(s Secret) { m.Secret = s; m.mark(AttrSecret) }
 // zero MAC, compute the HMAC over MACInput of the encoding and write it
 // with PutMAC.
 func (m *Message) SetMAC(mac [MACSize]byte) { m.MAC = mac; m.mark(AttrMAC) }
+
+// SetTimestamp sets TIMESTAMP, in Unix milliseconds.
+func (m *Message) SetTimestamp(ms uint64) { m.Timestamp = ms; m.mark(AttrTimestamp) }
 
 // AddAddress adds a NETWORK_ADDRESS. It fails if a is invalid or an address
 // of the same transport is already present. An IPv4-mapped IPv6 address is
@@ -172,6 +180,7 @@ const (
 	wordsID     = 4
 	wordsSecret = 4
 	wordsMAC    = MACSize / 4
+	wordsTime   = 2
 )
 
 // Len returns the encoded size of m in bytes, header included.
@@ -198,6 +207,9 @@ func (m *Message) Len() int {
 	if m.Padding > 0 {
 		n += 4 + paddingWords(m.Padding)*4
 	}
+	if m.Has(AttrTimestamp) {
+		n += 4 + 4*wordsTime
+	}
 	if m.Has(AttrMAC) {
 		n += 4 + MACSize
 	}
@@ -207,7 +219,7 @@ func (m *Message) Len() int {
 // AppendTo appends the encoding of m to b and returns the extended slice.
 // Attributes are written in a fixed order (ERROR_REASON, ID, SOURCE_ID,
 // KEY, NETWORK_ADDRESS, CANDIDATE, SECRET, NAT_CLASS, RELAY_URL, RELAY_USERNAME,
-// RELAY_PASSWORD, RELAY_EXPIRY, PADDING, MAC), MAC last as the spec
+// RELAY_PASSWORD, RELAY_EXPIRY, PADDING, TIMESTAMP, MAC), MAC last as the spec
 // requires. It does not check that m is a valid message of its method; see
 // Check.
 func (m *Message) AppendTo(b []byte) []byte {
@@ -246,6 +258,9 @@ func (m *Message) AppendTo(b []byte) []byte {
 		w := paddingWords(m.Padding)
 		b = appendAttrHeader(b, AttrPadding, w)
 		b = append(b, make([]byte, 4*w)...)
+	}
+	if m.Has(AttrTimestamp) {
+		b = binary.BigEndian.AppendUint64(appendAttrHeader(b, AttrTimestamp, wordsTime), m.Timestamp)
 	}
 	if m.Has(AttrMAC) {
 		b = append(appendAttrHeader(b, AttrMAC, wordsMAC), m.MAC[:]...)
@@ -357,7 +372,7 @@ func (m *Message) decodeAttr(t AttrType, v []byte) error {
 			return errTooManyCandidates
 		}
 		return nil
-	case AttrErrorReason, AttrID, AttrSourceID, AttrKey, AttrSecret, AttrMAC, AttrNATClass:
+	case AttrErrorReason, AttrID, AttrSourceID, AttrKey, AttrSecret, AttrMAC, AttrNATClass, AttrTimestamp:
 	default:
 		return errUnknownRequired
 	}
@@ -395,6 +410,11 @@ func (m *Message) decodeAttr(t AttrType, v []byte) error {
 			return err
 		}
 		m.SetNATClass(c)
+	case AttrTimestamp:
+		if len(v) != 4*wordsTime {
+			return errAttrLength
+		}
+		m.SetTimestamp(binary.BigEndian.Uint64(v))
 	}
 	return nil
 }

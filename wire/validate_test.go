@@ -26,6 +26,7 @@ const (
 	vNT4 = "00020002" + "0101a147e112a643"
 	vNA6 = "00020005" + "0002a147" + "0113a9faa5d3f179bc25f4b5bed2b9d9"
 	vCA4 = "00060002" + "0001a147e112a643"
+	vTS  = "00080002" + "0000019ade5e3c00"
 )
 
 // xmsg builds a message of type typ (4 hex digits) around body (hex),
@@ -114,7 +115,11 @@ func TestDecodeAttributeRules(t *testing.T) {
 		{"NETWORK_ADDRESS transport 2", "c104", []string{"00020002" + "0201a147e112a643"}, errBadTransport},
 		{"NETWORK_ADDRESS transport ff", "c104", []string{"00020002" + "ff01a147e112a643"}, errBadTransport},
 		{"CANDIDATE transport 2", "c004", []string{vID, vSrc, vKey, "00060002" + "0201a147e112a643"}, errBadTransport},
-		{"unknown required 0x0008", "c002", []string{vID, "00080000"}, errUnknownRequired},
+		{"TIMESTAMP 1 word", "c003", []string{vID, vNA4, "00080001" + "00000000", vMAC}, errAttrLength},
+		{"TIMESTAMP 3 words", "c003", []string{vID, vNA4, "00080003" + vTS[8:] + "00000000", vMAC}, errAttrLength},
+		{"duplicate TIMESTAMP", "c003", []string{vID, vNA4, vTS, vTS, vMAC}, errDuplicate},
+		{"TIMESTAMP after MAC", "c003", []string{vID, vNA4, vMAC, vTS}, errAfterMAC},
+		{"unknown required 0x0100", "c002", []string{vID, "01000000"}, errUnknownRequired},
 		{"unknown required 0x7fff", "c002", []string{"7fff0001" + "00000000", vID}, errUnknownRequired},
 		{"duplicate ERROR_REASON", "c112", []string{vRsn, vRsn}, errDuplicate},
 		{"duplicate ID", "c002", []string{vID, vID}, errDuplicate},
@@ -186,7 +191,15 @@ func TestCheckRules(t *testing.T) {
 		{"bind request without NETWORK_ADDRESS", "c003", []string{vID, vKey}, missing},
 		{"bind request with two NETWORK_ADDRESSes", "c003", []string{vID, vKey, vNA4, vNT4}, unexpected},
 		{"bind request with SOURCE_ID", "c003", []string{vID, vKey, vNA4, vSrc}, unexpected},
+		{"bind request with integrity", "c003", []string{vID, vNA4, vTS, vMAC}, ok},
+		{"bind request with KEY and integrity", "c003", []string{vID, vKey, vNA4, vTS, vMAC}, unexpected},
+		{"bind request with KEY and MAC", "c003", []string{vID, vKey, vNA4, vMAC}, unexpected},
+		{"bind request with KEY and TIMESTAMP", "c003", []string{vID, vKey, vNA4, vTS}, unexpected},
+		{"bind request MAC without TIMESTAMP", "c003", []string{vID, vNA4, vMAC}, missing},
+		{"bind request TIMESTAMP without MAC", "c003", []string{vID, vNA4, vTS}, missing},
 		{"bind success", "c103", nil, ok},
+		{"bind success with MAC", "c103", []string{vMAC}, ok},
+		{"bind success with TIMESTAMP", "c103", []string{vTS, vMAC}, unexpected},
 		{"bind success with NETWORK_ADDRESS", "c103", []string{vNA4}, unexpected},
 		{"bind indication", "c013", nil, class},
 		// QUERY
@@ -197,6 +210,11 @@ func TestCheckRules(t *testing.T) {
 		{"query request SOURCE_ID without KEY", "c004", []string{vID, vSrc}, missing},
 		{"query request KEY without SOURCE_ID", "c004", []string{vID, vKey}, missing},
 		{"query request CANDIDATE without introduction", "c004", []string{vID, vCA4}, unexpected},
+		{"query request introduction with integrity", "c004", []string{vID, vSrc, vCA4, vTS, vMAC}, ok},
+		{"query request integrity without SOURCE_ID", "c004", []string{vID, vTS, vMAC}, missing},
+		{"query request introduction with KEY and integrity", "c004", []string{vID, vSrc, vKey, vTS, vMAC}, unexpected},
+		{"query request introduction MAC without TIMESTAMP", "c004", []string{vID, vSrc, vMAC}, missing},
+		{"query success introduction with MAC", "c104", []string{vNA4, vSec, vMAC}, ok},
 		{"query request with SECRET", "c004", []string{vID, vSec}, unexpected},
 		{"query request with NETWORK_ADDRESS", "c004", []string{vID, vNA4}, unexpected},
 		{"query success", "c104", []string{vNA4}, ok},
@@ -230,6 +248,8 @@ func TestCheckRules(t *testing.T) {
 		{"unknown method error", "c11a", []string{vRsn}, ok},
 		{"error without ERROR_REASON", "c112", nil, missing},
 		{"error with ID", "c112", []string{vRsn, vID}, unexpected},
+		{"error with MAC", "c113", []string{vRsn, vMAC}, ok},
+		{"error with TIMESTAMP and MAC", "c114", []string{vRsn, vTS, vMAC}, ok},
 		{"success with ERROR_REASON", "c102", []string{vKey, vRsn}, unexpected},
 		// Unknown methods, requests and the rest
 		{"method 0x000", "c000", nil, method},
