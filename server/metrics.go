@@ -16,10 +16,11 @@ const (
 	kindQuery
 	kindIntroduction // QUERY with SOURCE_ID and KEY
 	kindOther        // X requests of a method the server does not serve
+	kindSignal       // SIGNAL: candidates relayed to a peer
 	numKinds
 )
 
-var kindNames = [numKinds]string{"stun", "register", "bind", "query", "introduction", "other"}
+var kindNames = [numKinds]string{"stun", "register", "bind", "query", "introduction", "other", "signal"}
 
 func kindOf(m wire.Method) reqKind {
 	switch m {
@@ -29,6 +30,8 @@ func kindOf(m wire.Method) reqKind {
 		return kindBind
 	case wire.MethodQuery:
 		return kindQuery
+	case wire.MethodSignal:
+		return kindSignal
 	}
 	return kindOther
 }
@@ -42,8 +45,8 @@ const (
 	outRetransmit         // REGISTER retransmission answered from the cache
 	outInFlight           // REGISTER retransmission while its commit runs: dropped
 	outBusy               // store queue full or closing: dropped, the client retries
-	outReason0            // outReason0 + r for error reason r (0..9)
-	numOutcomes   = outReason0 + 10
+	outReason0            // outReason0 + r for error reason r (0..15)
+	numOutcomes   = outReason0 + 16
 )
 
 var outcomeNames = [numOutcomes]string{
@@ -51,6 +54,7 @@ var outcomeNames = [numOutcomes]string{
 	"unknown_method", "invalid_attributes", "not_registered", "key_mismatch",
 	"id_conflict", "address_mismatch", "not_bound", "registration_limit",
 	"rate_limited", "server_error",
+	outReason0 + outcome(wire.ReasonPeerUnreachable): "peer_unreachable",
 }
 
 func r(x wire.Reason) outcome { return reasonOutcome(x) }
@@ -66,10 +70,12 @@ var kindOutcomes = [numKinds][]outcome{
 	kindIntroduction: {outOK, r(wire.ReasonNotRegistered), r(wire.ReasonKeyMismatch),
 		r(wire.ReasonNotBound), r(wire.ReasonRateLimited)},
 	kindOther: {r(wire.ReasonUnknownMethod), r(wire.ReasonInvalidAttributes)},
+	kindSignal: {outOK, r(wire.ReasonInvalidAttributes), r(wire.ReasonNotRegistered), r(wire.ReasonKeyMismatch),
+		r(wire.ReasonNotBound), r(wire.ReasonRateLimited), r(wire.ReasonPeerUnreachable)},
 }
 
 func reasonOutcome(r wire.Reason) outcome {
-	if r <= wire.ReasonServerError {
+	if r < wire.Reason(numOutcomes-outReason0) && outcomeNames[outReason0+outcome(r)] != "" {
 		return outReason0 + outcome(r)
 	}
 	return outReason0 + outcome(wire.ReasonServerError)

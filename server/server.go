@@ -66,14 +66,15 @@ type Server struct {
 	epoch time.Time
 	ttl   uint32 // BindingTTL in seconds
 
-	bind     *bindings
-	tx       *txCache
-	srcLim   *limiter // requests per source IP
-	dstLim   *limiter // INTRODUCEs per target IP
-	regLim   *limiter // REGISTERs per source IP per window
-	introLim *limiter // introductions per querier ID
-	met      *metrics
-	reg      *prometheus.Registry
+	bind      *bindings
+	tx        *txCache
+	srcLim    *limiter // requests per source IP
+	dstLim    *limiter // INTRODUCEs per target IP
+	regLim    *limiter // REGISTERs per source IP per window
+	introLim  *limiter // introductions per querier ID
+	signalLim *limiter // SIGNALs per sender ID
+	met       *metrics
+	reg       *prometheus.Registry
 
 	udpMu sync.Mutex
 	udp   atomic.Pointer[[]Replier] // UDP sockets by bindSlot.via, copy on write
@@ -99,18 +100,19 @@ func New(st store.Store, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		cfg:      cfg,
-		st:       st,
-		log:      cfg.Logger,
-		now:      cfg.Now,
-		ttl:      uint32(cfg.BindingTTL / time.Second),
-		bind:     newBindings(),
-		tx:       newTxCache(txCacheSize),
-		srcLim:   newLimiter(cfg.MaxSources, cfg.Rate, cfg.Burst),
-		dstLim:   newLimiter(cfg.MaxSources, cfg.Rate, cfg.Burst),
-		regLim:   newLimiter(cfg.MaxSources, float64(cfg.RegisterPerIP)/cfg.RegisterWindow.Seconds(), cfg.RegisterPerIP),
-		introLim: newLimiter(cfg.MaxSources, cfg.IntroRate, cfg.IntroBurst),
-		reg:      cfg.Registry,
+		cfg:       cfg,
+		st:        st,
+		log:       cfg.Logger,
+		now:       cfg.Now,
+		ttl:       uint32(cfg.BindingTTL / time.Second),
+		bind:      newBindings(),
+		tx:        newTxCache(txCacheSize),
+		srcLim:    newLimiter(cfg.MaxSources, cfg.Rate, cfg.Burst),
+		dstLim:    newLimiter(cfg.MaxSources, cfg.Rate, cfg.Burst),
+		regLim:    newLimiter(cfg.MaxSources, float64(cfg.RegisterPerIP)/cfg.RegisterWindow.Seconds(), cfg.RegisterPerIP),
+		introLim:  newLimiter(cfg.MaxSources, cfg.IntroRate, cfg.IntroBurst),
+		signalLim: newLimiter(cfg.MaxSources, cfg.IntroRate, cfg.IntroBurst),
+		reg:       cfg.Registry,
 	}
 	// The epoch is a second before now, so that clock readings are positive
 	// and a zero expiry is always in the past.
@@ -300,6 +302,8 @@ func (h *Handler) handleX(req []byte, src netip.AddrPort, now time.Time, sec uin
 			return h.introduce(sec, ns, out)
 		}
 		return h.query(sec, out)
+	case wire.MethodSignal:
+		return h.signal(sec, ns, out)
 	}
 	// INTRODUCE and PUNCH are between peers: a request of either is not
 	// for the server.

@@ -80,6 +80,24 @@ func TestAmplificationBound(t *testing.T) {
 		intro := mk(wire.MethodIntroduce, wire.ClassIndication, append(append([]func(*wire.Message){withSource, withSecret}, maxAddrs...), cands...)...)
 		rows = append(rows, row{"QUERY introduction → INTRODUCE to the target, candidates: " + string(rune('0'+n)), req, intro})
 	}
+	// A SIGNAL's indication carries what the request carried, minus ID
+	// and KEY: never larger than its request. The answer is 20 or 28 bytes.
+	sigMACSet := func(m *wire.Message) { m.SetSignalMAC(macReqV) }
+	rows = append(rows, row{"SIGNAL request → success / error",
+		mk(wire.MethodSignal, wire.ClassRequest, withID, withSource, withKey, sigMACSet), errResp(wire.MethodSignal)})
+	for n := 0; n <= wire.MaxCandidates; n++ {
+		var cands []func(*wire.Message)
+		for range n {
+			cands = append(cands, withCand(wire.Address{AddrPort: v6a}))
+		}
+		relayed := []func(*wire.Message){withRelayed(wire.Address{AddrPort: v6a}), withRelayed(wire.Address{AddrPort: v6a})}
+		req := mk(wire.MethodSignal, wire.ClassRequest, append(append(append([]func(*wire.Message){withID, withSource, withKey}, cands...), relayed...), sigMACSet)...)
+		ind := mk(wire.MethodSignal, wire.ClassIndication, append(append(append([]func(*wire.Message){withSource}, cands...), relayed...), sigMACSet)...)
+		if ind > req {
+			t.Errorf("SIGNAL indication %d bytes, request %d", ind, req)
+		}
+		rows = append(rows, row{"SIGNAL request → SIGNAL indication to the peer, candidates: " + string(rune('0'+n)), req, ind})
+	}
 	for _, r := range rows {
 		t.Logf("%-70s request %4d  response %4d  ratio %.2f", r.name, r.request, r.resp, float64(r.resp)/float64(r.request))
 		if r.resp > 2*r.request {

@@ -22,6 +22,8 @@ const (
 	AttrCandidate      AttrType = 0x0006 // 2 or 5 words: a host (local) address, up to MaxCandidates
 	AttrMAC            AttrType = 0x0007 // 8 words: HMAC-SHA256 over the message before it; last
 	AttrTimestamp      AttrType = 0x0008 // 2 words: sender's clock, Unix milliseconds; with MAC
+	AttrRelayed        AttrType = 0x000B // 2 or 5 words: a relayed (TURN) address, up to MaxRelayed
+	AttrSignalMAC      AttrType = 0x000C // 8 words: end-to-end HMAC of a SIGNAL, keyed by the SECRET
 )
 
 // optionalAttrMin is the first comprehension-optional attribute type.
@@ -60,6 +62,10 @@ func (t AttrType) String() string {
 		return "PADDING"
 	case AttrTimestamp:
 		return "TIMESTAMP"
+	case AttrRelayed:
+		return "RELAYED"
+	case AttrSignalMAC:
+		return "SIGNAL_MAC"
 	}
 	return "unknown"
 }
@@ -119,8 +125,9 @@ const (
 	// ReasonStale: the request's TIMESTAMP is outside the server's window,
 	// or its transaction ID was already used from another source (a
 	// replay). The error carries the server's TIMESTAMP, authenticated.
-	ReasonStale   Reason = 0x0000000C
-	ReasonUnknown Reason = 0x11111111
+	ReasonStale           Reason = 0x0000000C
+	ReasonPeerUnreachable Reason = 0x0000000F
+	ReasonUnknown         Reason = 0x11111111
 )
 
 // String returns a short lower-case name, the word the CLI prints.
@@ -152,6 +159,8 @@ func (r Reason) String() string {
 		return "integrity required"
 	case ReasonStale:
 		return "stale or replayed request"
+	case ReasonPeerUnreachable:
+		return "peer unreachable"
 	case ReasonUnknown:
 		return "unknown reason"
 	}

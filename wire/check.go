@@ -10,16 +10,18 @@ type rule struct {
 }
 
 var (
-	bReason = bit(AttrErrorReason)
-	bID     = bit(AttrID)
-	bAddr   = bit(AttrNetworkAddress)
-	bKey    = bit(AttrKey)
-	bSource = bit(AttrSourceID)
-	bSecret = bit(AttrSecret)
-	bCand   = bit(AttrCandidate)
-	bMAC    = bit(AttrMAC)
-	bRelay  = bit(AttrRelayURL) | bit(AttrRelayUsername) | bit(AttrRelayPassword) | bit(AttrRelayExpiry)
-	bTime   = bit(AttrTimestamp)
+	bReason  = bit(AttrErrorReason)
+	bID      = bit(AttrID)
+	bAddr    = bit(AttrNetworkAddress)
+	bKey     = bit(AttrKey)
+	bSource  = bit(AttrSourceID)
+	bSecret  = bit(AttrSecret)
+	bCand    = bit(AttrCandidate)
+	bMAC     = bit(AttrMAC)
+	bRelay   = bit(AttrRelayURL) | bit(AttrRelayUsername) | bit(AttrRelayPassword) | bit(AttrRelayExpiry)
+	bTime    = bit(AttrTimestamp)
+	bRelayed = bit(AttrRelayed)
+	bSigMAC  = bit(AttrSignalMAC)
 	// bProof is what an authenticated request carries instead of KEY.
 	bProof = bTime | bMAC
 	// An error may be authenticated (MAC keyed by the request's KEY), and
@@ -75,6 +77,18 @@ func ruleFor(t Type) (r rule, err error) {
 		// Requests and success responses probe a path; indications keep
 		// a chosen path's NAT mappings alive without asking for an answer.
 		return rule{bSource | bMAC, bSource | bMAC}, nil
+	case MethodSignal:
+		// Candidates after the introduction, relayed by the server
+		// (signal.go). What is signalled is optional: an empty SIGNAL
+		// still tells the peer that this side is alive and punching.
+		switch t.Class {
+		case ClassRequest:
+			return rule{bID | bSource | bSigMAC, bID | bSource | bKey | bProof | bSigMAC | signalled}, nil
+		case ClassIndication:
+			return rule{bSource | bSigMAC, bSource | bSigMAC | signalled}, nil
+		case ClassSuccess:
+			return rule{0, 0}, nil
+		}
 	default:
 		return rule{}, errMethod
 	}
@@ -88,7 +102,7 @@ func ruleFor(t Type) (r rule, err error) {
 //
 //   - BIND request: exactly one NETWORK_ADDRESS; the proof of the KEY,
 //     either KEY itself or TIMESTAMP and MAC, never both.
-//   - RELAY request: the proof of the KEY, as BIND.
+//   - RELAY and SIGNAL requests: the proof of the KEY, as BIND.
 //   - QUERY request: SOURCE_ID and a proof of its KEY (KEY, or TIMESTAMP
 //     and MAC) together or not at all; CANDIDATE only with them (only an
 //     introduction forwards candidates).
@@ -109,7 +123,7 @@ func (m *Message) Check() error {
 			return errUnexpected
 		}
 		return m.checkProof(true)
-	case Type{MethodRelay, ClassRequest}:
+	case Type{MethodRelay, ClassRequest}, Type{MethodSignal, ClassRequest}:
 		return m.checkProof(true)
 	case Type{MethodQuery, ClassRequest}:
 		intro := m.Has(AttrSourceID)

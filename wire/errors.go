@@ -23,6 +23,7 @@ var (
 	ErrBadAddress        = errors.New("x: invalid address")
 	ErrDuplicateAddress  = errors.New("x: NETWORK_ADDRESS for this transport already present")
 	ErrTooManyCandidates = errors.New("x: too many CANDIDATE attributes")
+	ErrTooManyRelayed    = errors.New("x: too many RELAYED attributes")
 	ErrBadIDText         = errors.New("x: an ID is 32 hex digits")
 	ErrBadString         = errors.New("x: a relay string must be 1 to MaxRelayString bytes")
 	ErrTooManyURLs       = errors.New("x: too many RELAY_URL attributes")
@@ -53,6 +54,7 @@ var (
 	errDuplicate         = &formatError{"x: duplicate attribute", ErrInvalidAttributes}
 	errTooManyCandidates = &formatError{"x: more than MaxCandidates CANDIDATE attributes", ErrInvalidAttributes}
 	errTooManyURLs       = &formatError{"x: more than MaxRelayURLs RELAY_URL attributes", ErrInvalidAttributes}
+	errTooManyRelayed    = &formatError{"x: more than MaxRelayed RELAYED attributes", ErrInvalidAttributes}
 	errAfterMAC          = &formatError{"x: attribute after MAC", ErrInvalidAttributes}
 	errBadFamily         = &formatError{"x: unknown address family", ErrInvalidAttributes}
 	errBadTransport      = &formatError{"x: unknown transport", ErrInvalidAttributes}

@@ -76,6 +76,15 @@ func FuzzDecode(f *testing.F) {
 		if (m.Check() == nil) != (m2.Check() == nil) {
 			t.Fatal("Check disagrees on a round-tripped message")
 		}
+		// The SIGNAL_MAC input of whatever decoded stays within its bound
+		// and survives the re-encoding (the server re-encodes SIGNALs).
+		in := wire.AppendSignalMACInput(nil, m.SourceID, m.ID, &m)
+		if len(in) > wire.MaxSignalMACInput {
+			t.Fatalf("SIGNAL_MAC input %d bytes, bound %d", len(in), wire.MaxSignalMACInput)
+		}
+		if !bytes.Equal(in, wire.AppendSignalMACInput(nil, m2.SourceID, m2.ID, &m2)) {
+			t.Fatal("SIGNAL_MAC input changed in the round trip")
+		}
 	})
 }
 

@@ -220,6 +220,16 @@ var goldens = []golden{
 		msg(wire.MethodQuery, wire.ClassError, withReason(wire.ReasonStale), withTS(0x19ade5e4bdc), macKeyed(macStale))},
 	{"bind-error-integrity-required", hdr("c113", "0008") + reason("0000000b"),
 		msg(wire.MethodBind, wire.ClassError, withReason(wire.ReasonIntegrityRequired))},
+	{"signal-request", hdr("c007", "0084") + attrID + attrSource + attrKey + cand4 + relayed6 + "000c0008" + sigMAC,
+		msg(wire.MethodSignal, wire.ClassRequest, withID, withSource, withKey, withCand(udpAddr4), withRelayed(udpAddr6), withSignalMAC)},
+	{"signal-indication", hdr("c017", "005c") + attrSource + cand4 + relayed6 + "000c0008" + sigMAC,
+		msg(wire.MethodSignal, wire.ClassIndication, withSource, withCand(udpAddr4), withRelayed(udpAddr6), withSignalMAC)},
+	{"signal-indication-empty", hdr("c017", "0038") + attrSource + "000c0008" + sigMACEmpty,
+		msg(wire.MethodSignal, wire.ClassIndication, withSource, withSignalMACOf(sigMACEmpty))},
+	{"signal-success", hdr("c107", "0000"),
+		msg(wire.MethodSignal, wire.ClassSuccess)},
+	{"signal-error-peer-unreachable", hdr("c117", "0008") + reason("0000000f"),
+		msg(wire.MethodSignal, wire.ClassError, withReason(wire.ReasonPeerUnreachable))},
 }
 
 // sameMessage compares two messages field by field, Raw excepted: Raw
@@ -295,6 +305,10 @@ func TestGoldenTypeValues(t *testing.T) {
 		{wire.Type{Method: wire.MethodPunch, Class: wire.ClassIndication}, 0xC016},
 		{wire.Type{Method: wire.MethodPunch, Class: wire.ClassSuccess}, 0xC106},
 		{wire.Type{Method: wire.MethodPunch, Class: wire.ClassError}, 0xC116},
+		{wire.Type{Method: wire.MethodSignal, Class: wire.ClassRequest}, 0xC007},
+		{wire.Type{Method: wire.MethodSignal, Class: wire.ClassIndication}, 0xC017},
+		{wire.Type{Method: wire.MethodSignal, Class: wire.ClassSuccess}, 0xC107},
+		{wire.Type{Method: wire.MethodSignal, Class: wire.ClassError}, 0xC117},
 		// Bits above M3 land past the class bits: M4 is bit 5, M7 bit 9.
 		{wire.Type{Method: 0x010, Class: wire.ClassRequest}, 0xC020},
 		{wire.Type{Method: 0x080, Class: wire.ClassRequest}, 0xC200},

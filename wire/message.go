@@ -14,6 +14,9 @@ const (
 	// Eight host addresses cover a dual-stack host with a few interfaces;
 	// more would let one QUERY make the server send a large INTRODUCE.
 	MaxCandidates = 8
+	// MaxRelayed is how many RELAYED attributes a message can carry: one
+	// relayed address per address family.
+	MaxRelayed = 2
 )
 
 // Message is one decoded or to-be-encoded X message. The zero value is an
@@ -38,6 +41,8 @@ type Message struct {
 	// travels with MAC in authenticated requests, so that a captured
 	// request stops working once it leaves the receiver's window.
 	Timestamp uint64
+	// SignalMAC is SIGNAL_MAC: the end-to-end MAC of a SIGNAL (signal.go).
+	SignalMAC [MACSize]byte
 
 	// Addresses holds NumAddresses NETWORK_ADDRESS values, at most one per
 	// transport, in the order they were added or decoded.
@@ -46,6 +51,9 @@ type Message struct {
 	// Candidates holds NumCandidates CANDIDATE values.
 	Candidates    [MaxCandidates]Address
 	NumCandidates int
+	// Relayed holds NumRelayed RELAYED values.
+	Relayed    [MaxRelayed]Address
+	NumRelayed int
 
 	// Relay holds the relay credentials of a RELAY success (wire/relay.go);
 	// Padding the size of a PADDING attribute's value.
@@ -69,6 +77,7 @@ type Message struct {
 func (m *Message) Reset() {
 	clear(m.Addresses[:clampCount(m.NumAddresses, MaxAddresses)])
 	clear(m.Candidates[:clampCount(m.NumCandidates, MaxCandidates)])
+	clear(m.Relayed[:clampCount(m.NumRelayed, MaxRelayed)])
 	m.Type = Type{}
 	m.TransactionID = TransactionID{}
 	m.Reason = 0
@@ -79,8 +88,10 @@ func (m *Message) Reset() {
 	m.MAC = [MACSize]byte{}
 	m.NATClass = 0
 	m.Timestamp = 0
+	m.SignalMAC = [MACSize]byte{}
 	m.NumAddresses = 0
 	m.NumCandidates = 0
+	m.NumRelayed = 0
 	m.Raw = nil
 	m.Relay.reset()
 	m.Padding = 0
@@ -200,12 +211,18 @@ func (m *Message) Len() int {
 	for _, a := range m.Candidates[:m.NumCandidates] {
 		n += 4 + 4*a.words()
 	}
+	for _, a := range m.Relayed[:m.NumRelayed] {
+		n += 4 + 4*a.words()
+	}
 	if m.Has(AttrNATClass) {
 		n += 4 + 4*wordsNATClass
 	}
 	n += m.relayLen()
 	if m.Padding > 0 {
 		n += 4 + paddingWords(m.Padding)*4
+	}
+	if m.Has(AttrSignalMAC) {
+		n += 4 + MACSize
 	}
 	if m.Has(AttrTimestamp) {
 		n += 4 + 4*wordsTime
@@ -218,8 +235,9 @@ func (m *Message) Len() int {
 
 // AppendTo appends the encoding of m to b and returns the extended slice.
 // Attributes are written in a fixed order (ERROR_REASON, ID, SOURCE_ID,
-// KEY, NETWORK_ADDRESS, CANDIDATE, SECRET, NAT_CLASS, RELAY_URL, RELAY_USERNAME,
-// RELAY_PASSWORD, RELAY_EXPIRY, PADDING, TIMESTAMP, MAC), MAC last as the spec
+// KEY, NETWORK_ADDRESS, CANDIDATE, RELAYED, SECRET, NAT_CLASS, RELAY_URL,
+// RELAY_USERNAME, RELAY_PASSWORD, RELAY_EXPIRY, PADDING, SIGNAL_MAC, TIMESTAMP, MAC),
+// MAC last as the spec
 // requires. It does not check that m is a valid message of its method; see
 // Check.
 func (m *Message) AppendTo(b []byte) []byte {
@@ -247,6 +265,9 @@ func (m *Message) AppendTo(b []byte) []byte {
 	for _, a := range m.Candidates[:m.NumCandidates] {
 		b = appendAddress(appendAttrHeader(b, AttrCandidate, a.words()), a, &m.TransactionID)
 	}
+	for _, a := range m.Relayed[:m.NumRelayed] {
+		b = appendAddress(appendAttrHeader(b, AttrRelayed, a.words()), a, &m.TransactionID)
+	}
 	if m.Has(AttrSecret) {
 		b = append(appendAttrHeader(b, AttrSecret, wordsSecret), m.Secret[:]...)
 	}
@@ -258,6 +279,9 @@ func (m *Message) AppendTo(b []byte) []byte {
 		w := paddingWords(m.Padding)
 		b = appendAttrHeader(b, AttrPadding, w)
 		b = append(b, make([]byte, 4*w)...)
+	}
+	if m.Has(AttrSignalMAC) {
+		b = append(appendAttrHeader(b, AttrSignalMAC, wordsMAC), m.SignalMAC[:]...)
 	}
 	if m.Has(AttrTimestamp) {
 		b = binary.BigEndian.AppendUint64(appendAttrHeader(b, AttrTimestamp, wordsTime), m.Timestamp)
@@ -357,10 +381,16 @@ func (m *Message) decodeAttr(t AttrType, v []byte) error {
 	switch t {
 	case AttrRelayURL, AttrRelayUsername, AttrRelayPassword, AttrRelayExpiry:
 		return m.decodeRelayAttr(t, v)
-	case AttrNetworkAddress, AttrCandidate:
+	case AttrNetworkAddress, AttrCandidate, AttrRelayed:
 		a, err := decodeAddress(v, &m.TransactionID)
 		if err != nil {
 			return err
+		}
+		if t == AttrRelayed {
+			if m.AddRelayed(a) != nil {
+				return errTooManyRelayed
+			}
+			return nil
 		}
 		if t == AttrNetworkAddress {
 			if m.AddAddress(a) != nil {
@@ -372,7 +402,7 @@ func (m *Message) decodeAttr(t AttrType, v []byte) error {
 			return errTooManyCandidates
 		}
 		return nil
-	case AttrErrorReason, AttrID, AttrSourceID, AttrKey, AttrSecret, AttrMAC, AttrNATClass, AttrTimestamp:
+	case AttrErrorReason, AttrID, AttrSourceID, AttrKey, AttrSecret, AttrMAC, AttrNATClass, AttrTimestamp, AttrSignalMAC:
 	default:
 		return errUnknownRequired
 	}
@@ -415,6 +445,11 @@ func (m *Message) decodeAttr(t AttrType, v []byte) error {
 			return errAttrLength
 		}
 		m.SetTimestamp(binary.BigEndian.Uint64(v))
+	case AttrSignalMAC:
+		if len(v) != MACSize {
+			return errAttrLength
+		}
+		m.SetSignalMAC([MACSize]byte(v))
 	}
 	return nil
 }

@@ -60,6 +60,14 @@ func randomMessage(r *rand.Rand) wire.Message {
 	for range r.IntN(wire.MaxCandidates + 1) {
 		_ = m.AddCandidate(wire.Address{Transport: wire.Transport(r.IntN(2)), AddrPort: randomAddrPort(r)})
 	}
+	for range r.IntN(wire.MaxRelayed + 1) {
+		_ = m.AddRelayed(wire.Address{Transport: wire.Transport(r.IntN(2)), AddrPort: randomAddrPort(r)})
+	}
+	if r.IntN(2) == 0 {
+		var mac [wire.MACSize]byte
+		fill(mac[:])
+		m.SetSignalMAC(mac)
+	}
 	if r.IntN(2) == 0 {
 		var mac [wire.MACSize]byte
 		fill(mac[:])
@@ -263,7 +271,7 @@ func TestResetIsZero(t *testing.T) {
 			t.Fatalf("%s: Reset left %+v", g.name, m)
 		}
 	}
-	m := wire.Message{NumAddresses: -1, NumCandidates: 99}
+	m := wire.Message{NumAddresses: -1, NumCandidates: 99, NumRelayed: 7}
 	m.Reset()
 	if !reflect.DeepEqual(m, wire.Message{}) {
 		t.Fatalf("Reset with bad counts left %+v", m)

@@ -27,6 +27,8 @@ const (
 	vNA6 = "00020005" + "0002a147" + "0113a9faa5d3f179bc25f4b5bed2b9d9"
 	vCA4 = "00060002" + "0001a147e112a643"
 	vTS  = "00080002" + "0000019ade5e3c00"
+	vRA4 = "000b0002" + "0001a147e112a643"
+	vSMC = "000c0008" + "0000000000000000000000000000000000000000000000000000000000000000"
 )
 
 // xmsg builds a message of type typ (4 hex digits) around body (hex),
@@ -239,6 +241,23 @@ func TestCheckRules(t *testing.T) {
 		{"punch request without MAC", "c006", []string{vSrc}, missing},
 		{"punch request without SOURCE_ID", "c006", []string{vMAC}, missing},
 		{"punch request with ID", "c006", []string{vID, vSrc, vMAC}, unexpected},
+		// SIGNAL
+		{"signal request", "c007", []string{vID, vSrc, vKey, vSMC}, ok},
+		{"signal request with candidates and relayed", "c007", []string{vID, vSrc, vKey, vCA4, vRA4, vSMC}, ok},
+		{"signal request without SIGNAL_MAC", "c007", []string{vID, vSrc, vKey, vCA4}, missing},
+		{"signal request without KEY", "c007", []string{vID, vSrc, vSMC}, missing},
+		{"signal request with TIMESTAMP and MAC", "c007", []string{vID, vSrc, vCA4, vSMC, vTS, vMAC}, ok},
+		{"signal request with KEY and MAC", "c007", []string{vID, vSrc, vKey, vSMC, vTS, vMAC}, unexpected},
+		{"signal request without ID", "c007", []string{vSrc, vKey, vSMC}, missing},
+		{"signal request with SECRET", "c007", []string{vID, vSrc, vKey, vSec, vSMC}, unexpected},
+		{"signal indication", "c017", []string{vSrc, vCA4, vRA4, vSMC}, ok},
+		{"signal indication with NAT_CLASS", "c017", []string{vSrc, vCA4, "000a0001" + "33300000", vSMC}, ok},
+		{"signal indication with KEY", "c017", []string{vSrc, vKey, vSMC}, unexpected},
+		{"signal indication with ID", "c017", []string{vID, vSrc, vSMC}, unexpected},
+		{"signal indication without SOURCE_ID", "c017", []string{vSMC}, missing},
+		{"signal success", "c107", nil, ok},
+		{"signal success with candidate", "c107", []string{vCA4}, unexpected},
+		{"relayed outside signal", "c015", []string{vSrc, vSec, vNA4, vRA4}, unexpected},
 		// Error responses, any method
 		{"register error", "c112", []string{vRsn}, ok},
 		{"bind error", "c113", []string{vRsn}, ok},
@@ -254,10 +273,10 @@ func TestCheckRules(t *testing.T) {
 		// Unknown methods, requests and the rest
 		{"method 0x000", "c000", nil, method},
 		{"method 0x001 (STUN Binding's)", "c001", nil, method},
-		{"method 0x007", "c007", []string{vID}, method},
+		{"method 0x07f", "c0ef", []string{vID}, method},
 		{"method 0xfff", "feef", nil, method},
-		{"unknown method indication", "c017", nil, method},
-		{"unknown method success", "c107", nil, method},
+		{"unknown method indication", "c0ff", nil, method},
+		{"unknown method success", "c1ef", nil, method},
 		// Comprehension-optional attributes never count.
 		{"register request with optional attributes", "c002", []string{"80000000", vID, "ffff0002" + "0000000000000000"}, ok},
 	} {

@@ -72,7 +72,8 @@ type TransactionID [TransactionIDSize]byte
 type Method uint16
 
 // The X methods. REGISTER, BIND and QUERY come from the original design;
-// INTRODUCE and PUNCH were added for hole punching (docs/PROTOCOL.md).
+// INTRODUCE and PUNCH were added for hole punching, SIGNAL for candidates
+// that travel after the introduction, both ways (docs/PROTOCOL.md).
 const (
 	MethodRegister  Method = 0x002
 	MethodBind      Method = 0x003
@@ -80,6 +81,7 @@ const (
 	MethodIntroduce Method = 0x005
 	MethodPunch     Method = 0x006
 	MethodRelay     Method = 0x008 // relay credentials (wire/relay.go)
+	MethodSignal    Method = 0x007
 )
 
 // String returns the method's name as the spec spells it.
@@ -97,6 +99,8 @@ func (m Method) String() string {
 		return "PUNCH"
 	case MethodRelay:
 		return "RELAY"
+	case MethodSignal:
+		return "SIGNAL"
 	}
 	return "unknown"
 }
