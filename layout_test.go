@@ -18,8 +18,10 @@ func TestLayout(t *testing.T) {
 		mod + "/punch":  {mod + "/server", mod + "/client", mod + "/store", mod + "/internal"},
 		mod + "/client": {mod + "/server", mod + "/store", mod + "/punch", mod + "/internal"},
 		mod + "/store":  {mod + "/"},
-		mod + "/server": {mod + "/client", mod + "/punch", mod + "/internal/natlab", mod + "/internal/loadgen"},
-		mod:             {mod + "/server", mod + "/store", mod + "/internal"}, // the public API holds no server
+		// the classifier owns no socket and knows no server or client
+		mod + "/natdisco": {mod + "/server", mod + "/client", mod + "/punch", mod + "/store", mod + "/internal"},
+		mod + "/server":   {mod + "/client", mod + "/punch", mod + "/internal/natlab", mod + "/internal/loadgen"},
+		mod:               {mod + "/server", mod + "/store", mod + "/internal"}, // the public API holds no server
 	}
 	out, err := exec.Command("go", "list", "-json=ImportPath,Imports", "./...").Output()
 	if err != nil {
