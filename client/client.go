@@ -131,6 +131,12 @@ func (c *Client) handleX(b []byte) bool {
 		}
 		return c.introduced(&m)
 	}
+	if m.Type.Class == wire.ClassIndication && m.Type.Method == wire.MethodSignal {
+		if err != nil {
+			return false
+		}
+		return c.signalled(&m)
+	}
 
 	c.mu.Lock()
 	t := c.pending[m.TransactionID]

@@ -51,6 +51,11 @@ type Config struct {
 	// for each valid INTRODUCE indication: another client queried this
 	// one with an introduction. nil drops them. It must not block long.
 	OnIntroduce func(Introduction)
+	// OnSignal is called, like OnIntroduce, for each well-formed SIGNAL
+	// indication: the peer of an introduction sent candidates through the
+	// server. Its SIGNAL_MAC is not checked yet (the Client holds no
+	// SECRET): the callee checks it with Signal.Verify. nil drops them.
+	OnSignal func(Signal)
 }
 
 // populate fills in the defaults.

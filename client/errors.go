@@ -25,6 +25,9 @@ var (
 	ErrRegistrationLimit = errors.New("registration limit reached")                            // wire.ReasonRegistrationLimit
 	ErrRateLimited       = errors.New("rate limited")                                          // wire.ReasonRateLimited
 	ErrServerError       = errors.New("server error (transient)")                              // wire.ReasonServerError
+	// ErrPeerUnreachable: the peer is bound but the server could not
+	// reach its binding (wire.ReasonPeerUnreachable); retry later.
+	ErrPeerUnreachable = errors.New("peer unreachable: its binding could not be reached")
 	// ErrUnknownReason matches wire.ReasonUnknown and also any reason value
 	// this client does not know (a newer server's), so every ReasonError
 	// matches exactly one sentinel.
@@ -72,6 +75,8 @@ func reasonSentinel(r wire.Reason) error {
 		return ErrRateLimited
 	case wire.ReasonServerError:
 		return ErrServerError
+	case wire.ReasonPeerUnreachable:
+		return ErrPeerUnreachable
 	}
 	return ErrUnknownReason
 }
