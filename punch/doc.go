@@ -56,7 +56,8 @@
 // # Schedule
 //
 // Each candidate has its own schedule, starting when it is added (at New,
-// or when a peer-reflexive candidate is learned):
+// by AddCandidates when the peer signals more through the server, or when a
+// peer-reflexive candidate is learned):
 //
 //	t = 0                         first request, immediately
 //	t < FastPeriod (500 ms)       one request every Interval (25 ms)
@@ -79,8 +80,8 @@
 //
 // # Bounds
 //
-// At most MaxCandidates addresses are probed (MaxConfigured from Config,
-// the rest reserved for peer-reflexive ones); outstanding transaction IDs
+// At most MaxCandidates addresses are probed (MaxConfigured from Config and
+// AddCandidates together, the rest reserved for peer-reflexive ones); outstanding transaction IDs
 // live in a fixed ring of OutstandingWindow entries (a response to an
 // older request is an unknown transaction); recently answered peer requests
 // live in a fixed ring too. Receive and Tick do not allocate: a flood of

@@ -154,6 +154,9 @@ type Stats struct {
 	// Reflexive counts peer-reflexive candidates learned;
 	// ReflexiveDropped those not learned because MaxCandidates was reached.
 	Reflexive, ReflexiveDropped uint64
+	// Added counts candidates added to a running Machine (AddCandidates);
+	// AddedDropped those refused because MaxConfigured was reached.
+	Added, AddedDropped uint64
 }
 
 // candidate is one peer address and its schedule.
@@ -331,6 +334,43 @@ func (m *Machine) add(a netip.AddrPort, now time.Time, reflexive bool) int {
 	m.cands[i] = candidate{addr: a, added: now, next: now, interval: m.interval, reflexive: reflexive}
 	m.ncands++
 	return i
+}
+
+// AddCandidates adds peer addresses learned after New (the peer's SIGNAL
+// through the server: its LAN and IPv6 addresses, a relayed address) to a
+// Punching Machine. Each gets its own schedule from now, fast phase
+// included, and is probed at the next Tick (Next says when: now). The
+// addresses are cleaned as Config.Candidates are; ones already probed,
+// peer-reflexive ones included, are skipped; configured and added ones
+// together stay within MaxConfigured, so MaxCandidates-MaxConfigured slots
+// stay free for peer-reflexive addresses. It returns how many were added:
+// none once the Machine is Connected or Failed.
+func (m *Machine) AddCandidates(addrs []netip.AddrPort, now time.Time) int {
+	if !m.live(now) {
+		return 0
+	}
+	configured := 0
+	for i := range m.cands[:m.ncands] {
+		if !m.cands[i].reflexive {
+			configured++
+		}
+	}
+	n := 0
+	for _, a := range addrs {
+		a = unmap(a)
+		if !usable(a) || m.find(a) >= 0 {
+			continue
+		}
+		if configured == MaxConfigured || m.ncands == MaxCandidates {
+			m.stats.AddedDropped++
+			continue
+		}
+		m.add(a, now, false)
+		configured++
+		n++
+		m.stats.Added++
+	}
+	return n
 }
 
 // Tick sends the requests due at now: on the first call (at the time given
