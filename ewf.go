@@ -72,6 +72,11 @@ type Config struct {
 	KeepaliveInterval func() time.Duration
 	// Logger receives debug and warning logs. Default: discard.
 	Logger *slog.Logger
+	// DisableNATDiscovery turns off the background NAT behaviour discovery
+	// (package natdisco, Node.NAT) that a Node otherwise runs at start and
+	// after an address change: about ten STUN requests from fresh sockets.
+	// Default false: discovery on.
+	DisableNATDiscovery bool
 }
 
 func (c *Config) populate() error {

@@ -42,6 +42,8 @@ type Node struct {
 	attempts map[wire.ID]*attempt // by peer ID: routes PUNCH messages
 	intros   map[string]*intro    // by TLS server name: picks the certificate
 
+	nat natState
+
 	accepted chan *Conn
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -178,9 +180,10 @@ func (n *Node) start(ctx context.Context) error {
 	n.wg.Add(2)
 	go func() {
 		defer n.wg.Done()
-		n.keep(n.rc, wire.TransportUDP, func(a netip.AddrPort) { n.public.Store(a) })
+		n.keep(n.rc, wire.TransportUDP, func(a netip.AddrPort) { n.public.Store(a); n.checkNAT() })
 	}()
 	go n.acceptQUIC()
+	n.checkNAT()
 
 	switch {
 	case tr.side != nil:

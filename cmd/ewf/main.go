@@ -3,6 +3,7 @@
 //
 //	ewf id                                 print this host's ID
 //	ewf stun    --server HOST:PORT         print this host's public address
+//	ewf nat     --server HOST:PORT         classify this host's NAT (RFC 5780)
 //	ewf query   --server HOST:PORT PEERID  print a peer's bound addresses
 //	ewf listen  --server HOST:PORT         wait for one peer, then pipe stdin/stdout
 //	ewf connect --server HOST:PORT PEERID  connect to a peer, then pipe stdin/stdout
@@ -34,6 +35,7 @@ const usage = `ewf connects two hosts directly, through their NATs.
 Usage:
   ewf id      [--identity FILE]                      print this host's ID
   ewf stun    --server HOST:PORT                     print this host's public address
+  ewf nat     --server HOST:PORT                     what this host's NAT is, and what that means
   ewf query   --server HOST:PORT PEERID              print a peer's bound addresses
   ewf listen  --server HOST:PORT [--identity FILE]   wait for a peer, pipe stdin/stdout
   ewf connect --server HOST:PORT [--identity FILE] [--transport udp|tcp] PEERID
@@ -58,6 +60,8 @@ func main() {
 		err = runID(args)
 	case "stun":
 		err = runSTUN(ctx, args)
+	case "nat":
+		err = runNAT(ctx, args, os.Stdout)
 	case "query":
 		err = runQuery(ctx, args)
 	case "listen":
