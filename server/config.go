@@ -126,6 +126,10 @@ type Config struct {
 	// UDPBatch is how many datagrams one read or write system call moves.
 	// Zero means 64.
 	UDPBatch int
+
+	// Relay is the TURN relay offered through RELAY; the zero value
+	// offers none (relaycreds.go).
+	Relay RelayConfig
 }
 
 // Defaults of Config; see the field comments.
@@ -199,6 +203,9 @@ func (c Config) populate() (Config, error) {
 	}
 	if len(c.Listen) == 0 {
 		c.Listen = []string{fmt.Sprintf(":%d", DefaultPort)}
+	}
+	if err := c.Relay.populate(); err != nil {
+		return c, err
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

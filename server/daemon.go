@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sys/unix"
 
+	"github.com/ewf-project/ewf/server/relay"
 	"github.com/ewf-project/ewf/store"
 	"github.com/ewf-project/ewf/store/bolt"
 	"github.com/ewf-project/ewf/wire"
@@ -37,6 +39,7 @@ type Daemon struct {
 	tcp     []*net.TCPListener
 	http    *http.Server
 	httpLn  net.Listener
+	relay   *relay.Relay
 	quit    chan struct{}
 	wg      sync.WaitGroup // readers, accept loops, connections, writers
 	bgWG    sync.WaitGroup // sweep and HTTP
@@ -95,6 +98,11 @@ func (d *Daemon) start(cfg Config) error {
 			return err
 		}
 		d.st, d.ownsSt = bs, true
+	}
+	if cfg.Relay.Embedded != nil {
+		if err := d.startRelay(&cfg); err != nil {
+			return err
+		}
 	}
 	srv, err := New(d.st, cfg)
 	if err != nil {
@@ -296,6 +304,43 @@ func (d *Daemon) MetricsAddr() (netip.AddrPort, bool) {
 	return netip.MustParseAddrPort(d.httpLn.Addr().String()), true
 }
 
+// startRelay starts the embedded TURN relay and fills in the offer: the
+// shared secret (random unless configured: nobody else needs it) and the
+// URLs (one UDP and one TCP per relay IP unless configured).
+func (d *Daemon) startRelay(cfg *Config) error {
+	rc := *cfg.Relay.Embedded
+	if len(cfg.Relay.Secret) == 0 {
+		cfg.Relay.Secret = make([]byte, 32)
+		rand.Read(cfg.Relay.Secret)
+	}
+	st := d.st
+	rc.Secret = cfg.Relay.Secret
+	rc.Registered = func(id [16]byte) bool { _, ok := st.Lookup(id); return ok }
+	rc.Registry = cfg.Registry
+	if rc.Logger == nil {
+		rc.Logger = cfg.Logger
+	}
+	r, err := relay.Start(rc)
+	if err != nil {
+		return err
+	}
+	d.relay = r
+	if len(cfg.Relay.URLs) == 0 {
+		port := strconv.Itoa(int(r.Addr().Port()))
+		var udp, tcp []string
+		for _, ip := range rc.RelayIPs {
+			hp := net.JoinHostPort(ip.Unmap().String(), port)
+			udp = append(udp, "turn:"+hp+"?transport=udp")
+			tcp = append(tcp, "turn:"+hp+"?transport=tcp")
+		}
+		cfg.Relay.URLs = append(udp, tcp...)
+	}
+	return nil
+}
+
+// Relay returns the embedded TURN relay, nil if none runs.
+func (d *Daemon) Relay() *relay.Relay { return d.relay }
+
 // Server returns the protocol core.
 func (d *Daemon) Server() *Server { return d.srv }
 
@@ -335,6 +380,9 @@ func (d *Daemon) Close() error {
 		_ = d.http.Close()
 	}
 	d.bgWG.Wait()
+	if d.relay != nil {
+		_ = d.relay.Close()
+	}
 	d.log.Info("ewfd stopped")
 	return err
 }

@@ -12,7 +12,7 @@ import (
 // coreFiles are the protocol core: request bytes in, response bytes out.
 // They must not touch sockets, flags, signals or the concrete store.
 var coreFiles = []string{
-	"server.go", "bindings.go", "limiter.go", "txcache.go", "stun.go", "metrics.go", "config.go",
+	"server.go", "bindings.go", "limiter.go", "txcache.go", "stun.go", "metrics.go", "config.go", "relaycreds.go",
 }
 
 // TestDependencies keeps the picture of docs/STYLE.md true: the core owns

@@ -17,10 +17,11 @@ const (
 	kindIntroduction // QUERY with SOURCE_ID and KEY
 	kindOther        // X requests of a method the server does not serve
 	kindSignal       // SIGNAL: candidates relayed to a peer
+	kindRelay        // RELAY: TURN credentials
 	numKinds
 )
 
-var kindNames = [numKinds]string{"stun", "register", "bind", "query", "introduction", "other", "signal"}
+var kindNames = [numKinds]string{"stun", "register", "bind", "query", "introduction", "other", "signal", "relay"}
 
 func kindOf(m wire.Method) reqKind {
 	switch m {
@@ -32,6 +33,8 @@ func kindOf(m wire.Method) reqKind {
 		return kindQuery
 	case wire.MethodSignal:
 		return kindSignal
+	case wire.MethodRelay:
+		return kindRelay
 	}
 	return kindOther
 }
@@ -55,6 +58,7 @@ var outcomeNames = [numOutcomes]string{
 	"id_conflict", "address_mismatch", "not_bound", "registration_limit",
 	"rate_limited", "server_error",
 	outReason0 + outcome(wire.ReasonPeerUnreachable): "peer_unreachable",
+	outReason0 + outcome(wire.ReasonNoRelay):         "no_relay",
 }
 
 func r(x wire.Reason) outcome { return reasonOutcome(x) }
@@ -72,6 +76,8 @@ var kindOutcomes = [numKinds][]outcome{
 	kindOther: {r(wire.ReasonUnknownMethod), r(wire.ReasonInvalidAttributes)},
 	kindSignal: {outOK, r(wire.ReasonInvalidAttributes), r(wire.ReasonNotRegistered), r(wire.ReasonKeyMismatch),
 		r(wire.ReasonNotBound), r(wire.ReasonRateLimited), r(wire.ReasonPeerUnreachable)},
+	kindRelay: {outOK, r(wire.ReasonInvalidAttributes), r(wire.ReasonNotRegistered), r(wire.ReasonKeyMismatch),
+		r(wire.ReasonRateLimited), r(wire.ReasonNoRelay)},
 }
 
 func reasonOutcome(r wire.Reason) outcome {

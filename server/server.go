@@ -73,6 +73,8 @@ type Server struct {
 	regLim    *limiter // REGISTERs per source IP per window
 	introLim  *limiter // introductions per querier ID
 	signalLim *limiter // SIGNALs per sender ID
+	relayLim  *limiter // RELAY requests per ID
+	relayURLs [][]byte // cfg.Relay.URLs as the answer carries them
 	met       *metrics
 	reg       *prometheus.Registry
 
@@ -112,12 +114,16 @@ func New(st store.Store, cfg Config) (*Server, error) {
 		regLim:    newLimiter(cfg.MaxSources, float64(cfg.RegisterPerIP)/cfg.RegisterWindow.Seconds(), cfg.RegisterPerIP),
 		introLim:  newLimiter(cfg.MaxSources, cfg.IntroRate, cfg.IntroBurst),
 		signalLim: newLimiter(cfg.MaxSources, cfg.IntroRate, cfg.IntroBurst),
+		relayLim:  newLimiter(cfg.MaxSources, relayRate, relayBurst),
 		reg:       cfg.Registry,
 	}
 	// The epoch is a second before now, so that clock readings are positive
 	// and a zero expiry is always in the past.
 	s.epoch = s.now().Add(-time.Second)
 	s.udp.Store(&[]Replier{})
+	for _, u := range cfg.Relay.URLs {
+		s.relayURLs = append(s.relayURLs, []byte(u))
+	}
 	if s.met, err = newMetrics(cfg.Registry, s); err != nil {
 		return nil, fmt.Errorf("server: metrics: %w", err)
 	}
@@ -159,6 +165,9 @@ type Handler struct {
 	stun stun.Message
 	rnd  [16]byte
 	ind  [wire.MaxMessageSize]byte
+
+	relayUser [64]byte // RELAY answer: username and password
+	relayPass [32]byte
 
 	// alt is set when the Handler reads one of the RFC 5780 sockets
 	// (Config.Alternate), whose [IP][port] index is altI, altJ and whose
@@ -304,6 +313,8 @@ func (h *Handler) handleX(req []byte, src netip.AddrPort, now time.Time, sec uin
 		return h.query(sec, out)
 	case wire.MethodSignal:
 		return h.signal(sec, ns, out)
+	case wire.MethodRelay:
+		return h.relayCreds(now, ns, out)
 	}
 	// INTRODUCE and PUNCH are between peers: a request of either is not
 	// for the server.
