@@ -119,6 +119,7 @@ func TestErrorReasonMapping(t *testing.T) {
 		{wire.ReasonRegistrationLimit, ErrRegistrationLimit},
 		{wire.ReasonRateLimited, ErrRateLimited},
 		{wire.ReasonServerError, ErrServerError},
+		{wire.ReasonTryLater, ErrTryLater},
 		{wire.ReasonUnknown, ErrUnknownReason},
 		{0x0000BEEF, ErrUnknownReason}, // a reason from a newer server
 	}

@@ -28,6 +28,7 @@ var (
 	// ErrPeerUnreachable: the peer is bound but the server could not
 	// reach its binding (wire.ReasonPeerUnreachable); retry later.
 	ErrPeerUnreachable = errors.New("peer unreachable: its binding could not be reached")
+	ErrTryLater        = errors.New("server's shared store unavailable: try again later") // wire.ReasonTryLater
 	// ErrUnknownReason matches wire.ReasonUnknown and also any reason value
 	// this client does not know (a newer server's), so every ReasonError
 	// matches exactly one sentinel.
@@ -77,6 +78,8 @@ func reasonSentinel(r wire.Reason) error {
 		return ErrServerError
 	case wire.ReasonPeerUnreachable:
 		return ErrPeerUnreachable
+	case wire.ReasonTryLater:
+		return ErrTryLater
 	}
 	return ErrUnknownReason
 }

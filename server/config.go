@@ -44,6 +44,12 @@ type Config struct {
 	// ownership and closes it after the Daemon.
 	Store store.Store
 
+	// StoreURL, if set (and Store is not), is a shared store to open
+	// instead of the bbolt file in DataDir: redis://host:port/db or
+	// redis+cluster://host:port,host:port,... (package store/redis). Used
+	// by Start only.
+	StoreURL string
+
 	// MetricsAddr is the host:port of the HTTP server for /metrics and
 	// /healthz. Empty means no HTTP server. Used by Start only.
 	MetricsAddr string

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -22,6 +23,7 @@ import (
 	"github.com/ewf-project/ewf/server/relay"
 	"github.com/ewf-project/ewf/store"
 	"github.com/ewf-project/ewf/store/bolt"
+	redisstore "github.com/ewf-project/ewf/store/redis"
 	"github.com/ewf-project/ewf/wire"
 )
 
@@ -84,6 +86,29 @@ func Start(cfg Config) (*Daemon, error) {
 }
 
 func (d *Daemon) start(cfg Config) error {
+	if d.st == nil && cfg.StoreURL != "" {
+		rs, err := redisstore.Open(cfg.StoreURL, redisstore.Options{
+			MaxIdle: cfg.RegistrationTTL,
+			Logger:  cfg.Logger,
+			Now:     cfg.Now,
+		})
+		if err != nil {
+			return err
+		}
+		d.st, d.ownsSt = rs, true
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		dur, err := rs.Durability(ctx)
+		cancel()
+		if err != nil {
+			d.log.Warn("shared store: could not read Redis persistence settings", "err", err)
+		} else {
+			lv := slog.LevelInfo
+			if !dur.AOF && dur.Wait == 0 {
+				lv = slog.LevelWarn
+			}
+			d.log.Log(context.Background(), lv, "shared store: what an acknowledged REGISTER survives", "durability", dur.String())
+		}
+	}
 	if d.st == nil {
 		if cfg.DataDir == "" {
 			return fmt.Errorf("%w: DataDir is empty and no Store given", errConfig)
@@ -111,6 +136,11 @@ func (d *Daemon) start(cfg Config) error {
 	d.srv = srv
 	if err := d.registerMetrics(cfg.Registry); err != nil {
 		return err
+	}
+	if srv.cl != nil {
+		if err := srv.StartShared(); err != nil {
+			return err
+		}
 	}
 	if len(cfg.Listen)*cfg.UDPReaders > maxUDPRepliers {
 		return fmt.Errorf("%w: %d listen addresses × %d UDP readers exceed %d sockets",
@@ -154,7 +184,7 @@ func (d *Daemon) start(cfg Config) error {
 		alternate = d.alt.other(0, 0).String()
 	}
 	d.log.Info("ewfd serving", "listen", d.addrs, "alternate", alternate, "udp_sockets", len(d.udp),
-		"registrations", d.st.Len(), "data", cfg.DataDir, "metrics", metrics)
+		"registrations", d.st.Len(), "data", dataName(cfg), "metrics", metrics, "shared_name", srv.Name())
 	return nil
 }
 
@@ -359,6 +389,9 @@ func (d *Daemon) Close() error {
 		ln.Close()
 	}
 	var err error
+	if d.srv != nil {
+		d.srv.StopShared() // its workers use the store
+	}
 	if d.ownsSt && d.st != nil {
 		err = d.st.Close()
 	}
@@ -385,4 +418,22 @@ func (d *Daemon) Close() error {
 	}
 	d.log.Info("ewfd stopped")
 	return err
+}
+
+// dataName says where registrations are kept, for the start-up log; a
+// password in a store URL is not shown.
+func dataName(cfg Config) string {
+	if cfg.Store != nil {
+		return "(caller's store)"
+	}
+	if cfg.StoreURL != "" {
+		u := cfg.StoreURL
+		if scheme, rest, ok := strings.Cut(u, "://"); ok {
+			if at := strings.LastIndex(rest, "@"); at >= 0 {
+				u = scheme + "://…@" + rest[at+1:]
+			}
+		}
+		return u
+	}
+	return cfg.DataDir
 }

@@ -77,6 +77,7 @@ type Server struct {
 	relayURLs [][]byte // cfg.Relay.URLs as the answer carries them
 	met       *metrics
 	reg       *prometheus.Registry
+	cl        *cluster // nil unless the store is shared (cluster.go)
 
 	udpMu sync.Mutex
 	udp   atomic.Pointer[[]Replier] // UDP sockets by bindSlot.via, copy on write
@@ -127,6 +128,11 @@ func New(st store.Store, cfg Config) (*Server, error) {
 	if s.met, err = newMetrics(cfg.Registry, s); err != nil {
 		return nil, fmt.Errorf("server: metrics: %w", err)
 	}
+	if sh, ok := st.(store.Shared); ok {
+		if s.cl, err = newCluster(s, sh, cfg.Registry); err != nil {
+			return nil, fmt.Errorf("server: metrics: %w", err)
+		}
+	}
 	return s, nil
 }
 
@@ -175,6 +181,14 @@ type Handler struct {
 	alt        *rfc5780
 	altI, altJ uint8
 	altIP4     bool
+
+	// The request being handled, for deferShared (cluster.go), and the
+	// state of a replay on a cluster worker.
+	raw    []byte
+	src    netip.AddrPort
+	now    time.Time
+	replay bool
+	rem    remote
 }
 
 // maxUDPRepliers is how many UDP sockets one Server can serve: a binding
@@ -280,6 +294,7 @@ func withinAmplification(kind wire.Kind, req, resp int, src netip.AddrPort) bool
 
 func (h *Handler) handleX(req []byte, src netip.AddrPort, now time.Time, sec uint32, ns int64, out []byte) []byte {
 	s, m := h.s, &h.req
+	h.raw, h.src, h.now = req, src, now
 	err := m.Decode(req)
 	if err != nil && errors.Is(err, wire.ErrInvalidHeader) {
 		s.met.drop(dropMalformed)
@@ -349,15 +364,22 @@ func (h *Handler) bindReq(src netip.AddrPort, now time.Time, sec uint32, out []b
 	s, m := h.s, &h.req
 	key, ok := s.st.Lookup(m.ID)
 	if !ok {
+		if h.deferShared() {
+			return out
+		}
 		return h.fail(out, kindBind, wire.ReasonNotRegistered)
 	}
 	if subtle.ConstantTimeCompare(key[:], m.Key[:]) != 1 {
+		if h.deferShared() { // the cached KEY may be stale
+			return out
+		}
 		return h.fail(out, kindBind, wire.ReasonKeyMismatch)
 	}
 	if a := m.Addresses[0]; a.Transport != h.tr || a.AddrPort != src {
 		return h.fail(out, kindBind, wire.ReasonAddressMismatch)
 	}
 	s.bind.set(&m.ID, h.tr, src, h.via, sec+s.ttl)
+	h.shareBinding(&m.ID, src)
 	s.st.Touch(m.ID, now)
 	s.met.count(kindBind, outOK)
 	return h.success().AppendTo(out)
@@ -369,8 +391,11 @@ func (h *Handler) query(sec uint32, out []byte) []byte {
 	// Bindings first: only registered IDs get bound, so a live binding
 	// answers the question and the store is asked only to tell "not
 	// registered" from "not bound".
-	e, n := s.bind.get(&m.ID, sec)
+	e, n, _ := h.bound(&m.ID, sec)
 	if n == 0 {
+		if h.deferShared() { // bound at another server?
+			return out
+		}
 		if _, ok := s.st.Lookup(m.ID); !ok {
 			return h.fail(out, kindQuery, wire.ReasonNotRegistered)
 		}
@@ -397,42 +422,45 @@ func addBound(m *wire.Message, e *bindEntry) {
 // answers the querier with the target's addresses and the shared SECRET.
 func (h *Handler) introduce(sec uint32, ns int64, out []byte) []byte {
 	s, m := h.s, &h.req
+	// Whatever this server cannot answer from memory goes to a cluster
+	// worker when the store is shared (deferShared, cluster.go).
 	qkey, ok := s.st.Lookup(m.SourceID)
 	if !ok {
+		if h.deferShared() {
+			return out
+		}
 		return h.fail(out, kindIntroduction, wire.ReasonNotRegistered)
 	}
 	if subtle.ConstantTimeCompare(qkey[:], m.Key[:]) != 1 {
+		if h.deferShared() {
+			return out
+		}
 		return h.fail(out, kindIntroduction, wire.ReasonKeyMismatch)
 	}
 	if _, ok := s.st.Lookup(m.ID); !ok {
+		if h.deferShared() {
+			return out
+		}
 		return h.fail(out, kindIntroduction, wire.ReasonNotRegistered)
 	}
-	te, _ := s.bind.get(&m.ID, sec)
+	te, _, tsrv := h.bound(&m.ID, sec)
 	if !te[wire.TransportUDP].valid() {
+		if h.deferShared() {
+			return out
+		}
 		// The INTRODUCE can only travel over UDP.
 		return h.fail(out, kindIntroduction, wire.ReasonNotBound)
 	}
-	qe, qn := s.bind.get(&m.SourceID, sec)
+	qe, qn, _ := h.bound(&m.SourceID, sec)
 	if qn == 0 {
+		if h.deferShared() {
+			return out
+		}
 		// The target needs somewhere to punch to.
 		return h.fail(out, kindIntroduction, wire.ReasonNotBound)
 	}
 	if !s.introLim.allow((*[16]byte)(&m.SourceID), ns) {
 		return h.fail(out, kindIntroduction, wire.ReasonRateLimited)
-	}
-	dst := te[wire.TransportUDP].addrPort()
-	// Limit INTRODUCEs per target address at the per-source rate: however
-	// many IDs an attacker binds to a victim's address, the victim receives
-	// no more than that. A table of its own, so that a popular peer's own
-	// requests are not charged for the introductions it receives.
-	dk := sourceKey(dst.Addr())
-	if !s.dstLim.allow(&dk, ns) {
-		return h.fail(out, kindIntroduction, wire.ReasonRateLimited)
-	}
-	udp := *s.udp.Load()
-	via := int(te[wire.TransportUDP].via)
-	if via >= len(udp) {
-		return h.fail(out, kindIntroduction, wire.ReasonNotBound)
 	}
 
 	rand.Read(h.rnd[:])
@@ -447,7 +475,15 @@ func (h *Handler) introduce(sec uint32, ns int64, out []byte) []byte {
 	for _, c := range m.Candidates[:m.NumCandidates] {
 		_ = ind.AddCandidate(c) // decoded, so valid and within the limit
 	}
-	udp[via].Reply(ind.AppendTo(h.ind[:0]), dst)
+	// deliverToBound limits INTRODUCEs per target address at the
+	// per-source rate: however many IDs an attacker binds to a victim's
+	// address, the victim receives no more than that (a table of its own,
+	// so that a popular peer's own requests are not charged for the
+	// introductions it receives). It sends from the socket the target's
+	// binding came in on, here or at the server that holds it.
+	if ok, reason := h.deliverToBound(&m.ID, wire.TransportUDP, &te, &tsrv, ind.AppendTo(h.ind[:0]), ns); !ok {
+		return h.fail(out, kindIntroduction, reason)
+	}
 
 	r := h.success()
 	addBound(r, &te)
@@ -515,6 +551,16 @@ func (s *Server) registered(k txKey, r Replier, tx wire.TransactionID, key wire.
 	case errors.Is(err, store.ErrFull):
 		b = appendError(&resp, wire.MethodRegister, &tx, wire.ReasonRegistrationLimit, buf[:0])
 		s.met.count(kindRegister, reasonOutcome(wire.ReasonRegistrationLimit))
+	case errors.Is(err, store.ErrUnavailable):
+		// A shared store out of reach: nothing was written. Say so at
+		// once rather than let the client retransmit into the outage, and
+		// forget the transaction so that a retransmission tries again.
+		s.tx.forget(k)
+		s.logStoreError(err)
+		b = appendError(&resp, wire.MethodRegister, &tx, wire.ReasonTryLater, buf[:0])
+		s.met.count(kindRegister, reasonOutcome(wire.ReasonTryLater))
+		r.Reply(b, k.src)
+		return
 	case errors.Is(err, store.ErrBusy), errors.Is(err, store.ErrClosed):
 		// The disk is behind or we are stopping: say nothing, the client
 		// retransmits and the retransmission is handled as new.
@@ -543,6 +589,6 @@ func (s *Server) logStoreError(err error) {
 	}
 	s.logMu.Unlock()
 	if !quiet {
-		s.log.Error("registration commit failed; answering server error", "err", err)
+		s.log.Error("store failed; answering server error (or, for a shared store out of reach, try again later)", "err", err)
 	}
 }

@@ -17,20 +17,37 @@ import (
 // peer drops a SIGNAL no introduction of its own vouches for.
 func (h *Handler) signal(sec uint32, ns int64, out []byte) []byte {
 	s, m := h.s, &h.req
+	// With a shared store, what is not in memory here (a KEY, a binding
+	// at another server) is read by a cluster worker (deferShared,
+	// cluster.go), and a peer bound at another server gets the SIGNAL
+	// from that server (deliverToBound).
 	key, ok := s.st.Lookup(m.SourceID)
 	if !ok {
+		if h.deferShared() {
+			return out
+		}
 		return h.fail(out, kindSignal, wire.ReasonNotRegistered)
 	}
 	// The KEY form; the TIMESTAMP+MAC proof of docs/PROTOCOL.md §18 is
 	// checked here like an introduction's once the server verifies it.
 	if subtle.ConstantTimeCompare(key[:], m.Key[:]) != 1 {
+		if h.deferShared() {
+			return out
+		}
 		return h.fail(out, kindSignal, wire.ReasonKeyMismatch)
 	}
-	if _, n := s.bind.get(&m.SourceID, sec); n == 0 {
+	if _, n, _ := h.bound(&m.SourceID, sec); n == 0 {
+		if h.deferShared() {
+			return out
+		}
 		return h.fail(out, kindSignal, wire.ReasonNotBound)
 	}
-	dst, ok, why := s.lookupUDP(&m.ID, sec)
-	if !ok {
+	te, _, tsrv := h.bound(&m.ID, sec)
+	if !te[wire.TransportUDP].valid() {
+		if h.deferShared() {
+			return out
+		}
+		_, _, why := s.lookupUDP(&m.ID, sec)
 		return h.fail(out, kindSignal, why)
 	}
 	// Charged per sender ID at the introduction rate: a client sends one
@@ -45,7 +62,7 @@ func (h *Handler) signal(sec uint32, ns int64, out []byte) []byte {
 	ind.SetSourceID(m.SourceID)
 	ind.CopySignalled(m)
 	ind.SetSignalMAC(m.SignalMAC)
-	if ok, why := s.send(dst, ind.AppendTo(h.ind[:0]), ns); !ok {
+	if ok, why := h.deliverToBound(&m.ID, wire.TransportUDP, &te, &tsrv, ind.AppendTo(h.ind[:0]), ns); !ok {
 		return h.fail(out, kindSignal, why)
 	}
 	s.met.count(kindSignal, outOK)

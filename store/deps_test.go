@@ -24,7 +24,7 @@ func TestDependencies(t *testing.T) {
 		"github.com/ewf-project/ewf/internal",
 	}
 	fset := token.NewFileSet()
-	for _, dir := range []string{".", "bolt"} {
+	for _, dir := range []string{".", "bolt", "redis"} {
 		files, err := filepath.Glob(filepath.Join(dir, "*.go"))
 		if err != nil {
 			t.Fatal(err)

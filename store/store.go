@@ -23,6 +23,7 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"time"
 )
@@ -52,6 +53,10 @@ var (
 	// ErrClosed: the store was closed. It is not net.ErrClosed because this
 	// package keeps out of the network; the server maps it if it must.
 	ErrClosed = errors.New("store: closed")
+	// ErrUnavailable: a shared backend could not be reached or did not
+	// confirm the write; nothing is acknowledged. The server answers "try
+	// again later" (wire.ReasonTryLater) and recovers when the backend does.
+	ErrUnavailable = errors.New("store: backend unavailable, try again later")
 )
 
 // Store holds registrations. All methods are safe for concurrent use.
@@ -105,4 +110,57 @@ func RegisterSync(s Store, id ID, key Key, now time.Time) error {
 	ch := make(chan error, 1)
 	s.Register(id, key, now, func(err error) { ch <- err })
 	return <-ch
+}
+
+// Binding is one client's live address on one transport, as one server
+// shares it with the others through a Shared store. It has no pointers
+// besides Server, which is the sharing server's constant name, so queueing
+// one does not allocate.
+type Binding struct {
+	// Server names the server the client bound at: the one whose socket
+	// the client's NAT has open, and the one to Send messages for the
+	// client to.
+	Server string
+	Addr   [16]byte // IPv6 or IPv4-mapped
+	Port   uint16
+	Is4    bool  // Addr is IPv4 (mapped)
+	Via    uint8 // the UDP socket it came in on, at Server
+}
+
+// Shared is a Store that several servers use at once (store/redis). Besides
+// registrations it carries bindings and messages between servers, so that a
+// QUERY at any server finds a client bound at another, and an introduction
+// leaves from the server whose socket the target's NAT has open.
+//
+// Lookup stays the hot path and reads a local cache; what the cache does not
+// hold the server asks for with Fetch, off the packet path. The backend
+// states how stale its cache may be (see its package).
+type Shared interface {
+	Store
+
+	// Fetch reads id's registration from the backend, bypassing the local
+	// cache, and refills the cache with it. It blocks for a round trip:
+	// call it off the packet path. ok false with a nil error means not
+	// registered. A backend failure matches ErrUnavailable.
+	Fetch(ctx context.Context, id ID) (key Key, ok bool, err error)
+
+	// PutBinding queues b as id's binding on transport tr (0 UDP, 1 TCP)
+	// for ttl. It never blocks and does not allocate: bindings are written
+	// in batches in the background, and when the queue is full or the
+	// backend down, the binding is not shared (reported false); the
+	// client's next refresh tries again.
+	PutBinding(id ID, tr int, b Binding, ttl time.Duration) bool
+
+	// Bindings reads id's live shared bindings, by transport. It blocks.
+	Bindings(ctx context.Context, id ID) (b [2]Binding, ok [2]bool, err error)
+
+	// Send delivers msg to the server named to, if it listens (Listen).
+	// delivered is false when no server of that name listens: it is gone.
+	// Delivery is at most once and not acknowledged by the receiver.
+	Send(ctx context.Context, to string, msg []byte) (delivered bool, err error)
+
+	// Listen subscribes this process as server name: every msg sent to
+	// name is passed to fn, one at a time, on one goroutine, until Close.
+	// msg is only valid during the call. It returns once subscribed.
+	Listen(name string, fn func(msg []byte)) error
 }

@@ -118,7 +118,10 @@ const (
 	ReasonRegistrationLimit Reason = 0x00000007
 	ReasonRateLimited       Reason = 0x00000008
 	ReasonServerError       Reason = 0x00000009
-	ReasonNoRelay           Reason = 0x0000000D // RELAY: this server offers no relay
+	// ReasonTryLater: a store shared between servers (Redis) is out of
+	// reach, so nothing could be written or read; retry in a few seconds.
+	ReasonTryLater Reason = 0x0000000A
+	ReasonNoRelay  Reason = 0x0000000D // RELAY: this server offers no relay
 	// ReasonIntegrityRequired: the server refuses the KEY form of an
 	// authenticated request (ewfd --require-integrity); send MAC instead.
 	ReasonIntegrityRequired Reason = 0x0000000B
@@ -153,6 +156,8 @@ func (r Reason) String() string {
 		return "rate limited"
 	case ReasonServerError:
 		return "server error"
+	case ReasonTryLater:
+		return "try again later"
 	case ReasonNoRelay:
 		return "no relay"
 	case ReasonIntegrityRequired:

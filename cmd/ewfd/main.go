@@ -79,6 +79,8 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 		"RFC 5780 NAT discovery: a second UDP `host:port` (\":3479\" for a second port only, \"IP2:3479\" for a second address too); default off")
 	fs.StringVar(&c.DataDir, "data", defaultDataDir(),
 		"`directory` of the registration store (created if missing; keep it across restarts)")
+	fs.StringVar(&c.StoreURL, "store", "",
+		"shared registration store instead of -data, for several ewfd behind one name: `url` redis://host:6379/0 or redis+cluster://host:port,host:port,... (see docs/OPERATIONS.md)")
 	fs.StringVar(&c.MetricsAddr, "metrics", "",
 		"`host:port` for Prometheus /metrics and /healthz over HTTP, e.g. 127.0.0.1:9478 (default off)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log `format`: text or json")

@@ -1,0 +1,201 @@
+package server_test
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/ewf-project/ewf/internal/redistest"
+	"github.com/ewf-project/ewf/server"
+	"github.com/ewf-project/ewf/wire"
+)
+
+// startShared starts n daemons on one shared store URL, IPv4 loopback.
+func startShared(t *testing.T, url string, n int) []netip.AddrPort {
+	t.Helper()
+	var out []netip.AddrPort
+	for range n {
+		d := startDaemon(t, server.Config{StoreURL: url, Listen: []string{"127.0.0.1:0"}})
+		if d.Server().Name() == "" {
+			t.Fatal("daemon on a shared store has no name")
+		}
+		out = append(out, d.Addrs()[0])
+	}
+	return out
+}
+
+// testAcrossServers: registered and bound at A, the peer is found through
+// B (UDP and TCP), binds again at C without registering there, and an
+// introduction asked at B reaches it from A's socket — the connected test
+// socket of the target receives only from A.
+func testAcrossServers(t *testing.T, url string) {
+	srv := startShared(t, url, 3)
+	a, b, c := srv[0], srv[1], srv[2]
+
+	target := dialUDP(t, a)
+	tid, tkey := target.register()
+	target.bind(tid, tkey)
+	tcpTarget := dialTCP(t, a)
+	tcpTarget.bind(tid, tkey)
+
+	for _, tr := range []wire.Transport{wire.TransportUDP, wire.TransportTCP} {
+		q := dial(t, tr, b)
+		var r *wire.Message
+		// The binding is shared in the background: give it a moment.
+		for deadline := time.Now().Add(2 * time.Second); ; {
+			r = q.roundTrip(queryReq(tid))
+			if r.Type.Class == wire.ClassSuccess && r.NumAddresses == 2 || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		wantSuccess(t, r, wire.MethodQuery)
+		want := []wire.Address{{Transport: wire.TransportUDP, AddrPort: target.local}, {Transport: wire.TransportTCP, AddrPort: tcpTarget.local}}
+		if r.NumAddresses != 2 || r.Addresses[0] != want[0] || r.Addresses[1] != want[1] {
+			t.Fatalf("QUERY at B over %v: %v, want %v", tr, r.Addresses[:r.NumAddresses], want)
+		}
+		wantError(t, q.roundTrip(queryReq(newID())), wire.MethodQuery, wire.ReasonNotRegistered)
+	}
+
+	// A client registered at A binds at C: C reads the KEY from the store.
+	other := dialUDP(t, a)
+	oid, okey := other.register()
+	atC := dialUDP(t, c)
+	atC.bind(oid, okey)
+	wrong := okey
+	wrong[0] ^= 1
+	wantError(t, atC.roundTrip(bindReq(oid, wrong, wire.TransportUDP, atC.local)), wire.MethodBind, wire.ReasonKeyMismatch)
+	wantError(t, atC.roundTrip(bindReq(newID(), okey, wire.TransportUDP, atC.local)), wire.MethodBind, wire.ReasonNotRegistered)
+
+	// Introduction asked at B, for a target bound at A: A sends it.
+	for _, tr := range []wire.Transport{wire.TransportUDP, wire.TransportTCP} {
+		q := dial(t, tr, b)
+		qid, qkey := q.register()
+		q.bind(qid, qkey)
+		cand := wire.Address{Transport: wire.TransportUDP, AddrPort: netip.MustParseAddrPort("192.168.1.20:4000")}
+		r := q.roundTrip(introReq(tid, qid, qkey, cand))
+		wantSuccess(t, r, wire.MethodQuery)
+		if r.Secret == (wire.Secret{}) || r.NumAddresses != 2 || r.Addresses[0].AddrPort != target.local {
+			t.Fatalf("introduction answer: %v secret %x", r.Addresses[:r.NumAddresses], r.Secret)
+		}
+		var ind wire.Message
+		if err := ind.Decode(target.recv()); err != nil {
+			t.Fatal(err)
+		}
+		if ind.Type != (wire.Type{Method: wire.MethodIntroduce, Class: wire.ClassIndication}) ||
+			ind.SourceID != qid || ind.Secret != r.Secret ||
+			ind.NumAddresses != 1 || ind.Addresses[0] != (wire.Address{Transport: tr, AddrPort: q.local}) ||
+			ind.NumCandidates != 1 || ind.Candidates[0] != cand {
+			t.Fatalf("INTRODUCE %+v", ind)
+		}
+	}
+
+	// The querier bound at C, asking at B: its binding is read from the
+	// store too.
+	qc := dialUDP(t, c)
+	qid, qkey := qc.register()
+	qc.bind(qid, qkey)
+	time.Sleep(100 * time.Millisecond) // the binding is shared in the background
+	r := dialUDP(t, b).roundTrip(introReq(tid, qid, qkey))
+	wantSuccess(t, r, wire.MethodQuery)
+	var ind wire.Message
+	if err := ind.Decode(target.recv()); err != nil || ind.NumAddresses != 1 || ind.Addresses[0].AddrPort != qc.local {
+		t.Fatalf("INTRODUCE for a querier bound at C: %v %+v", err, ind.Addresses[:ind.NumAddresses])
+	}
+
+	// A SIGNAL sent at C for the target bound at A leaves from A's socket
+	// too: the same deliverToBound path.
+	mac := [wire.MACSize]byte{7, 31: 7}
+	cand := wire.Address{Transport: wire.TransportUDP, AddrPort: netip.MustParseAddrPort("10.1.2.3:4567")}
+	wantSuccess(t, qc.roundTrip(signalReq(tid, qid, qkey, mac, []wire.Address{cand}, nil)), wire.MethodSignal)
+	var sig wire.Message
+	if err := sig.Decode(target.recv()); err != nil || sig.Type != (wire.Type{Method: wire.MethodSignal, Class: wire.ClassIndication}) ||
+		sig.SourceID != qid || sig.SignalMAC != mac || sig.NumCandidates != 1 || sig.Candidates[0] != cand {
+		t.Fatalf("SIGNAL across servers: %v %+v", err, sig.Type)
+	}
+}
+
+func TestAcrossServersSingleRedis(t *testing.T) {
+	testAcrossServers(t, redistest.Start(t, redistest.Options{}).URL())
+}
+
+func TestAcrossServersRedisCluster(t *testing.T) {
+	testAcrossServers(t, redistest.StartCluster(t, 3).URL())
+}
+
+// A target whose server stopped is not introduced: the querier hears "not
+// bound" instead of a success nobody acts on.
+func TestIntroductionToAStoppedServersPeer(t *testing.T) {
+	url := redistest.Start(t, redistest.Options{}).URL()
+	b := startShared(t, url, 1)[0]
+	da := startDaemon(t, server.Config{StoreURL: url, Listen: []string{"127.0.0.1:0"}})
+	target := dialUDP(t, da.Addrs()[0])
+	tid, tkey := target.register()
+	target.bind(tid, tkey)
+	q := dialUDP(t, b)
+	qid, qkey := q.register()
+	q.bind(qid, qkey)
+	time.Sleep(100 * time.Millisecond)
+	wantSuccess(t, q.roundTrip(introReq(tid, qid, qkey)), wire.MethodQuery)
+	target.recv()
+	if err := da.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wantError(t, q.roundTrip(introReq(tid, qid, qkey)), wire.MethodQuery, wire.ReasonNotBound)
+}
+
+// Losing Redis: STUN, and BIND and QUERY that memory can answer, go on;
+// REGISTER gets "try again later" and never a KEY; all resumes by itself.
+func TestRedisOutage(t *testing.T) {
+	r := redistest.Start(t, redistest.Options{AOF: true})
+	srv := startShared(t, r.URL(), 2)
+	a, b := srv[0], srv[1]
+	c := dialUDP(t, a)
+	id, key := c.register()
+	c.bind(id, key)
+	q := dialUDP(t, a)
+
+	r.Stop()
+	c.send(stunRequest(false))
+	if _, err := c.recvWithin(replyTimeout); err != nil {
+		t.Fatalf("STUN with Redis down: %v", err)
+	}
+	c.bind(id, key) // KEY cached, binding local
+	wantSuccess(t, q.roundTrip(queryReq(id)), wire.MethodQuery)
+	m := registerReq(newID())
+	// The first REGISTER may be the one that finds Redis gone (after its
+	// timeout); every answer must be "try again later".
+	for range 3 {
+		wantError(t, q.roundTrip(m), wire.MethodRegister, wire.ReasonTryLater)
+	}
+	// At B nothing about id is in memory: that needs Redis.
+	wantError(t, dialUDP(t, b).roundTrip(queryReq(id)), wire.MethodQuery, wire.ReasonTryLater)
+
+	r.Restart()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp := q.roundTrip(registerReq(newID()))
+		if resp.Type.Class == wire.ClassSuccess {
+			break
+		}
+		if resp.Reason != wire.ReasonTryLater || time.Now().After(deadline) {
+			t.Fatalf("after Redis restart: %v %q", resp.Type, resp.Reason)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// The registration made before the outage is still there (AOF), and
+	// B, once its own probe found Redis back, finds the binding c
+	// refreshed.
+	c.bind(id, key)
+	qb := dialUDP(t, b)
+	for {
+		resp := qb.roundTrip(queryReq(id))
+		if resp.Type.Class == wire.ClassSuccess && resp.NumAddresses == 1 && resp.Addresses[0].AddrPort == c.local {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("QUERY at B after the outage: %v %q", resp.Type, resp.Reason)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
