@@ -35,6 +35,7 @@ func main() {
 type options struct {
 	cfg       server.Config
 	listen    string
+	relay     relayOptions
 	logFormat string
 	logLevel  string
 	version   bool
@@ -106,6 +107,7 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.IntVar(&c.MaxTCPPerIP, "max-tcp-per-ip", server.DefaultMaxTCPPerIP,
 		"most open TCP connections from one IP (IPv6: one /64)")
 	fs.IntVar(&c.UDPReaders, "udp-readers", 0, "UDP sockets and reader goroutines per address (0: one per CPU)")
+	o.relay.flags(fs)
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 
 	fs.Usage = func() {
@@ -160,6 +162,11 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (*option
 			o.cfg.Listen = append(o.cfg.Listen, a)
 		}
 	}
+	rc, err := o.relay.config()
+	if err != nil {
+		return nil, err
+	}
+	o.cfg.Relay = rc
 	return o, nil
 }
 

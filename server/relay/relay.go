@@ -14,7 +14,7 @@
 //   - Quotas per ID and per source IP: allocations, bandwidth and lifetime.
 //   - Metrics on the caller's registry.
 //
-// The relay serves TURN on its own UDP and TCP port (3479 by default), not
+// The relay serves TURN on its own UDP and TCP port (3480 by default), not
 // on ewfd's 3478: pion/turn owns its sockets, and putting TURN into the
 // STUN/X demultiplexer would add it to the hot path of every request.
 // Relayed (peer-facing) sockets are UDP only, from a port range; TURN over
@@ -45,7 +45,8 @@ import (
 // named in its comment, except where it says "required".
 type Config struct {
 	// Listen is the host:port served on UDP and TCP. Empty means
-	// ":3479". Port 0 picks one free for both (tests).
+	// ":3480" (3479 is the RFC 5780 alternate port of -alternate). Port 0
+	// picks one free for both (tests).
 	Listen string
 
 	// RelayIPs are the addresses the relayed sockets are reached at, given
@@ -105,7 +106,7 @@ type Config struct {
 
 // Defaults of Config.
 const (
-	DefaultPort               = 3479
+	DefaultPort               = 3480
 	DefaultPortMin            = 49152
 	DefaultPortMax            = 65535
 	DefaultRealm              = "ewf"
