@@ -14,8 +14,9 @@ import (
 // attempt drives one punch.Machine with real time and the node's socket.
 // The machine decides; the attempt only sends what it says, when it says.
 type attempt struct {
-	n    *Node
-	peer wire.ID
+	n      *Node
+	peer   wire.ID
+	secret wire.Secret // the introduction's: a SIGNAL must match it
 
 	mu     sync.Mutex
 	m      *punch.Machine
@@ -47,7 +48,7 @@ func (n *Node) startAttempt(peer wire.ID, secret wire.Secret, addrs, cands []wir
 		return nil, err
 	}
 	a := &attempt{
-		n: n, peer: peer, m: m,
+		n: n, peer: peer, secret: secret, m: m,
 		done:   make(chan struct{}),
 		poke:   make(chan struct{}, 1),
 		quit:   make(chan struct{}),
@@ -73,6 +74,25 @@ func (n *Node) routePunch(msg *wire.Message, from netip.AddrPort) {
 	if a != nil {
 		a.receive(msg, from)
 	}
+}
+
+// addCandidates adds signalled UDP addresses of the peer to the running
+// machine and wakes the driver to probe them; it returns how many were new.
+func (a *attempt) addCandidates(addrs []netip.AddrPort) int {
+	if len(addrs) == 0 {
+		return 0
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.ended {
+		return 0
+	}
+	k := a.m.AddCandidates(addrs, time.Now())
+	select {
+	case a.poke <- struct{}{}:
+	default:
+	}
+	return k
 }
 
 func (a *attempt) receive(msg *wire.Message, from netip.AddrPort) {

@@ -40,7 +40,11 @@ type Node struct {
 
 	mu       sync.Mutex
 	attempts map[wire.ID]*attempt // by peer ID: routes PUNCH messages
-	intros   map[string]*intro    // by TLS server name: picks the certificate
+	sessions map[wire.ID]*session // by peer ID: routes SIGNALs (signal.go)
+	// pendingSignals holds SIGNALs that came before their introduction.
+	pendingSignals map[wire.ID]client.Signal
+	natClass       atomic.Pointer[wire.NATClass] // this node's, once discovered
+	intros         map[string]*intro             // by TLS server name: picks the certificate
 
 	nat natState
 
@@ -88,13 +92,15 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("ewf: open UDP socket: %w", err)
 	}
 	n := &Node{
-		cfg:      cfg,
-		log:      cfg.Logger,
-		server:   server,
-		sock:     sock,
-		attempts: make(map[wire.ID]*attempt),
-		intros:   make(map[string]*intro),
-		accepted: make(chan *Conn, 16),
+		cfg:            cfg,
+		log:            cfg.Logger,
+		server:         server,
+		sock:           sock,
+		attempts:       make(map[wire.ID]*attempt),
+		sessions:       make(map[wire.ID]*session),
+		pendingSignals: make(map[wire.ID]client.Signal),
+		intros:         make(map[string]*intro),
+		accepted:       make(chan *Conn, 16),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.rc = client.New(client.Config{
@@ -105,6 +111,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		},
 		Logger:      cfg.Logger,
 		OnIntroduce: n.onIntroduce,
+		OnSignal:    n.onSignal,
 	})
 	n.mux = &mux{
 		conn:     sock,
@@ -351,8 +358,13 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 		if !ok {
 			return nil, fmt.Errorf("%w: peer %s has no TCP binding", ErrPeerOffline, peer)
 		}
-		return n.dialTCP(ctx, peer, in.Secret, addr, true)
+		// The peer SIGNALs its LAN TCP candidates once introduced; they
+		// join the race as they come.
+		tg := newTCPTargets(addr)
+		n.addSession(peer, in.Secret, tg)
+		return n.dialTCP(ctx, peer, in.Secret, tg, true)
 	}
+	n.addSession(peer, in.Secret, nil)
 	a, err := n.startAttempt(peer, in.Secret, in.Addresses, nil)
 	if err != nil {
 		return nil, err
@@ -385,32 +397,6 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 // before either side writes.
 var preamble = [4]byte{'e', 'w', 'f', '1'}
 
-// candidates returns this host's local addresses with the node's ports:
-// the addresses a peer behind the same NAT can reach directly.
-func (n *Node) candidates() []wire.Address {
-	port := n.sock.LocalAddr().(*net.UDPAddr).AddrPort().Port()
-	var out []wire.Address
-	ifaddrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return nil
-	}
-	for _, ia := range ifaddrs {
-		p, err := netip.ParsePrefix(ia.String())
-		if err != nil {
-			continue
-		}
-		ip := p.Addr().Unmap()
-		if ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsMulticast() {
-			continue
-		}
-		out = append(out, wire.Address{Transport: wire.TransportUDP, AddrPort: netip.AddrPortFrom(ip, port)})
-		if len(out) == wire.MaxCandidates {
-			break
-		}
-	}
-	return out
-}
-
 // onIntroduce runs when the server tells us a peer wants to connect: punch
 // towards it over UDP, and over TCP when it bound TCP and so do we.
 func (n *Node) onIntroduce(in client.Introduction) {
@@ -435,14 +421,32 @@ func (n *Node) onIntroduce(in client.Introduction) {
 	}
 	n.mu.Unlock()
 	n.log.Debug("introduced", "peer", in.Peer, "addresses", len(in.Addresses), "candidates", len(in.Candidates))
+	// TCP: the querier's public TCP address and its LAN TCP candidates.
+	var tg *tcpTargets
+	if n.tcp.Load() != nil {
+		var targets []netip.AddrPort
+		for _, list := range [][]wire.Address{in.Addresses, in.Candidates} {
+			for _, a := range list {
+				if a.Transport == wire.TransportTCP {
+					targets = append(targets, a.AddrPort)
+				}
+			}
+		}
+		if len(targets) > 0 {
+			tg = newTCPTargets(targets...)
+		}
+	}
+	n.addSession(in.Peer, in.Secret, tg)
 	if _, err := n.startAttempt(in.Peer, in.Secret, in.Addresses, in.Candidates); err != nil {
 		n.log.Warn("punch", "peer", in.Peer, "err", err)
 	}
-	if addr, ok := addressOf(in.Addresses, wire.TransportTCP); ok && n.tcp.Load() != nil {
+	// INTRODUCE brought the querier's candidates; ours go back by SIGNAL.
+	n.signalBack(in.Peer, in.Secret, nil)
+	if tg != nil {
 		n.wg.Add(1)
 		go func() {
 			defer n.wg.Done()
-			c, err := n.dialTCP(n.ctx, in.Peer, in.Secret, addr, false)
+			c, err := n.dialTCP(n.ctx, in.Peer, in.Secret, tg, false)
 			if err != nil {
 				n.log.Debug("tcp punch", "peer", in.Peer, "err", err)
 				return

@@ -54,44 +54,60 @@ func (n *Node) bindTCP(ctx context.Context, self wire.ID, key wire.Key) (*tcpSid
 // slow for a fast connect.
 const tcpRetry = 200 * time.Millisecond
 
-// dialTCP makes a TCP connection with peer at addr by simultaneous open:
-// it connects from the bound port again and again and at the same time
-// accepts on it; whichever succeeds first wins. Then TLS, with the dialer
-// as the TLS client.
-func (n *Node) dialTCP(ctx context.Context, peer wire.ID, secret wire.Secret, addr netip.AddrPort, isClient bool) (*Conn, error) {
+// dialTCP makes a TCP connection with peer by simultaneous open: from the
+// bound port it connects again and again to every target (the peer's public
+// TCP address, and the LAN candidates the peer signals, which join while
+// the race runs), and at the same time accepts on that port from the
+// targets' addresses. Then TLS, with the dialer as the TLS client.
+//
+// With several targets two different connections can form (one through
+// the router's hairpin, one on the LAN), and each side might pick another.
+// So the TLS client takes the first connection and closes the rest, and
+// the TLS server handshakes on every connection that forms: the one the
+// client chose is the one whose handshake completes.
+func (n *Node) dialTCP(ctx context.Context, peer wire.ID, secret wire.Secret, tg *tcpTargets, isClient bool) (*Conn, error) {
+	conf, err := tlsConfig(secret, n.self, peer, isClient)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.PunchTimeout)
 	defer cancel()
 	start := time.Now()
 	local := n.tcp.Load().local
-	// Each goroutine sends at most one connection, so neither blocks.
-	results := make(chan net.Conn, 2)
-	var wg sync.WaitGroup
 
+	raws := make(chan net.Conn)
+	send := func(c net.Conn) {
+		select {
+		case raws <- c:
+		case <-ctx.Done():
+			c.Close()
+		}
+	}
+	var wg sync.WaitGroup
 	lc := net.ListenConfig{Control: client.ReusePortControl}
 	ln, err := lc.Listen(ctx, "tcp", local.String())
 	if err == nil {
 		wg.Go(func() {
-			for {
+			for range 2 * maxTCPTargets {
 				c, err := ln.Accept()
 				if err != nil {
 					return // ln closed
 				}
 				ra, _ := netip.ParseAddrPort(c.RemoteAddr().String())
-				if ra.Addr().Unmap() != addr.Addr() {
+				if !tg.hasIP(ra.Addr()) {
 					c.Close() // not the introduced peer's address
 					continue
 				}
-				results <- c
-				return
+				send(c)
 			}
 		})
 	}
-	wg.Go(func() {
+	dial := func(addr netip.AddrPort) {
 		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(local), Control: client.ReusePortControl, Timeout: time.Second}
 		for ctx.Err() == nil {
 			c, err := d.DialContext(ctx, "tcp", addr.String())
 			if err == nil {
-				results <- c
+				send(c)
 				return
 			}
 			select {
@@ -99,52 +115,125 @@ func (n *Node) dialTCP(ctx context.Context, peer wire.ID, secret wire.Secret, ad
 			case <-time.After(tcpRetry):
 			}
 		}
+	}
+	wg.Go(func() {
+		started := map[netip.AddrPort]bool{}
+		for {
+			addrs, changed := tg.snapshot()
+			for _, a := range addrs {
+				if !started[a] && a.Addr().Is4() == local.Addr().Unmap().Is4() {
+					started[a] = true
+					wg.Go(func() { dial(a) })
+				}
+			}
+			select {
+			case <-changed:
+			case <-ctx.Done():
+				return
+			}
+		}
 	})
 
-	var raw net.Conn
-	select {
-	case raw = <-results:
-	case <-ctx.Done():
+	type handshake struct {
+		tc  *tls.Conn
+		dur time.Duration
+		err error
 	}
-	// Stop both sides of the race and close a second connection that got
-	// in too: one is all the peer will use.
+	hsc := make(chan handshake)
+	stop := make(chan struct{})
+	hctx, hcancel := context.WithCancel(n.ctx)
+	var hwg sync.WaitGroup
+	run := func(raw net.Conn) {
+		hwg.Go(func() {
+			var tc *tls.Conn
+			if isClient {
+				tc = tls.Client(raw, conf)
+			} else {
+				tc = tls.Server(raw, conf)
+			}
+			c, cc := context.WithTimeout(hctx, 10*time.Second)
+			hs := time.Now()
+			err := tc.HandshakeContext(c)
+			cc()
+			if err != nil {
+				raw.Close()
+				tc = nil
+			}
+			select {
+			case hsc <- handshake{tc, time.Since(hs), err}:
+			case <-stop:
+				if tc != nil {
+					tc.Close()
+				}
+			}
+		})
+	}
+
+	var (
+		win      handshake
+		got      bool
+		pending  int
+		conns    int
+		lastErr  error
+		raceDone = ctx.Done()
+		rtt      time.Duration
+	)
+wait:
+	for {
+		select {
+		case raw := <-raws:
+			conns++
+			if conns == 1 {
+				rtt = time.Since(start)
+			}
+			if isClient && conns > 1 {
+				raw.Close() // the client uses one connection
+				continue
+			}
+			if isClient {
+				cancel() // no other connection will be used
+			}
+			pending++
+			run(raw)
+		case h := <-hsc:
+			pending--
+			if h.err == nil {
+				win, got = h, true
+				break wait
+			}
+			lastErr = h.err
+			if isClient || (raceDone == nil && pending == 0) {
+				break wait
+			}
+		case <-raceDone:
+			raceDone, raws = nil, nil
+			if pending == 0 {
+				break wait
+			}
+		}
+	}
+	// Stop the race and every other handshake; close what they made.
 	cancel()
 	if ln != nil {
 		ln.Close()
 	}
 	wg.Wait()
-	close(results)
-	for c := range results {
-		c.Close()
-	}
-	if raw == nil {
-		return nil, fmt.Errorf("%w: TCP simultaneous open with %s (peer %s) did not complete", ErrNoDirectPath, addr, peer)
-	}
-	rtt := time.Since(start)
-
-	conf, err := tlsConfig(secret, n.self, peer, isClient)
-	if err != nil {
-		raw.Close()
-		return nil, err
-	}
-	var tc *tls.Conn
-	if isClient {
-		tc = tls.Client(raw, conf)
-	} else {
-		tc = tls.Server(raw, conf)
-	}
-	hctx, hcancel := context.WithTimeout(n.ctx, 10*time.Second)
-	defer hcancel()
-	hs := time.Now()
-	if err := tc.HandshakeContext(hctx); err != nil {
-		raw.Close()
-		return nil, fmt.Errorf("%w: TLS with %s: %w", ErrPeerAuth, addr, err)
+	hcancel()
+	close(stop)
+	hwg.Wait()
+	switch {
+	case got:
+	case conns == 0:
+		targets, _ := tg.snapshot()
+		return nil, fmt.Errorf("%w: TCP simultaneous open with %v (peer %s) did not complete", ErrNoDirectPath, targets, peer)
+	default:
+		return nil, fmt.Errorf("%w: TLS with peer %s: %w", ErrPeerAuth, peer, lastErr)
 	}
 	// A TLS 1.3 handshake takes one round trip on each side's clock; it is
 	// a better estimate than the connect time, which includes waiting for
 	// the peer's NAT to open.
-	if d := time.Since(hs); d < rtt {
-		rtt = d
+	if win.dur < rtt {
+		rtt = win.dur
 	}
-	return newTLSConn(tc, peer, rtt), nil
+	return newTLSConn(win.tc, peer, rtt), nil
 }

@@ -1,0 +1,304 @@
+package ewf
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/ewf-project/ewf/client"
+	"github.com/ewf-project/ewf/wire"
+)
+
+// A session is what a node knows of one introduction while it punches:
+// the SECRET that authenticates the peer's SIGNALs, and where the peer's
+// signalled candidates go (the UDP attempt is found in Node.attempts, the
+// TCP race here). One per peer: a new introduction replaces the old.
+type session struct {
+	secret  wire.Secret
+	expires time.Time
+	tcp     *tcpTargets // nil unless a TCP race runs for this introduction
+
+	// Guarded by Node.mu.
+	peerNAT    wire.NATClass // the peer's NAT_CLASS, when hasNAT
+	hasNAT     bool
+	relayed    []wire.Address // the peer's relayed addresses, latest SIGNAL
+	nsignalled int            // valid SIGNALs received
+}
+
+// errNoIntroduction: a SIGNAL needs the SECRET of a live introduction.
+var errNoIntroduction = errors.New("ewf: no live introduction with this peer")
+
+// maxPendingSignals bounds the SIGNALs kept for an introduction the node
+// has not heard of yet (the QUERY answer that carries its SECRET may arrive
+// after the peer's SIGNAL when a datagram is lost and retransmitted).
+const maxPendingSignals = 16
+
+// addSession registers the introduction with peer and replays a SIGNAL that
+// came before it, if any. The caller holds no lock.
+func (n *Node) addSession(peer wire.ID, secret wire.Secret, tcp *tcpTargets) *session {
+	s := &session{secret: secret, tcp: tcp, expires: time.Now().Add(2*n.cfg.PunchTimeout + 30*time.Second)}
+	n.mu.Lock()
+	now := time.Now()
+	for id, old := range n.sessions {
+		if now.After(old.expires) {
+			delete(n.sessions, id)
+		}
+	}
+	n.sessions[peer] = s
+	pending, ok := n.pendingSignals[peer]
+	delete(n.pendingSignals, peer)
+	n.mu.Unlock()
+	if ok {
+		n.onSignal(pending)
+	}
+	return s
+}
+
+// onSignal handles a SIGNAL indication from the server: if it verifies
+// under the SECRET of the node's introduction with its sender, its UDP
+// candidates join the running punch, its TCP candidates the TCP race, and
+// its relayed addresses and NAT class are kept for the relay and the
+// diagnosis. Anything else is dropped.
+func (n *Node) onSignal(sig client.Signal) {
+	n.mu.Lock()
+	s := n.sessions[sig.Peer]
+	if s == nil || time.Now().After(s.expires) {
+		// Perhaps the introduction's answer has not arrived yet: keep the
+		// latest SIGNAL of a few peers until it does.
+		if _, ok := n.pendingSignals[sig.Peer]; ok || len(n.pendingSignals) < maxPendingSignals {
+			n.pendingSignals[sig.Peer] = sig
+		}
+		n.mu.Unlock()
+		n.log.Debug("SIGNAL for no introduction", "peer", sig.Peer)
+		return
+	}
+	a := n.attempts[sig.Peer]
+	n.mu.Unlock()
+	if !sig.Verify(n.self, s.secret) {
+		n.log.Debug("SIGNAL dropped: SIGNAL_MAC does not verify", "peer", sig.Peer)
+		return
+	}
+	var udp, tcp []netip.AddrPort
+	for _, c := range sig.Candidates {
+		if c.Transport == wire.TransportTCP {
+			tcp = append(tcp, c.AddrPort)
+		} else {
+			udp = append(udp, c.AddrPort)
+		}
+	}
+	n.mu.Lock()
+	s.nsignalled++
+	if sig.HasNAT {
+		s.peerNAT, s.hasNAT = sig.NATClass, true
+	}
+	if len(sig.Relayed) > 0 {
+		s.relayed = slices.Clone(sig.Relayed)
+	}
+	n.mu.Unlock()
+	added := 0
+	if a != nil && a.secret == s.secret {
+		added = a.addCandidates(udp)
+	}
+	if s.tcp != nil {
+		s.tcp.add(tcp)
+	}
+	n.log.Debug("signalled", "peer", sig.Peer, "candidates", len(sig.Candidates), "udp_added", added,
+		"tcp", len(tcp), "relayed", len(sig.Relayed), "nat", sig.HasNAT)
+}
+
+// signalBack sends the peer of an introduction this node's own candidates
+// (and NAT class and relayed addresses, when known) through the server, in
+// the background: the target of an introduction does so at once, since
+// INTRODUCE carried only the querier's candidates.
+func (n *Node) signalBack(peer wire.ID, secret wire.Secret, relayed []wire.Address) {
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.PunchTimeout)
+		defer cancel()
+		if err := n.signal(ctx, peer, secret, relayed); err != nil && n.ctx.Err() == nil {
+			n.log.Debug("SIGNAL", "peer", peer, "err", err)
+		}
+	}()
+}
+
+func (n *Node) signal(ctx context.Context, peer wire.ID, secret wire.Secret, relayed []wire.Address) error {
+	sig := client.Signal{Candidates: n.candidates(), Relayed: relayed}
+	if c := n.natClass.Load(); c != nil {
+		sig.NATClass, sig.HasNAT = *c, true
+	}
+	return n.rc.Signal(ctx, n.self, n.key, peer, secret, sig)
+}
+
+// SignalRelayed tells peer, through the server, this node's candidates
+// and the relayed addresses given (the node's TURN allocations), within the
+// introduction the node holds with peer. It is the hook of the relay
+// client: call it once an allocation is made. It fails with
+// errNoIntroduction when no introduction with peer is live.
+func (n *Node) SignalRelayed(ctx context.Context, peer ID, relayed []netip.AddrPort) error {
+	n.mu.Lock()
+	s := n.sessions[peer]
+	n.mu.Unlock()
+	if s == nil || time.Now().After(s.expires) {
+		return errNoIntroduction
+	}
+	var rel []wire.Address
+	for _, r := range relayed {
+		rel = append(rel, wire.Address{Transport: wire.TransportUDP, AddrPort: r})
+	}
+	return n.signal(ctx, peer, s.secret, rel)
+}
+
+// PeerRelayed returns the relayed addresses peer signalled within the live
+// introduction with it (nil if none): where the relay client sends to.
+func (n *Node) PeerRelayed(peer ID) []netip.AddrPort {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	s := n.sessions[peer]
+	if s == nil {
+		return nil
+	}
+	var out []netip.AddrPort
+	for _, r := range s.relayed {
+		out = append(out, r.AddrPort)
+	}
+	return out
+}
+
+// peerNATClass returns the NAT class peer signalled in the live
+// introduction, if it did.
+func (n *Node) peerNATClass(peer wire.ID) (wire.NATClass, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if s := n.sessions[peer]; s != nil && s.hasNAT {
+		return s.peerNAT, true
+	}
+	return 0, false
+}
+
+// setNATClass records this node's NAT class (from NAT discovery); it is
+// signalled to peers from then on.
+func (n *Node) setNATClass(c wire.NATClass) { n.natClass.Store(&c) }
+
+// candidates returns this host's addresses a peer on the same network can
+// reach: its interface addresses with the node's UDP port, and its TCP
+// port on the address the TCP binding leaves from.
+func (n *Node) candidates() []wire.Address {
+	var addrs []netip.Addr
+	if ifaddrs, err := net.InterfaceAddrs(); err == nil {
+		for _, ia := range ifaddrs {
+			if p, err := netip.ParsePrefix(ia.String()); err == nil {
+				addrs = append(addrs, p.Addr())
+			}
+		}
+	}
+	udpPort := n.sock.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+	var tcpLocal netip.AddrPort
+	if t := n.tcp.Load(); t != nil {
+		tcpLocal = t.local
+	}
+	return hostCandidates(addrs, udpPort, tcpLocal)
+}
+
+// hostCandidates picks the CANDIDATEs to offer from a host's interface
+// addresses: never loopback, link-local, unspecified or multicast ones
+// (they mean something else, or nothing, on the peer's host); IPv4 before
+// IPv6 (a LAN peer is most likely on the IPv4 LAN), and at most
+// wire.MaxCandidates. The TCP candidate is tcpLocal, the one address and
+// port the TCP race listens on, when it is offerable; it comes second, so
+// that it survives the bound. The UDP socket is bound to every address, so
+// each address gets the UDP port.
+func hostCandidates(addrs []netip.Addr, udpPort uint16, tcpLocal netip.AddrPort) []wire.Address {
+	var v4, v6 []netip.Addr
+	for _, ip := range addrs {
+		ip = ip.Unmap().WithZone("")
+		if !offerable(ip) || slices.Contains(v4, ip) || slices.Contains(v6, ip) {
+			continue
+		}
+		if ip.Is4() {
+			v4 = append(v4, ip)
+		} else {
+			v6 = append(v6, ip)
+		}
+	}
+	var out []wire.Address
+	for _, ip := range append(v4, v6...) {
+		out = append(out, wire.Address{Transport: wire.TransportUDP, AddrPort: netip.AddrPortFrom(ip, udpPort)})
+	}
+	if tl := netip.AddrPortFrom(tcpLocal.Addr().Unmap(), tcpLocal.Port()); tl.IsValid() && tl.Port() != 0 && offerable(tl.Addr()) {
+		tc := wire.Address{Transport: wire.TransportTCP, AddrPort: tl}
+		out = slices.Insert(out, min(1, len(out)), tc)
+	}
+	if len(out) > wire.MaxCandidates {
+		out = out[:wire.MaxCandidates]
+	}
+	return out
+}
+
+// offerable reports whether ip means the same host to a peer on another
+// host of the same network.
+func offerable(ip netip.Addr) bool {
+	return ip.IsValid() && !ip.IsLoopback() && !ip.IsLinkLocalUnicast() && !ip.IsLinkLocalMulticast() &&
+		!ip.IsMulticast() && !ip.IsUnspecified() && !ip.IsInterfaceLocalMulticast()
+}
+
+// tcpTargets is the set of peer addresses a TCP race dials, which grows
+// when the peer signals TCP candidates.
+type tcpTargets struct {
+	mu      sync.Mutex
+	addrs   []netip.AddrPort
+	changed chan struct{} // replaced and closed on every change
+}
+
+// maxTCPTargets bounds the dial loops of one race: the peer's public
+// address and its candidates.
+const maxTCPTargets = 1 + wire.MaxCandidates
+
+func newTCPTargets(addrs ...netip.AddrPort) *tcpTargets {
+	t := &tcpTargets{changed: make(chan struct{})}
+	t.add(addrs)
+	return t
+}
+
+func (t *tcpTargets) add(addrs []netip.AddrPort) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	grew := false
+	for _, a := range addrs {
+		a = netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+		if !a.IsValid() || a.Port() == 0 || a.Addr().IsUnspecified() || slices.Contains(t.addrs, a) ||
+			len(t.addrs) == maxTCPTargets {
+			continue
+		}
+		t.addrs = append(t.addrs, a)
+		grew = true
+	}
+	if grew {
+		close(t.changed)
+		t.changed = make(chan struct{})
+	}
+}
+
+// snapshot returns the targets and a channel closed at the next change.
+func (t *tcpTargets) snapshot() ([]netip.AddrPort, <-chan struct{}) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return slices.Clone(t.addrs), t.changed
+}
+
+// hasIP reports whether a connection from ip may belong to the race.
+func (t *tcpTargets) hasIP(ip netip.Addr) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	ip = ip.Unmap()
+	for _, a := range t.addrs {
+		if a.Addr() == ip {
+			return true
+		}
+	}
+	return false
+}
