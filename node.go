@@ -43,8 +43,7 @@ type Node struct {
 	sessions map[wire.ID]*session // by peer ID: routes SIGNALs (signal.go)
 	// pendingSignals holds SIGNALs that came before their introduction.
 	pendingSignals map[wire.ID]client.Signal
-	natClass       atomic.Pointer[wire.NATClass] // this node's, once discovered
-	intros         map[string]*intro             // by TLS server name: picks the certificate
+	intros         map[string]*intro // by TLS server name: picks the certificate
 
 	nat natState
 

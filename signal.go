@@ -128,8 +128,8 @@ func (n *Node) signalBack(peer wire.ID, secret wire.Secret, relayed []wire.Addre
 
 func (n *Node) signal(ctx context.Context, peer wire.ID, secret wire.Secret, relayed []wire.Address) error {
 	sig := client.Signal{Candidates: n.candidates(), Relayed: relayed}
-	if c := n.natClass.Load(); c != nil {
-		sig.NATClass, sig.HasNAT = *c, true
+	if c, ok := n.NAT(); ok && c.Known() {
+		sig.NATClass, sig.HasNAT = c.Wire(), true
 	}
 	return n.rc.Signal(ctx, n.self, n.key, peer, secret, sig)
 }
@@ -179,10 +179,6 @@ func (n *Node) peerNATClass(peer wire.ID) (wire.NATClass, bool) {
 	}
 	return 0, false
 }
-
-// setNATClass records this node's NAT class (from NAT discovery); it is
-// signalled to peers from then on.
-func (n *Node) setNATClass(c wire.NATClass) { n.natClass.Store(&c) }
 
 // candidates returns this host's addresses a peer on the same network can
 // reach: its interface addresses with the node's UDP port, and its TCP
