@@ -1,0 +1,126 @@
+package ewf_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"testing"
+	"time"
+
+	"github.com/ewf-project/ewf"
+	"github.com/ewf-project/ewf/internal/redistest"
+	"github.com/ewf-project/ewf/server"
+)
+
+// startSharedServers runs n real ewfd (in-process) on one shared store.
+func startSharedServers(t *testing.T, url string, n int) ([]string, []*server.Daemon) {
+	t.Helper()
+	var addrs []string
+	var ds []*server.Daemon
+	for range n {
+		d, err := server.Start(server.Config{Listen: []string{"127.0.0.1:0"}, StoreURL: url})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.Close() })
+		addrs = append(addrs, d.Addrs()[0].String())
+		ds = append(ds, d)
+	}
+	return addrs, ds
+}
+
+// A listener registered and bound at one ewfd is reached by a dialer that
+// only talks to another, on a 3-master Redis Cluster: the dialer's
+// introduction is forwarded, the listener's server sends the INTRODUCE,
+// both punch, and data flows both ways, over UDP (QUIC) and TCP.
+func TestConnectAcrossServers(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	srv, ds := startSharedServers(t, cl.URL(), 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l, err := ewf.Listen(ctx, config(t, srv[0], "listener"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for i, tr := range []ewf.Transport{ewf.TransportUDP, ewf.TransportTCP} {
+		t.Run(string(tr), func(t *testing.T) {
+			cfg := config(t, srv[1+i], "dialer")
+			cfg.Transport = tr
+			var dc *ewf.Conn
+			for {
+				// The listener's bindings reach Redis in the background,
+				// within milliseconds of its BINDs.
+				dc, err = ewf.Dial(ctx, cfg, l.ID())
+				if err == nil || ctx.Err() != nil {
+					break
+				}
+				t.Logf("dial: %v", err)
+				time.Sleep(50 * time.Millisecond)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer dc.Close()
+			ac, err := l.AcceptContext(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ac.Close()
+			if dc.Transport() != tr || ac.Transport() != tr || dc.Peer() != l.ID() {
+				t.Fatalf("connected over %s/%s to %s", dc.Transport(), ac.Transport(), dc.Peer())
+			}
+			// The INTRODUCE went the cluster way: handed over by the
+			// dialer's server, sent by the listener's.
+			if f := sharedEvents(t, ds[1+i], "forwarded"); f < 1 {
+				t.Errorf("dialer's server forwarded %v introductions", f)
+			}
+			if d := sharedEvents(t, ds[0], "delivered"); d < float64(1+i) {
+				t.Errorf("listener's server delivered %v forwarded messages", d)
+			}
+			a, b := randomBytes(t, 64<<10), randomBytes(t, 64<<10)
+			errc := make(chan error, 2)
+			send := func(c *ewf.Conn, p []byte) {
+				_, err := c.Write(p)
+				if err == nil {
+					err = c.CloseWrite()
+				}
+				errc <- err
+			}
+			go send(dc, a)
+			go send(ac, b)
+			if got := readAll(t, ac); sha256.Sum256(got) != sha256.Sum256(a) {
+				t.Fatal("acceptor got other bytes")
+			}
+			if got := readAll(t, dc); sha256.Sum256(got) != sha256.Sum256(b) {
+				t.Fatal("dialer got other bytes")
+			}
+			for range 2 {
+				if err := <-errc; err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// sharedEvents reads ewfd_shared_total{event} of d.
+func sharedEvents(t *testing.T, d *server.Daemon, event string) float64 {
+	t.Helper()
+	mfs, err := d.Server().Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "ewfd_shared_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == "event" && lp.GetValue() == event {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
