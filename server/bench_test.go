@@ -21,8 +21,11 @@ func (discard) Reply([]byte, netip.AddrPort) {}
 // of the hot path ready to hand to Handle.
 type hotPath struct {
 	h                          *server.Handler
+	now                        time.Time
 	stun, bind, query, intro   []byte
 	badAttr, unknown, notBound []byte
+	// The integrity form (docs/PROTOCOL.md §18), stamped at now.
+	bindSigned, introSigned []byte
 }
 
 func newHotPath(t testing.TB) *hotPath {
@@ -46,7 +49,7 @@ func newHotPath(t testing.TB) *hotPath {
 	pk, sk := reg(peer), reg(self)
 	idle := newID()
 	reg(idle)
-	p := &hotPath{h: h}
+	p := &hotPath{h: h, now: now}
 	p.stun = stunRequest(true)
 	p.bind = bindReq(peer, pk, wire.TransportUDP, src1).AppendTo(nil)
 	if r := h.Handle(now, p.bind, src1, nil); len(r) != wire.HeaderSize {
@@ -60,6 +63,8 @@ func newHotPath(t testing.TB) *hotPath {
 	p.badAttr = req(wire.MethodBind).AppendTo(nil)
 	p.unknown = req(0x0ff).AppendTo(nil)
 	p.notBound = queryReq(idle).AppendTo(nil)
+	_, p.bindSigned = bindSigned(peer, pk, wire.TransportUDP, src1, now)
+	_, p.introSigned = introSigned(peer, self, sk, now)
 	return p
 }
 
@@ -73,7 +78,7 @@ func registerSync(st *bolt.Store, id wire.ID, key wire.Key) error {
 // request that is answered synchronously.
 func TestHotPathDoesNotAllocate(t *testing.T) {
 	p := newHotPath(t)
-	now := time.Now()
+	now := p.now
 	out := make([]byte, 0, wire.MaxMessageSize)
 	for _, tc := range []struct {
 		name string
@@ -84,6 +89,8 @@ func TestHotPathDoesNotAllocate(t *testing.T) {
 		{"BIND refresh", p.bind, src1},
 		{"QUERY", p.query, src2},
 		{"QUERY introduction", p.intro, src2},
+		{"BIND with integrity", p.bindSigned, src1},
+		{"QUERY introduction with integrity", p.introSigned, src2},
 		{"QUERY not bound", p.notBound, src2},
 		{"invalid attributes", p.badAttr, src2},
 		{"unknown method", p.unknown, src2},
@@ -105,9 +112,12 @@ func TestHotPathDoesNotAllocate(t *testing.T) {
 // BenchmarkHandle measures the core per request kind, without sockets:
 //
 //	go test -run '^$' -bench BenchmarkHandle -benchmem ./server
+//
+// "bind" and "bind_integrity" are the same BIND in the KEY form and in the
+// integrity form (MAC verified, replay cache, signed answer).
 func BenchmarkHandle(b *testing.B) {
 	p := newHotPath(b)
-	now := time.Now()
+	now := p.now
 	for _, bc := range []struct {
 		name string
 		req  []byte
@@ -115,8 +125,10 @@ func BenchmarkHandle(b *testing.B) {
 	}{
 		{"stun", p.stun, src1},
 		{"bind", p.bind, src1},
+		{"bind_integrity", p.bindSigned, src1},
 		{"query", p.query, src2},
 		{"introduction", p.intro, src2},
+		{"introduction_integrity", p.introSigned, src2},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			out := make([]byte, 0, wire.MaxMessageSize)

@@ -108,6 +108,20 @@ type Config struct {
 	IntroRate  float64
 	IntroBurst int
 
+	// RequireIntegrity refuses BIND, introductions and every other request
+	// that carries a KEY in clear, with ReasonIntegrityRequired: clients
+	// must prove the KEY with TIMESTAMP and MAC instead (docs/PROTOCOL.md
+	// §18). False (the default) accepts both forms, as the original design
+	// only knows the KEY form.
+	RequireIntegrity bool
+
+	// ReplayCacheSize is how many authenticated requests the replay cache
+	// remembers (about 24 bytes each, allocated on first use); beyond
+	// ReplayCacheSize per minute the oldest are forgotten early and counted
+	// in ewfd_replay_evictions_total. Zero means 1048576 (24 MB, about
+	// 17,000 authenticated requests per second).
+	ReplayCacheSize int
+
 	// TCPIdle closes a TCP connection on which no whole message arrived for
 	// this long; it is also the time a client has to send a message once it
 	// has started it. Zero means 60 s.
@@ -155,6 +169,7 @@ const (
 	DefaultMaxTCPConns      = 4096
 	DefaultMaxTCPPerIP      = 32
 	DefaultUDPBatch         = 64
+	DefaultReplayCacheSize  = 1 << 20
 )
 
 // errConfig marks a bad Config.
@@ -190,6 +205,7 @@ func (c Config) populate() (Config, error) {
 		orDefault("MaxTCPPerIP", &c.MaxTCPPerIP, DefaultMaxTCPPerIP),
 		orDefault("UDPReaders", &c.UDPReaders, runtime.GOMAXPROCS(0)),
 		orDefault("UDPBatch", &c.UDPBatch, DefaultUDPBatch),
+		orDefault("ReplayCacheSize", &c.ReplayCacheSize, DefaultReplayCacheSize),
 		orDefault("Burst", &c.Burst, 0), // filled below from Rate
 		orDefault("Rate", &c.Rate, DefaultRate),
 		orDefault("IntroRate", &c.IntroRate, DefaultIntroRate),

@@ -49,7 +49,16 @@ const (
 	outInFlight           // REGISTER retransmission while its commit runs: dropped
 	outBusy               // store queue full or closing: dropped, the client retries
 	outReason0            // outReason0 + r for error reason r (0..15)
-	numOutcomes   = outReason0 + 16
+	// outReplayed is the replay refusal (docs/PROTOCOL.md §18.3): on the
+	// wire it is reason 0x0C like a stale TIMESTAMP, but not in the label.
+	outReplayed = outReason0 + 16
+	numOutcomes = outReplayed + 1
+)
+
+// The integrity refusals of docs/PROTOCOL.md §18.3.
+const (
+	outIntegrityRequired = outReason0 + outcome(wire.ReasonIntegrityRequired)
+	outStale             = outReason0 + outcome(wire.ReasonStale)
 )
 
 var outcomeNames = [numOutcomes]string{
@@ -59,6 +68,9 @@ var outcomeNames = [numOutcomes]string{
 	"rate_limited", "server_error", "try_later",
 	outReason0 + outcome(wire.ReasonPeerUnreachable): "peer_unreachable",
 	outReason0 + outcome(wire.ReasonNoRelay):         "no_relay",
+	outIntegrityRequired:                             "integrity_required",
+	outStale:                                         "stale",
+	outReplayed:                                      "replayed",
 }
 
 func r(x wire.Reason) outcome { return reasonOutcome(x) }
@@ -69,16 +81,20 @@ var kindOutcomes = [numKinds][]outcome{
 	kindRegister: {outOK, outRetransmit, outInFlight, outBusy, r(wire.ReasonInvalidAttributes),
 		r(wire.ReasonIDConflict), r(wire.ReasonRegistrationLimit), r(wire.ReasonServerError), r(wire.ReasonTryLater)},
 	kindBind: {outOK, r(wire.ReasonInvalidAttributes), r(wire.ReasonNotRegistered),
-		r(wire.ReasonKeyMismatch), r(wire.ReasonAddressMismatch), r(wire.ReasonTryLater)},
+		r(wire.ReasonKeyMismatch), r(wire.ReasonAddressMismatch), r(wire.ReasonTryLater),
+		outIntegrityRequired, outStale, outReplayed},
 	kindQuery: {outOK, r(wire.ReasonInvalidAttributes), r(wire.ReasonNotRegistered), r(wire.ReasonNotBound),
 		r(wire.ReasonTryLater)},
 	kindIntroduction: {outOK, r(wire.ReasonNotRegistered), r(wire.ReasonKeyMismatch),
-		r(wire.ReasonNotBound), r(wire.ReasonRateLimited), r(wire.ReasonTryLater)},
+		r(wire.ReasonNotBound), r(wire.ReasonRateLimited), r(wire.ReasonTryLater),
+		outIntegrityRequired, outStale, outReplayed},
 	kindOther: {r(wire.ReasonUnknownMethod), r(wire.ReasonInvalidAttributes)},
 	kindSignal: {outOK, r(wire.ReasonInvalidAttributes), r(wire.ReasonNotRegistered), r(wire.ReasonKeyMismatch),
-		r(wire.ReasonNotBound), r(wire.ReasonRateLimited), r(wire.ReasonPeerUnreachable), r(wire.ReasonTryLater)},
+		r(wire.ReasonNotBound), r(wire.ReasonRateLimited), r(wire.ReasonPeerUnreachable), r(wire.ReasonTryLater),
+		outIntegrityRequired, outStale, outReplayed},
 	kindRelay: {outOK, r(wire.ReasonInvalidAttributes), r(wire.ReasonNotRegistered), r(wire.ReasonKeyMismatch),
-		r(wire.ReasonRateLimited), r(wire.ReasonNoRelay)},
+		r(wire.ReasonRateLimited), r(wire.ReasonNoRelay),
+		outIntegrityRequired, outStale, outReplayed},
 }
 
 func reasonOutcome(r wire.Reason) outcome {
@@ -139,7 +155,11 @@ func newMetrics(reg *prometheus.Registry, s *Server) (*metrics, error) {
 		Name: "ewfd_registrations",
 		Help: "Registrations held by the store, including those being committed.",
 	}, func() float64 { return float64(s.st.Len()) })
-	for _, c := range []prometheus.Collector{reqs, drops, m.commit, bindingsGauge, bindingsTCP, regs} {
+	evictions := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "ewfd_replay_evictions_total",
+		Help: "Authenticated requests forgotten by the replay cache before their TIMESTAMP left the window (cache too small for the load).",
+	}, func() float64 { return float64(s.replay.evicted.Load()) })
+	for _, c := range []prometheus.Collector{reqs, drops, m.commit, bindingsGauge, bindingsTCP, regs, evictions} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -1,8 +1,8 @@
 package server
 
 import (
-	"crypto/subtle"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/ewf-project/ewf/server/relay"
@@ -79,7 +79,7 @@ func (c *RelayConfig) populate() error {
 
 // relayCreds answers a RELAY request: credentials for the relay, scoped to
 // the ID whose KEY the request carries.
-func (h *Handler) relayCreds(now time.Time, ns int64, out []byte) []byte {
+func (h *Handler) relayCreds(src netip.AddrPort, now time.Time, sec uint32, ns int64, out []byte) []byte {
 	s, m := h.s, &h.req
 	if len(s.relayURLs) == 0 {
 		return h.fail(out, kindRelay, wire.ReasonNoRelay)
@@ -88,10 +88,10 @@ func (h *Handler) relayCreds(now time.Time, ns int64, out []byte) []byte {
 	if !ok {
 		return h.fail(out, kindRelay, wire.ReasonNotRegistered)
 	}
-	// The KEY form; the TIMESTAMP+MAC proof of docs/PROTOCOL.md §18 is
-	// checked here like an introduction's once the server verifies it.
-	if subtle.ConstantTimeCompare(key[:], m.Key[:]) != 1 {
-		return h.fail(out, kindRelay, wire.ReasonKeyMismatch)
+	// The KEY form or the TIMESTAMP+MAC proof of docs/PROTOCOL.md §18;
+	// once a MAC verified, every answer is signed.
+	if r, o := h.prove((*wire.Key)(&key), src, now, sec); r != 0 {
+		return h.refuse(out, kindRelay, r, o)
 	}
 	if !s.relayLim.allow((*[16]byte)(&m.ID), ns) {
 		return h.fail(out, kindRelay, wire.ReasonRateLimited)
@@ -105,11 +105,15 @@ func (h *Handler) relayCreds(now time.Time, ns int64, out []byte) []byte {
 	_ = r.SetRelayUsername(user)
 	_ = r.SetRelayPassword(relay.AppendPassword(h.relayPass[:0], s.cfg.Relay.Secret, user))
 	r.SetRelayExpiry(uint64(exp.Unix()))
-	if h.tr == wire.TransportUDP && r.Len() > 2*len(m.Raw) {
+	n := r.Len()
+	if h.auth.signed {
+		n += 4 + wire.MACSize
+	}
+	if h.tr == wire.TransportUDP && n > 2*len(m.Raw) {
 		// Not padded (§17.1): an error is within the bound, the answer
 		// would not be.
 		return h.fail(out, kindRelay, wire.ReasonInvalidAttributes)
 	}
 	s.met.count(kindRelay, outOK)
-	return r.AppendTo(out)
+	return h.finish(r, out)
 }

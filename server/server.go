@@ -29,7 +29,6 @@ package server
 
 import (
 	"crypto/rand"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -43,6 +42,7 @@ import (
 
 	"github.com/ewf-project/ewf/store"
 	"github.com/ewf-project/ewf/wire"
+	"github.com/ewf-project/ewf/wire/integrity"
 )
 
 // Replier sends a message the server produces outside a Handle call's
@@ -75,6 +75,7 @@ type Server struct {
 	signalLim *limiter // SIGNALs per sender ID
 	relayLim  *limiter // RELAY requests per ID
 	relayURLs [][]byte // cfg.Relay.URLs as the answer carries them
+	replay    *replayCache
 	met       *metrics
 	reg       *prometheus.Registry
 	cl        *cluster // nil unless the store is shared (cluster.go)
@@ -116,6 +117,7 @@ func New(st store.Store, cfg Config) (*Server, error) {
 		introLim:  newLimiter(cfg.MaxSources, cfg.IntroRate, cfg.IntroBurst),
 		signalLim: newLimiter(cfg.MaxSources, cfg.IntroRate, cfg.IntroBurst),
 		relayLim:  newLimiter(cfg.MaxSources, relayRate, relayBurst),
+		replay:    newReplayCache(cfg.ReplayCacheSize),
 		reg:       cfg.Registry,
 	}
 	// The epoch is a second before now, so that clock readings are positive
@@ -171,6 +173,7 @@ type Handler struct {
 	stun stun.Message
 	rnd  [16]byte
 	ind  [wire.MaxMessageSize]byte
+	auth authState
 
 	relayUser [64]byte // RELAY answer: username and password
 	relayPass [32]byte
@@ -202,6 +205,7 @@ const maxUDPRepliers = 255
 // registered per Server (NewHandler panics beyond).
 func (s *Server) NewHandler(tr wire.Transport, r Replier) *Handler {
 	h := &Handler{s: s, tr: tr, r: r}
+	h.auth.sig = integrity.NewSigner()
 	if tr == wire.TransportUDP {
 		h.via = s.udpIndex(r)
 	}
@@ -295,6 +299,7 @@ func withinAmplification(kind wire.Kind, req, resp int, src netip.AddrPort) bool
 func (h *Handler) handleX(req []byte, src netip.AddrPort, now time.Time, sec uint32, ns int64, out []byte) []byte {
 	s, m := h.s, &h.req
 	h.raw, h.src, h.now = req, src, now
+	h.auth.reset()
 	err := m.Decode(req)
 	if err != nil && errors.Is(err, wire.ErrInvalidHeader) {
 		s.met.drop(dropMalformed)
@@ -316,6 +321,12 @@ func (h *Handler) handleX(req []byte, src netip.AddrPort, now time.Time, sec uin
 		}
 		return h.fail(out, kind, wire.ReasonInvalidAttributes)
 	}
+	if h.requireIntegrity() {
+		if m.IsIntroduction() {
+			kind = kindIntroduction
+		}
+		return h.refuse(out, kind, wire.ReasonIntegrityRequired, outIntegrityRequired)
+	}
 	switch m.Type.Method {
 	case wire.MethodRegister:
 		return h.register(src, now, sec, ns, out)
@@ -323,13 +334,13 @@ func (h *Handler) handleX(req []byte, src netip.AddrPort, now time.Time, sec uin
 		return h.bindReq(src, now, sec, out)
 	case wire.MethodQuery:
 		if m.IsIntroduction() {
-			return h.introduce(sec, ns, out)
+			return h.introduce(src, now, sec, ns, out)
 		}
 		return h.query(sec, out)
 	case wire.MethodSignal:
-		return h.signal(sec, ns, out)
+		return h.signal(src, now, sec, ns, out)
 	case wire.MethodRelay:
-		return h.relayCreds(now, ns, out)
+		return h.relayCreds(src, now, sec, ns, out)
 	}
 	// INTRODUCE and PUNCH are between peers: a request of either is not
 	// for the server.
@@ -337,9 +348,9 @@ func (h *Handler) handleX(req []byte, src netip.AddrPort, now time.Time, sec uin
 }
 
 // fail appends an error response with reason r to the request in h.req.
+// It is signed when the request proved its KEY by MAC (auth.go).
 func (h *Handler) fail(out []byte, k reqKind, r wire.Reason) []byte {
-	h.s.met.count(k, reasonOutcome(r))
-	return appendError(&h.resp, h.req.Type.Method, &h.req.TransactionID, r, out)
+	return h.refuse(out, k, r, reasonOutcome(r))
 }
 
 func appendError(resp *wire.Message, method wire.Method, tx *wire.TransactionID, r wire.Reason, out []byte) []byte {
@@ -369,11 +380,11 @@ func (h *Handler) bindReq(src netip.AddrPort, now time.Time, sec uint32, out []b
 		}
 		return h.fail(out, kindBind, wire.ReasonNotRegistered)
 	}
-	if subtle.ConstantTimeCompare(key[:], m.Key[:]) != 1 {
-		if h.deferShared() { // the cached KEY may be stale
+	if r, o := h.prove((*wire.Key)(&key), src, now, sec); r != 0 {
+		if r == wire.ReasonKeyMismatch && h.deferShared() { // the cached KEY may be stale
 			return out
 		}
-		return h.fail(out, kindBind, wire.ReasonKeyMismatch)
+		return h.refuse(out, kindBind, r, o)
 	}
 	if a := m.Addresses[0]; a.Transport != h.tr || a.AddrPort != src {
 		return h.fail(out, kindBind, wire.ReasonAddressMismatch)
@@ -382,7 +393,7 @@ func (h *Handler) bindReq(src netip.AddrPort, now time.Time, sec uint32, out []b
 	h.shareBinding(&m.ID, src)
 	s.st.Touch(m.ID, now)
 	s.met.count(kindBind, outOK)
-	return h.success().AppendTo(out)
+	return h.finish(h.success(), out)
 }
 
 // query handles a plain QUERY: the peer's live bindings, UDP first.
@@ -420,7 +431,7 @@ func addBound(m *wire.Message, e *bindEntry) {
 // introduce handles a QUERY with SOURCE_ID and KEY: it authenticates the
 // querier, sends the target an INTRODUCE over the target's UDP binding, and
 // answers the querier with the target's addresses and the shared SECRET.
-func (h *Handler) introduce(sec uint32, ns int64, out []byte) []byte {
+func (h *Handler) introduce(src netip.AddrPort, now time.Time, sec uint32, ns int64, out []byte) []byte {
 	s, m := h.s, &h.req
 	// Whatever this server cannot answer from memory goes to a cluster
 	// worker when the store is shared (deferShared, cluster.go).
@@ -431,11 +442,11 @@ func (h *Handler) introduce(sec uint32, ns int64, out []byte) []byte {
 		}
 		return h.fail(out, kindIntroduction, wire.ReasonNotRegistered)
 	}
-	if subtle.ConstantTimeCompare(qkey[:], m.Key[:]) != 1 {
-		if h.deferShared() {
+	if r, o := h.prove((*wire.Key)(&qkey), src, now, sec); r != 0 {
+		if r == wire.ReasonKeyMismatch && h.deferShared() { // the cached KEY may be stale
 			return out
 		}
-		return h.fail(out, kindIntroduction, wire.ReasonKeyMismatch)
+		return h.refuse(out, kindIntroduction, r, o)
 	}
 	if _, ok := s.st.Lookup(m.ID); !ok {
 		if h.deferShared() {
@@ -489,7 +500,7 @@ func (h *Handler) introduce(sec uint32, ns int64, out []byte) []byte {
 	addBound(r, &te)
 	r.SetSecret(secret)
 	s.met.count(kindIntroduction, outOK)
-	return r.AppendTo(out)
+	return h.finish(r, out)
 }
 
 // register handles REGISTER. Retransmissions are answered from the cache;

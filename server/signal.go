@@ -2,7 +2,7 @@ package server
 
 import (
 	"crypto/rand"
-	"crypto/subtle"
+	"net/netip"
 	"time"
 
 	"github.com/ewf-project/ewf/wire"
@@ -15,7 +15,7 @@ import (
 // peer's UDP binding. The server does not check SIGNAL_MAC (it is keyed by
 // an introduction SECRET the server does not keep) and keeps no state: the
 // peer drops a SIGNAL no introduction of its own vouches for.
-func (h *Handler) signal(sec uint32, ns int64, out []byte) []byte {
+func (h *Handler) signal(src netip.AddrPort, now time.Time, sec uint32, ns int64, out []byte) []byte {
 	s, m := h.s, &h.req
 	// With a shared store, what is not in memory here (a KEY, a binding
 	// at another server) is read by a cluster worker (deferShared,
@@ -28,13 +28,13 @@ func (h *Handler) signal(sec uint32, ns int64, out []byte) []byte {
 		}
 		return h.fail(out, kindSignal, wire.ReasonNotRegistered)
 	}
-	// The KEY form; the TIMESTAMP+MAC proof of docs/PROTOCOL.md §18 is
-	// checked here like an introduction's once the server verifies it.
-	if subtle.ConstantTimeCompare(key[:], m.Key[:]) != 1 {
-		if h.deferShared() {
+	// The KEY form or the TIMESTAMP+MAC proof of docs/PROTOCOL.md §18,
+	// as for an introduction; once a MAC verified, every answer is signed.
+	if r, o := h.prove((*wire.Key)(&key), src, now, sec); r != 0 {
+		if r == wire.ReasonKeyMismatch && h.deferShared() {
 			return out
 		}
-		return h.fail(out, kindSignal, wire.ReasonKeyMismatch)
+		return h.refuse(out, kindSignal, r, o)
 	}
 	if _, n, _ := h.bound(&m.SourceID, sec); n == 0 {
 		if h.deferShared() {
@@ -66,7 +66,7 @@ func (h *Handler) signal(sec uint32, ns int64, out []byte) []byte {
 		return h.fail(out, kindSignal, why)
 	}
 	s.met.count(kindSignal, outOK)
-	return h.success().AppendTo(out)
+	return h.finish(h.success(), out)
 }
 
 // Deliver sends the indication b to the client bound under peer, over the

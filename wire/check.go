@@ -87,7 +87,7 @@ func ruleFor(t Type) (r rule, err error) {
 		case ClassIndication:
 			return rule{bSource | bSigMAC, bSource | bSigMAC | signalled}, nil
 		case ClassSuccess:
-			return rule{0, 0}, nil
+			return rule{0, bMAC}, nil // MAC when the request proved its KEY by MAC (§18.4)
 		}
 	default:
 		return rule{}, errMethod

@@ -106,6 +106,8 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.IntVar(&c.MaxTCPConns, "max-tcp-conns", server.DefaultMaxTCPConns, "most open TCP connections")
 	fs.IntVar(&c.MaxTCPPerIP, "max-tcp-per-ip", server.DefaultMaxTCPPerIP,
 		"most open TCP connections from one IP (IPv6: one /64)")
+	fs.BoolVar(&c.RequireIntegrity, "require-integrity", false,
+		"refuse BIND and introductions that carry the KEY in clear; clients must prove it with a MAC (docs/PROTOCOL.md §18)")
 	fs.IntVar(&c.UDPReaders, "udp-readers", 0, "UDP sockets and reader goroutines per address (0: one per CPU)")
 	o.relay.flags(fs)
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")

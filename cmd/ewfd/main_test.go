@@ -30,7 +30,7 @@ func TestHelpExplainsEveryFlagWithItsVariable(t *testing.T) {
 		"-listen", "EWFD_LISTEN", "-data", "EWFD_DATA", "-metrics", "EWFD_METRICS",
 		"-log-format", "-log-level", "-binding-ttl", "-registration-ttl", "-rate",
 		"-max-registrations", "-register-per-ip", "-tcp-idle", "-max-tcp-conns",
-		"-max-tcp-per-ip", "-version",
+		"-max-tcp-per-ip", "-version", "-require-integrity", "EWFD_REQUIRE_INTEGRITY",
 	} {
 		if !strings.Contains(help, want) {
 			t.Errorf("--help does not mention %q", want)
@@ -60,10 +60,11 @@ func TestBadFlagsAndArgumentsExitWith2(t *testing.T) {
 
 func TestEnvironmentSetsFlagsAndCommandLineWins(t *testing.T) {
 	env := map[string]string{
-		"EWFD_LISTEN":      "127.0.0.1:1,[::1]:2",
-		"EWFD_RATE":        "7",
-		"EWFD_BINDING_TTL": "30s",
-		"EWFD_DATA":        "/from/env",
+		"EWFD_LISTEN":            "127.0.0.1:1,[::1]:2",
+		"EWFD_RATE":              "7",
+		"EWFD_BINDING_TTL":       "30s",
+		"EWFD_DATA":              "/from/env",
+		"EWFD_REQUIRE_INTEGRITY": "true",
 	}
 	o, err := parse([]string{"-rate", "9"}, func(k string) string { return env[k] }, io.Discard)
 	if err != nil {
@@ -75,8 +76,8 @@ func TestEnvironmentSetsFlagsAndCommandLineWins(t *testing.T) {
 	if o.cfg.Rate != 9 {
 		t.Errorf("Rate %v, want the flag's 9 over the variable's 7", o.cfg.Rate)
 	}
-	if o.cfg.BindingTTL != 30*time.Second || o.cfg.DataDir != "/from/env" {
-		t.Errorf("BindingTTL %v, DataDir %q", o.cfg.BindingTTL, o.cfg.DataDir)
+	if o.cfg.BindingTTL != 30*time.Second || o.cfg.DataDir != "/from/env" || !o.cfg.RequireIntegrity {
+		t.Errorf("BindingTTL %v, DataDir %q, RequireIntegrity %v", o.cfg.BindingTTL, o.cfg.DataDir, o.cfg.RequireIntegrity)
 	}
 	if _, err := parse(nil, func(k string) string {
 		if k == "EWFD_RATE" {
