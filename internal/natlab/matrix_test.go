@@ -277,7 +277,7 @@ func TestMatrix(t *testing.T) {
 	}
 	t.Logf("binaries built, lab built and verified in %v", time.Since(start).Round(time.Millisecond))
 
-	srv, err := lab.Start(ServerHost, ewfd, "-listen", matrixServer, "-data", t.TempDir(),
+	srv, err := lab.Start(ServerHost, ewfd, "-listen", matrixServer, "-alternate", discoAlternate, "-data", t.TempDir(),
 		"-metrics", matrixMetrics, "-log-level", "warn")
 	if err != nil {
 		t.Fatal(err)

@@ -30,10 +30,18 @@ const (
 	// CGNAT is a port-restricted home NAT behind a port-restricted carrier
 	// NAT on 100.64.0.0/10; the carrier does not hairpin.
 	CGNAT NAT = "cgnat"
+	// SymmetricSequential is Symmetric with predictable ports: every new
+	// mapping (any inside host, UDP or TCP) gets the next port of a
+	// counter, as many carrier and corporate NATs do.
+	SymmetricSequential NAT = "symmetric-sequential"
 )
 
-// NATs lists every NAT type, public host first.
+// NATs lists the NAT types of the connection matrix, public host first.
 var NATs = []NAT{None, FullCone, Restricted, PortRestricted, Symmetric, CGNAT}
+
+// AllNATs lists every NAT type the lab can build: NATs and the ones not
+// (yet) in the matrix.
+var AllNATs = append(append([]NAT(nil), NATs...), SymmetricSequential)
 
 // Mapping is an RFC 4787 section 4.1 mapping behaviour.
 type Mapping string
@@ -55,6 +63,16 @@ const (
 	APDF Filtering = "APDF" // address-and-port-dependent
 )
 
+// PortAlloc is how a NAT picks the public port of a new mapping.
+type PortAlloc string
+
+// Port allocation patterns.
+const (
+	PortsPreserved  PortAlloc = "preserved"  // the inside port, kept
+	PortsSequential PortAlloc = "sequential" // the previous mapping's port plus a small constant
+	PortsRandom     PortAlloc = "random"     // no pattern
+)
+
 // Behavior is what the probe observes of the path from a host to the
 // public segment, or what a NAT type promises.
 type Behavior struct {
@@ -70,11 +88,13 @@ type Behavior struct {
 	// Hairpin is true when a packet sent from inside to the host's own
 	// public mapping comes back in. For a public host it is local delivery.
 	Hairpin bool
+	// Ports is the UDP port allocation of consecutive new mappings.
+	Ports PortAlloc
 }
 
 func (b Behavior) String() string {
-	return fmt.Sprintf("translated=%t udp=%s/%s tcp=%s hairpin=%t",
-		b.Translated, b.Mapping, b.Filtering, b.TCPMapping, b.Hairpin)
+	return fmt.Sprintf("translated=%t udp=%s/%s tcp=%s hairpin=%t ports=%s",
+		b.Translated, b.Mapping, b.Filtering, b.TCPMapping, b.Hairpin, b.Ports)
 }
 
 // Expected returns the behaviour a router of this type must show to a host
@@ -82,29 +102,52 @@ func (b Behavior) String() string {
 func (n NAT) Expected(hairpin bool) Behavior {
 	switch n {
 	case None:
-		return Behavior{Translated: false, Mapping: EIM, Filtering: EIF, TCPMapping: EIM, Hairpin: true}
+		return Behavior{Translated: false, Mapping: EIM, Filtering: EIF, TCPMapping: EIM, Hairpin: true, Ports: PortsPreserved}
 	case FullCone:
-		return Behavior{Translated: true, Mapping: EIM, Filtering: EIF, TCPMapping: EIM, Hairpin: hairpin}
+		return Behavior{Translated: true, Mapping: EIM, Filtering: EIF, TCPMapping: EIM, Hairpin: hairpin, Ports: PortsPreserved}
 	case Restricted:
-		return Behavior{Translated: true, Mapping: EIM, Filtering: ADF, TCPMapping: EIM, Hairpin: hairpin}
+		return Behavior{Translated: true, Mapping: EIM, Filtering: ADF, TCPMapping: EIM, Hairpin: hairpin, Ports: PortsPreserved}
 	case PortRestricted:
-		return Behavior{Translated: true, Mapping: EIM, Filtering: APDF, TCPMapping: EIM, Hairpin: hairpin}
+		return Behavior{Translated: true, Mapping: EIM, Filtering: APDF, TCPMapping: EIM, Hairpin: hairpin, Ports: PortsPreserved}
 	case Symmetric:
-		return Behavior{Translated: true, Mapping: APDM, Filtering: APDF, TCPMapping: APDM, Hairpin: hairpin}
+		return Behavior{Translated: true, Mapping: APDM, Filtering: APDF, TCPMapping: APDM, Hairpin: hairpin, Ports: PortsRandom}
+	case SymmetricSequential:
+		return Behavior{Translated: true, Mapping: APDM, Filtering: APDF, TCPMapping: APDM, Hairpin: hairpin, Ports: PortsSequential}
 	case CGNAT:
-		return Behavior{Translated: true, Mapping: EIM, Filtering: APDF, TCPMapping: EIM, Hairpin: false}
+		return Behavior{Translated: true, Mapping: EIM, Filtering: APDF, TCPMapping: EIM, Hairpin: false, Ports: PortsPreserved}
 	}
 	panic("natlab: unknown NAT type " + string(n))
 }
 
 func (n NAT) valid() bool {
-	for _, k := range NATs {
+	for _, k := range AllNATs {
 		if n == k {
 			return true
 		}
 	}
 	return false
 }
+
+// seqPort is the nftables expression of SymmetricSequential's next port:
+// a counter over 20000–22047, below the inside hosts' ephemeral ports
+// (32768+), so a kept port is never mistaken for a sequential one. The
+// counter goes through a map because numgen's value is in host byte order
+// and a port must be in network order: "numgen inc mod N offset 20000"
+// straight into snat advances the port by 256 per connection on x86
+// (measured with the probe); the map's values are typed inet_service and
+// come out right.
+var seqPort = func() string {
+	var b strings.Builder
+	b.WriteString("numgen inc mod 2048 map { ")
+	for i := range 2048 {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%d : %d", i, 20000+i)
+	}
+	b.WriteString(" }")
+	return b.String()
+}()
 
 // natRules is the nftables rule set of one NAT box.
 type natRules struct {
@@ -125,6 +168,9 @@ type natRules struct {
 //     inside source port whenever the resulting tuple is unique, which makes
 //     the mapping endpoint-independent; "random" picks a port from a hash of
 //     the destination, which makes it address-and-port-dependent.
+//     SymmetricSequential instead snats UDP and TCP to one port taken from
+//     an nftables counter (numgen inc) per new connection: address-and-
+//     port-dependent with ports in sequence.
 //   - Filtering: conntrack alone lets in only replies from the exact remote
 //     endpoint (APDF). Full-cone and restricted add inbound paths of their
 //     own: the "mapping" map (external proto.port -> inside addr.port) is
@@ -189,6 +235,16 @@ func (r natRules) text() string {
 	}
 	p("  chain out_nat {")
 	p("    type nat hook postrouting priority srcnat; policy accept;")
+	if r.nat == SymmetricSequential {
+		// The counter advances once per new connection (NAT rules see
+		// only a connection's first packet), so consecutive mappings get
+		// consecutive ports; the single-port range means the kernel never
+		// keeps the inside port.
+		p("    oifname \"wan0\" meta l4proto { udp, tcp } snat ip to %s : %s", w, seqPort)
+		if r.hairpin {
+			p("    iifname \"lan0\" oifname \"lan0\" ct status dnat ip saddr %s meta l4proto { udp, tcp } snat ip to %s : %s", r.lan.Masked(), w, seqPort)
+		}
+	}
 	p("    oifname \"wan0\" snat ip to %s%s", w, random)
 	if r.hairpin {
 		p("    iifname \"lan0\" oifname \"lan0\" ct status dnat ip saddr %s snat ip to %s%s", r.lan.Masked(), w, random)

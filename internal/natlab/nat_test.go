@@ -13,17 +13,19 @@ func TestNATTypes(t *testing.T) {
 		router RouterSpec // zero Name: a public host
 		want   Behavior
 	}{
-		{RouterSpec{}, Behavior{Translated: false, Mapping: EIM, Filtering: EIF, TCPMapping: EIM, Hairpin: true}},
-		{RouterSpec{NAT: FullCone}, Behavior{Translated: true, Mapping: EIM, Filtering: EIF, TCPMapping: EIM, Hairpin: false}},
-		{RouterSpec{NAT: FullCone, Hairpin: true}, Behavior{Translated: true, Mapping: EIM, Filtering: EIF, TCPMapping: EIM, Hairpin: true}},
-		{RouterSpec{NAT: Restricted}, Behavior{Translated: true, Mapping: EIM, Filtering: ADF, TCPMapping: EIM, Hairpin: false}},
-		{RouterSpec{NAT: PortRestricted}, Behavior{Translated: true, Mapping: EIM, Filtering: APDF, TCPMapping: EIM, Hairpin: false}},
-		{RouterSpec{NAT: PortRestricted, Hairpin: true}, Behavior{Translated: true, Mapping: EIM, Filtering: APDF, TCPMapping: EIM, Hairpin: true}},
-		{RouterSpec{NAT: Symmetric}, Behavior{Translated: true, Mapping: APDM, Filtering: APDF, TCPMapping: APDM, Hairpin: false}},
-		{RouterSpec{NAT: Symmetric, Hairpin: true}, Behavior{Translated: true, Mapping: APDM, Filtering: APDF, TCPMapping: APDM, Hairpin: true}},
-		{RouterSpec{NAT: CGNAT}, Behavior{Translated: true, Mapping: EIM, Filtering: APDF, TCPMapping: EIM, Hairpin: false}},
-		{RouterSpec{NAT: CGNAT, Hairpin: true}, Behavior{Translated: true, Mapping: EIM, Filtering: APDF, TCPMapping: EIM, Hairpin: false}},
-		{RouterSpec{NAT: PortRestricted, UDPTimeout: 30 * time.Second}, Behavior{Translated: true, Mapping: EIM, Filtering: APDF, TCPMapping: EIM, Hairpin: false}},
+		{RouterSpec{}, Behavior{Translated: false, Mapping: EIM, Filtering: EIF, TCPMapping: EIM, Hairpin: true, Ports: PortsPreserved}},
+		{RouterSpec{NAT: FullCone}, Behavior{Translated: true, Mapping: EIM, Filtering: EIF, TCPMapping: EIM, Hairpin: false, Ports: PortsPreserved}},
+		{RouterSpec{NAT: FullCone, Hairpin: true}, Behavior{Translated: true, Mapping: EIM, Filtering: EIF, TCPMapping: EIM, Hairpin: true, Ports: PortsPreserved}},
+		{RouterSpec{NAT: Restricted}, Behavior{Translated: true, Mapping: EIM, Filtering: ADF, TCPMapping: EIM, Hairpin: false, Ports: PortsPreserved}},
+		{RouterSpec{NAT: PortRestricted}, Behavior{Translated: true, Mapping: EIM, Filtering: APDF, TCPMapping: EIM, Hairpin: false, Ports: PortsPreserved}},
+		{RouterSpec{NAT: PortRestricted, Hairpin: true}, Behavior{Translated: true, Mapping: EIM, Filtering: APDF, TCPMapping: EIM, Hairpin: true, Ports: PortsPreserved}},
+		{RouterSpec{NAT: Symmetric}, Behavior{Translated: true, Mapping: APDM, Filtering: APDF, TCPMapping: APDM, Hairpin: false, Ports: PortsRandom}},
+		{RouterSpec{NAT: Symmetric, Hairpin: true}, Behavior{Translated: true, Mapping: APDM, Filtering: APDF, TCPMapping: APDM, Hairpin: true, Ports: PortsRandom}},
+		{RouterSpec{NAT: SymmetricSequential}, Behavior{Translated: true, Mapping: APDM, Filtering: APDF, TCPMapping: APDM, Hairpin: false, Ports: PortsSequential}},
+		{RouterSpec{NAT: SymmetricSequential, Hairpin: true}, Behavior{Translated: true, Mapping: APDM, Filtering: APDF, TCPMapping: APDM, Hairpin: true, Ports: PortsSequential}},
+		{RouterSpec{NAT: CGNAT}, Behavior{Translated: true, Mapping: EIM, Filtering: APDF, TCPMapping: EIM, Hairpin: false, Ports: PortsPreserved}},
+		{RouterSpec{NAT: CGNAT, Hairpin: true}, Behavior{Translated: true, Mapping: EIM, Filtering: APDF, TCPMapping: EIM, Hairpin: false, Ports: PortsPreserved}},
+		{RouterSpec{NAT: PortRestricted, UDPTimeout: 30 * time.Second}, Behavior{Translated: true, Mapping: EIM, Filtering: APDF, TCPMapping: EIM, Hairpin: false, Ports: PortsPreserved}},
 	}
 	var spec Spec
 	names := make([]string, len(tests))

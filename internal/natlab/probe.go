@@ -396,10 +396,60 @@ func (l *Lab) Probe(hostName string) (Behavior, error) {
 		return fail("hairpin: %v", err)
 	}
 
+	if b.Ports, err = l.probePorts(hostName, p); err != nil {
+		return fail("ports: %v", err)
+	}
+
 	if b.TCPMapping, err = l.probeTCP(hostName); err != nil {
 		return fail("%v", err)
 	}
 	return b, nil
+}
+
+// probePorts makes four new mappings in a row, from four fresh sockets to
+// the primary endpoint, and classifies their public ports: all equal to
+// the inside ports is preserved, a constant small step is sequential,
+// anything else random. The sockets stay open until the end, so that no
+// port is freed and reused in between.
+func (l *Lab) probePorts(hostName string, p prober) (PortAlloc, error) {
+	var pub, local []uint16
+	for range 4 {
+		c, err := l.ListenUDP(hostName, 0)
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		m, ok, err := p.request(c, responderEndpoints[0], fromSame)
+		if err != nil {
+			return "", err
+		}
+		if !ok {
+			return "", fmt.Errorf("no answer from %v", responderEndpoints[0])
+		}
+		pub = append(pub, m.Port())
+		local = append(local, netip.MustParseAddrPort(c.LocalAddr().String()).Port())
+	}
+	return classifyPorts(pub, local), nil
+}
+
+func classifyPorts(pub, local []uint16) PortAlloc {
+	preserved := true
+	for i := range pub {
+		preserved = preserved && pub[i] == local[i]
+	}
+	if preserved {
+		return PortsPreserved
+	}
+	step := int16(pub[1] - pub[0])
+	for i := 2; i < len(pub); i++ {
+		if int16(pub[i]-pub[i-1]) != step {
+			return PortsRandom
+		}
+	}
+	if step != 0 && step >= -16 && step <= 16 {
+		return PortsSequential
+	}
+	return PortsRandom
 }
 
 // probeTCP makes three connections from one local port, to the primary
