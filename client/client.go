@@ -157,7 +157,8 @@ func (c *Client) handleX(b []byte) bool {
 		t.bad = errNoSecret
 	default:
 		t.resp = m
-		t.resp.Raw = nil // b belongs to the caller
+		t.resp.Raw = nil               // b belongs to the caller
+		t.resp.Relay = m.Relay.Clone() // so do the relay strings
 		t.finished = true
 	}
 	ok := t.finished

@@ -80,6 +80,8 @@ func reasonSentinel(r wire.Reason) error {
 		return ErrPeerUnreachable
 	case wire.ReasonTryLater:
 		return ErrTryLater
+	case wire.ReasonNoRelay:
+		return ErrNoRelay
 	}
 	return ErrUnknownReason
 }

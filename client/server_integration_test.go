@@ -319,3 +319,15 @@ func startLossyProxy(t *testing.T, server netip.AddrPort, n int) netip.AddrPort 
 	})
 	return front.LocalAddr().(*net.UDPAddr).AddrPort()
 }
+
+// TestRelayWithoutRelay: a server that offers no relay answers RELAY with
+// no relay, which the client reports as ErrNoRelay.
+func TestRelayWithoutRelay(t *testing.T) {
+	srv := startServer(t).String()
+	c := dial(t, srv, rto)
+	id, _ := up(t, c, srv)
+	_, err := c.Relay(t.Context(), id.ID, id.Keys[srv])
+	if !errors.Is(err, client.ErrNoRelay) {
+		t.Fatalf("Relay = %v, want ErrNoRelay", err)
+	}
+}

@@ -210,3 +210,30 @@ func (m *Message) decodeRelayAttr(t AttrType, v []byte) error {
 		return m.SetRelayPassword(s)
 	}
 }
+
+// Clone returns a copy of r whose strings own their memory, for keeping a
+// decoded answer after its buffer is reused.
+func (r RelayCredentials) Clone() RelayCredentials {
+	n := len(r.Username) + len(r.Password)
+	for _, u := range r.URLs[:clampCount(r.NumURLs, MaxRelayURLs)] {
+		n += len(u)
+	}
+	if n == 0 {
+		return r
+	}
+	buf := make([]byte, 0, n)
+	cp := func(s []byte) []byte {
+		if s == nil {
+			return nil
+		}
+		buf = append(buf, s...)
+		return buf[len(buf)-len(s) : len(buf) : len(buf)]
+	}
+	out := r
+	for i := range out.URLs[:clampCount(r.NumURLs, MaxRelayURLs)] {
+		out.URLs[i] = cp(r.URLs[i])
+	}
+	out.Username = cp(r.Username)
+	out.Password = cp(r.Password)
+	return out
+}
