@@ -49,7 +49,11 @@ const (
 // Config configures a Node. Only Server is required; every other field's
 // zero value is the documented default.
 type Config struct {
-	// Server is the ewfd rendezvous server, "host:port".
+	// Server is the ewfd rendezvous server, "host:port" ("host" means port
+	// 3478). Several servers sharing one store may be listed,
+	// comma-separated, or named by a DNS SRV record such as
+	// "_ewf._udp.example.org": the node binds at the first that answers
+	// and moves to the next when it stops answering (failover.go).
 	Server string
 	// IdentityFile keeps this host's ID and KEY between runs. Default:
 	// identity.json in the user's config directory, under ewf/.

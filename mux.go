@@ -18,8 +18,8 @@ import (
 //   - X PUNCH from anywhere: the puncher;
 //   - everything else: QUIC, through quicConn.
 type mux struct {
-	conn   *net.UDPConn
-	server netip.AddrPort
+	conn    *net.UDPConn
+	servers []netip.AddrPort // Config.Server's: the node may move among them
 
 	toServer func(b []byte)                             // rendezvous client
 	toPunch  func(m *wire.Message, from netip.AddrPort) // PUNCH from peers
@@ -58,13 +58,13 @@ func (m *mux) run() {
 		b := buf[:n]
 		switch wire.Classify(b) {
 		case wire.KindSTUN:
-			if from == m.server {
+			if m.fromServer(from) {
 				m.toServer(b)
 			}
 			bufPool.Put(buf)
 			continue
 		case wire.KindX:
-			if from == m.server {
+			if m.fromServer(from) {
 				m.toServer(b)
 			} else if msg.Decode(b) == nil && msg.Type.Method == wire.MethodPunch {
 				m.toPunch(&msg, from)
@@ -189,3 +189,12 @@ func (q *quicConn) SetReadBuffer(n int) error { return q.sock.SetReadBuffer(n) }
 
 // SetWriteBuffer sets the socket's send buffer.
 func (q *quicConn) SetWriteBuffer(n int) error { return q.sock.SetWriteBuffer(n) }
+
+func (m *mux) fromServer(from netip.AddrPort) bool {
+	for _, s := range m.servers {
+		if from == s {
+			return true
+		}
+	}
+	return false
+}

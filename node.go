@@ -24,11 +24,13 @@ import (
 // its bindings, kept alive, and optionally a TCP binding. Listen and Dial
 // are built on it; use a Node directly to accept and dial on one identity.
 type Node struct {
-	cfg    Config
-	log    *slog.Logger
-	self   wire.ID
-	key    wire.Key
-	server netip.AddrPort
+	cfg     Config
+	log     *slog.Logger
+	self    wire.ID
+	key     wire.Key
+	server  netip.AddrPort   // the first of servers
+	servers []netip.AddrPort // Config.Server, resolved (failover.go)
+	srvIdx  atomic.Int32     // index of the current one, modulo len(servers)
 
 	sock   *net.UDPConn
 	rc     *client.Client
@@ -78,10 +80,11 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	if err := cfg.populate(); err != nil {
 		return nil, err
 	}
-	server, err := resolveUDP(ctx, cfg.Server)
+	servers, err := resolveServers(ctx, cfg.Server)
 	if err != nil {
 		return nil, err
 	}
+	server := servers[0]
 	laddr, err := net.ResolveUDPAddr("udp", cfg.LocalAddr)
 	if err != nil {
 		return nil, fmt.Errorf("ewf: local address %q: %w", cfg.LocalAddr, err)
@@ -94,6 +97,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		cfg:            cfg,
 		log:            cfg.Logger,
 		server:         server,
+		servers:        servers,
 		sock:           sock,
 		attempts:       make(map[wire.ID]*attempt),
 		sessions:       make(map[wire.ID]*session),
@@ -102,28 +106,40 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		accepted:       make(chan *Conn, 16),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
-	n.rc = client.New(client.Config{
-		Server: server,
+	rcfg := client.Config{
+		Server: server, // names the first server in errors (failover.go)
 		Send: func(b []byte) error {
-			_, err := sock.WriteToUDPAddrPort(b, server)
+			_, err := sock.WriteToUDPAddrPort(b, n.currentServer())
 			return err
 		},
 		Logger:      cfg.Logger,
 		OnIntroduce: n.onIntroduce,
 		OnSignal:    n.onSignal,
-	})
+	}
+	if len(servers) > 1 {
+		rcfg.MaxAttempts, rcfg.LastWait = failoverAttempts, failoverLastWait
+	}
+	n.rc = client.New(rcfg)
 	n.mux = &mux{
 		conn:     sock,
-		server:   server,
+		servers:  servers,
 		toServer: func(b []byte) { n.rc.HandlePacket(b) },
 		toPunch:  n.routePunch,
 		quic:     newQuicConn(sock),
 		done:     make(chan struct{}),
 	}
 	go n.mux.run()
-	if err := n.start(ctx); err != nil {
-		n.Close()
-		return nil, err
+	for tried := 1; ; tried++ {
+		err := n.start(ctx)
+		if err == nil {
+			break
+		}
+		// A server of the list that does not answer: try the next one,
+		// once each (failover.go). start fails before QUIC starts then.
+		if n.ql != nil || tried == len(servers) || ctx.Err() != nil || !n.failover(n.currentServer(), err, false) {
+			n.Close()
+			return nil, err
+		}
 	}
 	return n, nil
 }
@@ -251,6 +267,9 @@ func (n *Node) keep(rc *client.Client, tr wire.Transport, onChange func(netip.Ad
 		onChange(a)
 	}, func(err error) {
 		n.log.Warn("binding refresh failed", "transport", tr.String(), "err", err)
+		if tr == wire.TransportUDP {
+			n.failover(n.currentServer(), err, false)
+		}
 	})
 	if err != nil && n.ctx.Err() == nil {
 		n.log.Warn("binding lost", "transport", tr.String(), "err", err)
@@ -270,9 +289,13 @@ func (n *Node) keepTCP(t *tcpSide) {
 				return
 			case <-time.After(backoff):
 			}
+			srv := n.currentServer()
 			nt, err := n.bindTCP(n.ctx, n.self, n.key)
 			if err != nil {
 				n.log.Debug("TCP binding again", "err", err)
+				if n.failover(srv, err, true) {
+					backoff = time.Second / 2 // the next server is worth a try at once
+				}
 				continue
 			}
 			n.tcp.Swap(nt).close()
@@ -532,22 +555,6 @@ func addressOf(as []wire.Address, tr wire.Transport) (netip.AddrPort, bool) {
 		}
 	}
 	return netip.AddrPort{}, false
-}
-
-func resolveUDP(ctx context.Context, hostport string) (netip.AddrPort, error) {
-	host, port, err := net.SplitHostPort(hostport)
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("ewf: server address %q: %w", hostport, err)
-	}
-	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-	if err != nil || len(ips) == 0 {
-		return netip.AddrPort{}, fmt.Errorf("ewf: resolve server %q: %w", host, err)
-	}
-	p, err := net.DefaultResolver.LookupPort(ctx, "udp", port)
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("ewf: server port %q: %w", port, err)
-	}
-	return netip.AddrPortFrom(ips[0].Unmap(), uint16(p)), nil
 }
 
 // serverErr names the server in errors about talking to it.

@@ -3,6 +3,7 @@ package ewf_test
 import (
 	"context"
 	"crypto/sha256"
+	"strings"
 	"testing"
 	"time"
 
@@ -123,4 +124,61 @@ func sharedEvents(t *testing.T, d *server.Daemon, event string) float64 {
 		}
 	}
 	return 0
+}
+
+// A listener given three servers binds at the first; when that ewfd stops,
+// the listener moves to the next by itself and a dialer at the third
+// reaches it again, over UDP and TCP, within its keepalive interval plus
+// the failover detection (a refresh given up after 5.5 s, failover.go).
+// The dead server is closed in-process: its sockets close as with kill -9.
+func TestFailoverToAnotherServer(t *testing.T) {
+	r := redistest.Start(t, redistest.Options{})
+	srv, ds := startSharedServers(t, r.URL(), 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	const keepalive = 500 * time.Millisecond
+	lcfg := config(t, strings.Join(srv, ","), "listener")
+	lcfg.KeepaliveInterval = func() time.Duration { return keepalive }
+	l, err := ewf.Listen(ctx, lcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	dial := func(tr ewf.Transport, deadline time.Time) time.Duration {
+		t.Helper()
+		cfg := config(t, srv[2], "dialer-"+string(tr))
+		cfg.Transport = tr
+		start := time.Now()
+		for {
+			dctx, dcancel := context.WithTimeout(ctx, 5*time.Second)
+			c, err := ewf.Dial(dctx, cfg, l.ID())
+			dcancel()
+			if err == nil {
+				ac, err := l.AcceptContext(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.Close()
+				ac.Close()
+				return time.Since(start)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s dial not through by the deadline: %v", tr, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	dial(ewf.TransportUDP, time.Now().Add(5*time.Second))
+
+	killed := time.Now()
+	if err := ds[0].Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The bound: one keepalive interval until the next refresh, 5.5 s until
+	// it is given up, 1 s of retry backoff, a second of slack.
+	bound := keepalive + 5500*time.Millisecond + time.Second + time.Second
+	dial(ewf.TransportUDP, killed.Add(bound))
+	t.Logf("UDP: reachable again %v after its server stopped (bound %v)", time.Since(killed).Round(time.Millisecond), bound)
+	dial(ewf.TransportTCP, killed.Add(bound+3*time.Second))
+	t.Logf("TCP: reachable again %v after its server stopped", time.Since(killed).Round(time.Millisecond))
 }

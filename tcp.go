@@ -29,7 +29,7 @@ func (t *tcpSide) close() { t.conn.Close() }
 // bindTCP connects to the server over TCP, learns the public TCP address
 // and binds it.
 func (n *Node) bindTCP(ctx context.Context, self wire.ID, key wire.Key) (*tcpSide, error) {
-	c, err := client.DialTCP(ctx, n.cfg.Server, netip.AddrPort{}, client.Config{
+	c, err := client.DialTCP(ctx, n.currentServer().String(), netip.AddrPort{}, client.Config{
 		Logger:      n.log,
 		OnIntroduce: n.onIntroduce,
 	})

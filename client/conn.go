@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,7 +29,22 @@ type Conn struct {
 // ResolveServer turns "host:port", "host", "1.2.3.4" or "[::1]:3478" into
 // an address; a missing port means DefaultPort. When a name has several
 // addresses, the first IPv4 one is preferred, as most NATs map only IPv4.
+// A list or SRV name (ResolveServers) gives its first server.
 func ResolveServer(ctx context.Context, server string) (netip.AddrPort, error) {
+	if strings.Contains(server, ",") || strings.HasPrefix(server, "_") {
+		l, err := ResolveServers(ctx, server, nil)
+		if err != nil {
+			return netip.AddrPort{}, err
+		}
+		return l[0], nil
+	}
+	return resolveServer(ctx, net.DefaultResolver, server)
+}
+
+// errBadServer marks a server string that cannot name a server.
+var errBadServer = errors.New("bad server address")
+
+func resolveServer(ctx context.Context, r *net.Resolver, server string) (netip.AddrPort, error) {
 	if a, err := netip.ParseAddr(server); err == nil { // a bare IPv6 address has colons too
 		return netip.AddrPortFrom(a.Unmap(), DefaultPort), nil
 	}
@@ -37,34 +53,21 @@ func ResolveServer(ctx context.Context, server string) (netip.AddrPort, error) {
 		host, port = h, p
 	}
 	if host == "" {
-		return netip.AddrPort{}, fmt.Errorf("ewf client: server %q: no host", server)
+		return netip.AddrPort{}, fmt.Errorf("ewf client: %w %q: no host", errBadServer, server)
 	}
 	portNum := uint16(DefaultPort)
 	if port != "" {
 		n, err := strconv.ParseUint(port, 10, 16)
 		if err != nil || n == 0 {
-			return netip.AddrPort{}, fmt.Errorf("ewf client: server %q: bad port %q", server, port)
+			return netip.AddrPort{}, fmt.Errorf("ewf client: %w %q: bad port %q", errBadServer, server, port)
 		}
 		portNum = uint16(n)
 	}
-	if a, err := netip.ParseAddr(host); err == nil {
-		return netip.AddrPortFrom(a.Unmap(), portNum), nil
-	}
-	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	ip, err := pickAddr(ctx, r, host)
 	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("ewf client: resolving server %q: %w", server, err)
+		return netip.AddrPort{}, err
 	}
-	if len(addrs) == 0 {
-		return netip.AddrPort{}, fmt.Errorf("ewf client: resolving server %q: no addresses", server)
-	}
-	pick := addrs[0].Unmap()
-	for _, a := range addrs {
-		if a.Unmap().Is4() {
-			pick = a.Unmap()
-			break
-		}
-	}
-	return netip.AddrPortFrom(pick, portNum), nil
+	return netip.AddrPortFrom(ip, portNum), nil
 }
 
 // DialUDP resolves server, opens a UDP socket on an ephemeral port of the

@@ -24,7 +24,7 @@ type common struct {
 }
 
 func (c *common) register(fs *flag.FlagSet) {
-	fs.StringVar(&c.server, "server", os.Getenv("EWF_SERVER"), "ewfd rendezvous server `HOST:PORT` (default $EWF_SERVER)")
+	fs.StringVar(&c.server, "server", os.Getenv("EWF_SERVER"), "ewfd rendezvous server `HOST:PORT`; several sharing one store comma-separated, or a DNS SRV name like _ewf._udp.example.org (default $EWF_SERVER)")
 	fs.StringVar(&c.identity, "identity", "", "identity `FILE` (default: ewf/identity.json in the user config directory)")
 	fs.DurationVar(&c.punch, "punch-timeout", 10*time.Second, "give up hole punching towards one peer after this `duration`")
 	fs.BoolVar(&c.verbose, "v", false, "log debug detail to stderr")

@@ -1,0 +1,73 @@
+package ewf
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/ewf-project/ewf/client"
+)
+
+// Several servers. Config.Server may list several ewfd that share one store
+// (docs/OPERATIONS.md, "Several servers on Redis"), comma-separated, or name
+// them with a DNS SRV record (_ewf._udp.example.org). A node binds at one
+// of them, the first that answers in the list's order, and moves to the
+// next when its server stops answering:
+//
+//   - UDP: a binding refresh that times out, or is answered "try again
+//     later", moves the node to the next server; the refresh is retried
+//     there after the client's retry backoff (1 s). With several servers a
+//     request is given up after 4 transmissions over 5.5 s instead of 7
+//     over 39.5 s, so a node is bound again at most one keepalive interval
+//     plus about 7 s after its server died (20–25 s + 7 s by default).
+//   - TCP: the binding's connection ends with the server; binding again
+//     moves to the next server when the current one refuses or times out.
+//
+// Every server's packets are accepted on the node's socket (mux), so late
+// answers from the previous server are still matched by transaction ID.
+// The KEY is the same at every server of the list, because they share the
+// store; servers that do not share one must not be listed together.
+
+// failoverAttempts and failoverLastWait shorten a request's life when there
+// is another server to try (see above).
+const (
+	failoverAttempts = 4
+	failoverLastWait = 4
+)
+
+// resolveServers resolves Config.Server.
+func resolveServers(ctx context.Context, spec string) ([]netip.AddrPort, error) {
+	l, err := client.ResolveServers(ctx, spec, nil)
+	if err != nil {
+		return nil, fmt.Errorf("ewf: server %q: %w", spec, err)
+	}
+	return l, nil
+}
+
+// currentServer is the server the node talks to now.
+func (n *Node) currentServer() netip.AddrPort {
+	return n.servers[int(n.srvIdx.Load())%len(n.servers)]
+}
+
+// failover moves the node to the next server after err from server from,
+// unless it has moved already; only for a server that does not answer (or
+// answers "try again later"), or for any error when always is set (a TCP
+// connection that could not be made). It reports whether it moved.
+func (n *Node) failover(from netip.AddrPort, err error, always bool) bool {
+	if len(n.servers) < 2 {
+		return false
+	}
+	if !always && !errors.Is(err, client.ErrTimeout) && !errors.Is(err, client.ErrTryLater) &&
+		!errors.Is(err, ErrServerUnreachable) {
+		return false
+	}
+	i := n.srvIdx.Load()
+	if n.servers[int(i)%len(n.servers)] != from {
+		return true // another goroutine moved already
+	}
+	if n.srvIdx.CompareAndSwap(i, i+1) {
+		n.log.Warn("server not answering; moving to the next", "from", from, "to", n.currentServer(), "err", err)
+	}
+	return true
+}
