@@ -9,11 +9,13 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pion/stun/v3"
 
 	"github.com/ewf-project/ewf/wire"
+	"github.com/ewf-project/ewf/wire/integrity"
 	"github.com/ewf-project/ewf/wire/stunx"
 )
 
@@ -25,7 +27,12 @@ type Client struct {
 
 	mu      sync.Mutex
 	pending map[wire.TransactionID]*txn
-	failed  error // set by Fail: every request ends with it
+	failed  error             // set by Fail: every request ends with it
+	sig     *integrity.Signer // checks signed answers, under mu
+
+	// offset is added to the local clock (ms) for TIMESTAMPs: learnt from
+	// the server's authenticated TIMESTAMP in a stale-request error.
+	offset atomic.Int64
 }
 
 // txn is one outstanding request. The requester allocates it; HandlePacket
@@ -36,6 +43,12 @@ type txn struct {
 	method wire.Method // for X
 	intro  bool        // X QUERY with SOURCE_ID+KEY: the success must carry SECRET
 	done   chan struct{}
+	// signed: the request proves key with a MAC (docs/PROTOCOL.md §18),
+	// so answers must be signed with it too (§18.5); restamp refreshes
+	// the request's TIMESTAMP and MAC before a retransmission.
+	signed  bool
+	key     wire.Key
+	restamp func(req []byte)
 
 	// Guarded by Client.mu.
 	finished bool
@@ -43,6 +56,7 @@ type txn struct {
 	mapped   netip.AddrPort // STUN: XOR-MAPPED-ADDRESS
 	bad      error          // last validation failure, not yet wrapped
 	err      error          // set by Fail
+	authed   bool           // resp carried a MAC that verified
 }
 
 // Introduction is what an introduction gives each side: the other peer,
@@ -65,6 +79,7 @@ func New(cfg Config) *Client {
 		cfg:     cfg,
 		log:     cfg.Logger,
 		pending: make(map[wire.TransactionID]*txn),
+		sig:     integrity.NewSigner(),
 	}
 }
 
@@ -155,6 +170,9 @@ func (c *Client) handleX(b []byte) bool {
 		t.bad = errWrongMethod
 	case t.intro && m.Type.Class == wire.ClassSuccess && !m.Has(wire.AttrSecret):
 		t.bad = errNoSecret
+	case t.signed && !c.signedAnswer(t, &m, b):
+		// t.bad set by signedAnswer: a forged or tampered answer is
+		// dropped like any invalid one, and retransmission goes on.
 	default:
 		t.resp = m
 		t.resp.Raw = nil               // b belongs to the caller
@@ -167,6 +185,44 @@ func (c *Client) handleX(b []byte) bool {
 		t.done <- struct{}{} // cap 1, sent once: never blocks
 	}
 	return ok
+}
+
+// signedAnswer applies docs/PROTOCOL.md §18.5 to m, the answer (raw b) to
+// the signed request t: a success must carry a MAC keyed by t.key; an error
+// with a MAC must verify; an error without one is accepted only with a
+// reason a server gives before it can check a MAC. Called under c.mu.
+func (c *Client) signedAnswer(t *txn, m *wire.Message, b []byte) bool {
+	switch {
+	case m.Has(wire.AttrMAC):
+		if !c.sig.Verify(b, t.key[:]) {
+			t.bad = errBadMAC
+			return false
+		}
+		t.authed = true
+		return true
+	case m.Type.Class == wire.ClassSuccess:
+		t.bad = errNoMAC
+		return false
+	case signedOnly(m.Reason):
+		t.bad = errUnsignedReason
+		return false
+	}
+	t.authed = false
+	return true
+}
+
+// signedOnly reports whether ewfd sends reason r to a signed request only
+// after the request's MAC verified, so always signed (§18.4): anything a
+// server says before it has checked the MAC (not registered, KEY
+// mismatch, integrity required, invalid attributes, try later...) may come
+// unsigned, because the server has no KEY it could prove.
+func signedOnly(r wire.Reason) bool {
+	switch r {
+	case wire.ReasonAddressMismatch, wire.ReasonNotBound, wire.ReasonRateLimited,
+		wire.ReasonStale, wire.ReasonPeerUnreachable:
+		return true
+	}
+	return false
 }
 
 func (c *Client) introduced(m *wire.Message) bool {
@@ -295,6 +351,11 @@ func (c *Client) wait(ctx context.Context, t *txn, req []byte, what string, atte
 	var sendErr error
 	step := first
 	for n := 1; n <= attempts; n++ {
+		if n > 1 && t.restamp != nil {
+			// A signed request stays fresh for its whole retransmission
+			// schedule (39.5 s) although the server's window is 30 s.
+			t.restamp(req)
+		}
 		if err := c.cfg.Send(req); err != nil {
 			if c.cfg.Reliable || errors.Is(err, net.ErrClosed) {
 				return fmt.Errorf("ewf client: sending %s to %s: %w", what, c.cfg.Server, err)

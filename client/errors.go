@@ -29,6 +29,13 @@ var (
 	// reach its binding (wire.ReasonPeerUnreachable); retry later.
 	ErrPeerUnreachable = errors.New("peer unreachable: its binding could not be reached")
 	ErrTryLater        = errors.New("server's shared store unavailable: try again later") // wire.ReasonTryLater
+	// ErrIntegrityRequired: the server refuses the KEY in clear
+	// (wire.ReasonIntegrityRequired). This client never sends it so.
+	ErrIntegrityRequired = errors.New("server requires the integrity form")
+	// ErrStale: the request's TIMESTAMP was outside the server's window
+	// even after the clock offset was corrected, or it was replayed
+	// (wire.ReasonStale).
+	ErrStale = errors.New("request stale or replayed")
 	// ErrUnknownReason matches wire.ReasonUnknown and also any reason value
 	// this client does not know (a newer server's), so every ReasonError
 	// matches exactly one sentinel.
@@ -82,6 +89,10 @@ func reasonSentinel(r wire.Reason) error {
 		return ErrTryLater
 	case wire.ReasonNoRelay:
 		return ErrNoRelay
+	case wire.ReasonIntegrityRequired:
+		return ErrIntegrityRequired
+	case wire.ReasonStale:
+		return ErrStale
 	}
 	return ErrUnknownReason
 }
@@ -94,6 +105,14 @@ type ReasonError struct {
 	Method wire.Method
 	Reason wire.Reason
 	Server netip.AddrPort // the server that answered
+	// Authenticated is true when the error answered a signed request and
+	// carried the server's MAC keyed by the KEY (docs/PROTOCOL.md §18.4):
+	// then the server really said it. Errors a server gives before it can
+	// check a MAC (ID not registered, KEY mismatch, ...) come unsigned,
+	// and anyone on the path could have forged them.
+	Authenticated bool
+
+	serverMs uint64 // the server's TIMESTAMP in an authenticated ReasonStale
 }
 
 func (e *ReasonError) Error() string {
@@ -157,4 +176,7 @@ var (
 	errSTUNFingerprint = errors.New("STUN FINGERPRINT does not match")
 	errSTUNDecode      = errors.New("STUN message does not decode")
 	errNoSecret        = errors.New("introduction answered without SECRET")
+	errBadMAC          = errors.New("answer's MAC does not verify with the KEY: forged or corrupted")
+	errNoMAC           = errors.New("success answer to a signed request carries no MAC")
+	errUnsignedReason  = errors.New("unsigned error with a reason the server only sends signed")
 )

@@ -2,12 +2,15 @@ package client
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/pion/stun/v3"
 
 	"github.com/ewf-project/ewf/wire"
+	"github.com/ewf-project/ewf/wire/integrity"
 )
 
 // PublicAddress asks the server for this client's public address with a
@@ -39,7 +42,7 @@ func stunBindingRequest(id wire.TransactionID) []byte {
 func (c *Client) Register(ctx context.Context, id wire.ID) (wire.Key, error) {
 	var m wire.Message
 	m.SetID(id)
-	resp, err := c.request(ctx, wire.MethodRegister, &m)
+	resp, err := c.request(ctx, wire.MethodRegister, &m, nil)
 	if err != nil {
 		return wire.Key{}, err
 	}
@@ -52,11 +55,10 @@ func (c *Client) Register(ctx context.Context, id wire.ID) (wire.Key, error) {
 func (c *Client) Bind(ctx context.Context, id wire.ID, key wire.Key, public wire.Address) error {
 	var m wire.Message
 	m.SetID(id)
-	m.SetKey(key)
 	if err := m.AddAddress(public); err != nil {
 		return fmt.Errorf("ewf client: BIND %v: %w", public, err)
 	}
-	_, err := c.request(ctx, wire.MethodBind, &m)
+	_, err := c.RequestWithKey(ctx, wire.MethodBind, &m, key)
 	return err
 }
 
@@ -65,7 +67,7 @@ func (c *Client) Bind(ctx context.Context, id wire.ID, key wire.Key, public wire
 func (c *Client) Query(ctx context.Context, peer wire.ID) ([]wire.Address, error) {
 	var m wire.Message
 	m.SetID(peer)
-	resp, err := c.request(ctx, wire.MethodQuery, &m)
+	resp, err := c.request(ctx, wire.MethodQuery, &m, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -80,7 +82,6 @@ func (c *Client) Introduce(ctx context.Context, self wire.ID, key wire.Key, peer
 	var m wire.Message
 	m.SetID(peer)
 	m.SetSourceID(self)
-	m.SetKey(key)
 	if len(candidates) > wire.MaxCandidates {
 		return Introduction{}, fmt.Errorf("ewf client: introduction with %d candidates: %w", len(candidates), wire.ErrTooManyCandidates)
 	}
@@ -89,7 +90,7 @@ func (c *Client) Introduce(ctx context.Context, self wire.ID, key wire.Key, peer
 			return Introduction{}, fmt.Errorf("ewf client: candidate %v: %w", a, err)
 		}
 	}
-	resp, err := c.request(ctx, wire.MethodQuery, &m)
+	resp, err := c.RequestWithKey(ctx, wire.MethodQuery, &m, key)
 	if err != nil {
 		return Introduction{}, err
 	}
@@ -101,10 +102,41 @@ func (c *Client) Introduce(ctx context.Context, self wire.ID, key wire.Key, peer
 	}, nil
 }
 
+// RequestWithKey sends the X request m of the given method, proving key
+// (the KEY of the ID the request authenticates) with TIMESTAMP and MAC
+// instead of sending it (docs/PROTOCOL.md §18): m must not carry KEY. The
+// answer is accepted only when signed with the same key as §18.5 says; a
+// forged or tampered one is dropped and the request goes on waiting. It is
+// how BIND, introductions and SIGNAL are sent, and how any later request
+// that needs a KEY should be.
+//
+// When the server answers that the TIMESTAMP is stale and says its own
+// time, authenticated, the client adopts the difference as its clock
+// offset and sends the request once more.
+func (c *Client) RequestWithKey(ctx context.Context, method wire.Method, m *wire.Message, key wire.Key) (*wire.Message, error) {
+	resp, err := c.request(ctx, method, m, &key)
+	var re *ReasonError
+	if errors.As(err, &re) && re.Reason == wire.ReasonStale && re.Authenticated && re.serverMs != 0 {
+		off := int64(re.serverMs) - time.Now().UnixMilli()
+		c.offset.Store(off)
+		c.log.Warn("clock differs from the server's; correcting TIMESTAMPs", "server", c.cfg.Server, "offset", time.Duration(off)*time.Millisecond)
+		resp, err = c.request(ctx, method, m, &key)
+	}
+	return resp, err
+}
+
+// nowMs is the local clock corrected by the offset learnt from the server.
+func (c *Client) nowMs() uint64 { return uint64(time.Now().UnixMilli() + c.offset.Load()) }
+
 // request sends the X request m (type and transaction ID are set here),
-// and returns the success response or the error.
-func (c *Client) request(ctx context.Context, method wire.Method, m *wire.Message) (*wire.Message, error) {
+// and returns the success response or the error. With key, m is sent in
+// the integrity form and its answer must be signed (RequestWithKey).
+func (c *Client) request(ctx context.Context, method wire.Method, m *wire.Message, key *wire.Key) (*wire.Message, error) {
 	m.Type = wire.Type{Method: method, Class: wire.ClassRequest}
+	if key != nil {
+		m.SetTimestamp(c.nowMs())
+		m.SetMAC([wire.MACSize]byte{})
+	}
 	if err := m.Check(); err != nil {
 		return nil, fmt.Errorf("ewf client: building %v: %w", method, err)
 	}
@@ -113,12 +145,27 @@ func (c *Client) request(ctx context.Context, method wire.Method, m *wire.Messag
 		return nil, err
 	}
 	m.TransactionID = id
-	req := m.AppendTo(make([]byte, 0, m.Len()))
+	var req []byte
+	if key != nil {
+		// The Client is not on a hot path: one Signer per request keeps
+		// the requester's goroutine off c.sig.
+		sig := integrity.NewSigner()
+		k := *key
+		t.signed, t.key = true, k
+		req = sig.Append(make([]byte, 0, m.Len()), m, k[:])
+		t.restamp = func(b []byte) { sig.Restamp(b, c.nowMs(), k[:]) }
+	} else {
+		req = m.AppendTo(make([]byte, 0, m.Len()))
+	}
 	if err := c.roundTrip(ctx, t, id, req, method.String()); err != nil {
 		return nil, err
 	}
 	if t.resp.Type.Class == wire.ClassError {
-		return nil, &ReasonError{Method: method, Reason: t.resp.Reason, Server: c.cfg.Server}
+		re := &ReasonError{Method: method, Reason: t.resp.Reason, Server: c.cfg.Server, Authenticated: t.authed}
+		if t.authed && t.resp.Has(wire.AttrTimestamp) {
+			re.serverMs = t.resp.Timestamp
+		}
+		return nil, re
 	}
 	return &t.resp, nil
 }

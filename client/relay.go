@@ -29,9 +29,10 @@ var ErrNoRelay = errors.New("server offers no relay")
 func (c *Client) Relay(ctx context.Context, id wire.ID, key wire.Key) (RelayCredentials, error) {
 	var m wire.Message
 	m.SetID(id)
-	m.SetKey(key)
-	m.Padding = wire.RelayRequestSize - (wire.HeaderSize + 2*(4+16) + 4)
-	resp, err := c.request(ctx, wire.MethodRelay, &m)
+	// ID, TIMESTAMP and MAC (the KEY proven, docs/PROTOCOL.md §18), and
+	// the PADDING attribute's header.
+	m.Padding = wire.RelayRequestSize - (wire.HeaderSize + (4 + 16) + (4 + 8) + (4 + wire.MACSize) + 4)
+	resp, err := c.RequestWithKey(ctx, wire.MethodRelay, &m, key)
 	if errors.Is(err, ErrUnknownMethod) {
 		return RelayCredentials{}, errors.Join(ErrNoRelay, err)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/pion/stun/v3"
 
 	"github.com/ewf-project/ewf/wire"
+	"github.com/ewf-project/ewf/wire/integrity"
 )
 
 // responder is a small stand-in for ewfd that answers STUN Binding and X
@@ -31,6 +32,17 @@ type responder struct {
 	nat func(netip.AddrPort) netip.AddrPort
 	// sendTo delivers an INTRODUCE indication to a client's UDP binding.
 	sendTo func(to netip.AddrPort, b []byte)
+	// skew is how far the responder's clock is ahead of the real one, for
+	// the TIMESTAMP window of docs/PROTOCOL.md §18.3.
+	skew time.Duration
+	// tamper, if set, may change an answer's bytes on the way out (a
+	// forger on the path).
+	tamper func(b []byte)
+	// unsigned makes the responder answer signed requests without a MAC
+	// (a forger without the KEY, or a server that does not sign).
+	unsigned bool
+	// keyForm counts requests that carried the KEY in clear.
+	keyForm int
 
 	regs  map[wire.ID]wire.Key
 	done  map[dedupKey][]byte // REGISTER responses by transaction and source
@@ -137,10 +149,51 @@ func (r *responder) x(b []byte, src, observed netip.AddrPort, tr wire.Transport)
 	var out wire.Message
 	out.Type = wire.Type{Method: m.Type.Method, Class: wire.ClassSuccess}
 	out.TransactionID = m.TransactionID
+	// signKey is set once the request's MAC verified: from then on every
+	// answer is signed (docs/PROTOCOL.md §18.4).
+	var signKey *wire.Key
+	stale := false
+	emit := func() []byte {
+		var b []byte
+		if signKey != nil && !r.unsigned {
+			if stale {
+				out.SetTimestamp(uint64(time.Now().Add(r.skew).UnixMilli()))
+			}
+			b = integrity.NewSigner().Append(nil, &out, signKey[:])
+		} else {
+			b = out.AppendTo(nil)
+		}
+		if r.tamper != nil {
+			r.tamper(b)
+		}
+		return b
+	}
 	fail := func(reason wire.Reason) []byte {
 		out = wire.Message{Type: wire.Type{Method: m.Type.Method, Class: wire.ClassError}, TransactionID: m.TransactionID}
 		out.SetReason(reason)
-		return out.AppendTo(nil)
+		return emit()
+	}
+	auth := func(id wire.ID) (wire.Reason, bool) {
+		k, ok := r.regs[id]
+		if !ok {
+			return wire.ReasonNotRegistered, false
+		}
+		if !m.HasIntegrity() {
+			r.keyForm++
+			if k != m.Key {
+				return wire.ReasonKeyMismatch, false
+			}
+			return 0, true
+		}
+		if !integrity.NewSigner().Verify(b, k[:]) {
+			return wire.ReasonKeyMismatch, false
+		}
+		signKey = &k
+		if !integrity.Fresh(m.Timestamp, uint64(time.Now().Add(r.skew).UnixMilli())) {
+			stale = true
+			return wire.ReasonStale, false
+		}
+		return 0, true
 	}
 	switch {
 	case errors.Is(err, wire.ErrUnknownMethod):
@@ -148,6 +201,15 @@ func (r *responder) x(b []byte, src, observed netip.AddrPort, tr wire.Transport)
 	case err != nil:
 		return fail(wire.ReasonInvalidAttributes)
 	case r.force != nil:
+		// As ewfd: a reason given after the request's MAC verified is
+		// signed.
+		if m.HasIntegrity() {
+			id := m.ID
+			if m.Has(wire.AttrSourceID) {
+				id = m.SourceID
+			}
+			auth(id)
+		}
 		return fail(*r.force)
 	}
 	switch m.Type.Method {
@@ -164,12 +226,12 @@ func (r *responder) x(b []byte, src, observed netip.AddrPort, tr wire.Transport)
 			rand.Read(k[:])
 			r.regs[m.ID] = k
 			out.SetKey(k)
-			resp = out.AppendTo(nil)
+			resp = emit()
 		}
 		r.done[dk] = resp
 		return resp
 	case wire.MethodBind:
-		if reason, ok := r.auth(m.ID, m.Key); !ok {
+		if reason, ok := auth(m.ID); !ok {
 			return fail(reason)
 		}
 		a := m.Addresses[0]
@@ -180,10 +242,10 @@ func (r *responder) x(b []byte, src, observed netip.AddrPort, tr wire.Transport)
 			r.binds[m.ID] = map[wire.Transport]netip.AddrPort{}
 		}
 		r.binds[m.ID][tr] = observed
-		return out.AppendTo(nil)
+		return emit()
 	case wire.MethodQuery:
 		if m.IsIntroduction() {
-			if reason, ok := r.auth(m.SourceID, m.Key); !ok {
+			if reason, ok := auth(m.SourceID); !ok {
 				return fail(reason)
 			}
 		}
@@ -222,20 +284,9 @@ func (r *responder) x(b []byte, src, observed netip.AddrPort, tr wire.Transport)
 				}
 			}
 		}
-		return out.AppendTo(nil)
+		return emit()
 	}
 	return fail(wire.ReasonUnknownMethod)
-}
-
-func (r *responder) auth(id wire.ID, key wire.Key) (wire.Reason, bool) {
-	k, ok := r.regs[id]
-	if !ok {
-		return wire.ReasonNotRegistered, false
-	}
-	if k != key {
-		return wire.ReasonKeyMismatch, false
-	}
-	return 0, true
 }
 
 // udpServer runs a responder on a real UDP socket on 127.0.0.1.

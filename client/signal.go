@@ -91,11 +91,10 @@ func (c *Client) Signal(ctx context.Context, self wire.ID, key wire.Key, peer wi
 	var m wire.Message
 	m.SetID(peer)
 	m.SetSourceID(self)
-	m.SetKey(key)
 	if err := s.message(&m); err != nil {
 		return fmt.Errorf("ewf client: SIGNAL: %w", err)
 	}
 	m.SetSignalMAC(signalMAC(secret, self, peer, &m))
-	_, err := c.request(ctx, wire.MethodSignal, &m)
+	_, err := c.RequestWithKey(ctx, wire.MethodSignal, &m, key)
 	return err
 }

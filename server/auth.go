@@ -43,6 +43,9 @@ func (h *Handler) prove(key *wire.Key, src netip.AddrPort, now time.Time, sec ui
 		}
 		return 0, outOK
 	}
+	if a.sig == nil { // a Handler not made by NewHandler (a cluster worker's)
+		a.sig = integrity.NewSigner()
+	}
 	// The KEY is copied into the Handler first: handing the caller's
 	// stack copy to the hash would move it to the heap on every request.
 	// Verify compares with hmac.Equal: constant time.
