@@ -91,6 +91,10 @@ type Config struct {
 // Packet is one datagram to send.
 type Packet struct {
 	To netip.AddrPort
+	// Port is the local socket to send from: 0 the main one, i in
+	// 1..Ports the i-th extra socket the driver opened for birthday
+	// probing (EnablePorts).
+	Port int
 	// Data is valid until the next Tick or Receive on the Machine, which
 	// reuses its buffers.
 	Data []byte
@@ -157,6 +161,10 @@ type Stats struct {
 	// Added counts candidates added to a running Machine (AddCandidates);
 	// AddedDropped those refused because MaxConfigured was reached.
 	Added, AddedDropped uint64
+	// PortProbes counts requests sent from extra sockets (EnablePorts);
+	// SprayProbes requests sent to guessed ports (EnableSpray); SprayHits
+	// is 1 when the path came up on a guessed port.
+	PortProbes, SprayProbes, SprayHits uint64
 }
 
 // candidate is one peer address and its schedule.
@@ -168,6 +176,7 @@ type candidate struct {
 	lastSent  time.Time     // zero until the first request
 	heard     bool          // a valid request has come from addr
 	reflexive bool
+	port      uint16 // local socket (Packet.Port) the candidate is probed from
 }
 
 // Status of an outstanding ring entry.
@@ -182,6 +191,7 @@ type outstanding struct {
 	seq    uint32
 	status uint8
 	cand   uint8
+	port   uint16        // local socket it left from
 	at     time.Duration // sent, since Machine.start
 }
 
@@ -201,10 +211,11 @@ type Machine struct {
 	start       time.Time
 	deadline    time.Time
 
-	state State
-	path  netip.AddrPort
-	rtt   time.Duration
-	heard time.Time
+	state    State
+	path     netip.AddrPort
+	pathPort int
+	rtt      time.Duration
+	heard    time.Time
 
 	cands  [MaxCandidates]candidate
 	ncands int
@@ -224,14 +235,17 @@ type Machine struct {
 	arena []byte
 	out   []Packet
 	stats Stats
+
+	bday birthday // birthday.go
 }
 
 // packetSize is the size of every PUNCH we send: header, SOURCE_ID, MAC.
 const packetSize = wire.HeaderSize + 4 + 16 + 4 + wire.MACSize
 
 // maxOut is the most packets one call returns: a request per candidate
-// from Tick, or a response and a triggered request from Receive.
-const maxOut = MaxCandidates
+// and maxBurst birthday probes from Tick, or a response and a triggered
+// request from Receive.
+const maxOut = MaxCandidates + maxBurst
 
 // New starts an attempt at now. The first Tick, at now, sends a request to
 // every candidate.
@@ -273,10 +287,10 @@ func New(cfg Config, now time.Time) (*Machine, error) {
 			break
 		}
 		a = unmap(a)
-		if !usable(a) || m.find(a) >= 0 {
+		if !usable(a) || m.find(a, 0) >= 0 {
 			continue
 		}
-		m.add(a, now, false)
+		m.add(a, 0, now, false)
 	}
 	if m.ncands == 0 {
 		return nil, ErrNoCandidates
@@ -291,6 +305,7 @@ func New(cfg Config, now time.Time) (*Machine, error) {
 	}
 	copy(m.prefix[:], seed[:8])
 	m.seq = binary.BigEndian.Uint32(seed[8:])
+	m.bday.seed(seed)
 
 	m.mac = hmac.New(sha256.New, cfg.Secret[:])
 	m.tmpl.SetSourceID(cfg.Self)
@@ -319,19 +334,20 @@ func usable(a netip.AddrPort) bool {
 	return a.IsValid() && a.Port() != 0 && !ip.IsUnspecified() && !ip.IsMulticast()
 }
 
-func (m *Machine) find(a netip.AddrPort) int {
+func (m *Machine) find(a netip.AddrPort, port uint16) int {
 	for i := range m.cands[:m.ncands] {
-		if m.cands[i].addr == a {
+		if m.cands[i].addr == a && m.cands[i].port == port {
 			return i
 		}
 	}
 	return -1
 }
 
-// add appends a candidate due at once; the caller checks there is room.
-func (m *Machine) add(a netip.AddrPort, now time.Time, reflexive bool) int {
+// add appends a candidate probed from local socket port, due at once; the
+// caller checks there is room.
+func (m *Machine) add(a netip.AddrPort, port uint16, now time.Time, reflexive bool) int {
 	i := m.ncands
-	m.cands[i] = candidate{addr: a, added: now, next: now, interval: m.interval, reflexive: reflexive}
+	m.cands[i] = candidate{addr: a, port: port, added: now, next: now, interval: m.interval, reflexive: reflexive}
 	m.ncands++
 	return i
 }
@@ -358,14 +374,14 @@ func (m *Machine) AddCandidates(addrs []netip.AddrPort, now time.Time) int {
 	n := 0
 	for _, a := range addrs {
 		a = unmap(a)
-		if !usable(a) || m.find(a) >= 0 {
+		if !usable(a) || m.find(a, 0) >= 0 {
 			continue
 		}
 		if configured == MaxConfigured || m.ncands == MaxCandidates {
 			m.stats.AddedDropped++
 			continue
 		}
-		m.add(a, now, false)
+		m.add(a, 0, now, false)
 		configured++
 		n++
 		m.stats.Added++
@@ -388,6 +404,7 @@ func (m *Machine) Tick(now time.Time) []Packet {
 			m.request(i, now)
 		}
 	}
+	m.tickBirthday(now)
 	return m.out
 }
 
@@ -412,6 +429,9 @@ func (m *Machine) Next() time.Time {
 			next = m.cands[i].next
 		}
 	}
+	if b := m.bday.next(); !b.IsZero() && b.Before(next) {
+		next = b
+	}
 	return next
 }
 
@@ -426,6 +446,16 @@ func (m *Machine) Path() (addr netip.AddrPort, rtt time.Duration, ok bool) {
 		return netip.AddrPort{}, 0, false
 	}
 	return m.path, m.rtt, true
+}
+
+// PathPort returns the local socket (Packet.Port) the path is on: 0 the
+// main socket, i > 0 the i-th extra socket of birthday probing, which the
+// driver must then keep open for the connection. -1 unless Connected.
+func (m *Machine) PathPort() int {
+	if m.state != Connected {
+		return -1
+	}
+	return m.pathPort
 }
 
 // LastHeard returns when the last valid message from the peer arrived
@@ -457,9 +487,9 @@ func (m *Machine) request(i int, now time.Time) {
 	copy(tx[:8], m.prefix[:])
 	binary.BigEndian.PutUint32(tx[8:], m.seq)
 	m.ring[m.seq%OutstandingWindow] = outstanding{
-		seq: m.seq, status: txOutstanding, cand: uint8(i), at: now.Sub(m.start),
+		seq: m.seq, status: txOutstanding, cand: uint8(i), port: c.port, at: now.Sub(m.start),
 	}
-	m.emit(c.addr, wire.ClassRequest, tx)
+	m.emit(c.addr, int(c.port), wire.ClassRequest, tx)
 	m.stats.Requests++
 	c.lastSent = now
 	if now.Sub(c.added) >= m.fastPeriod {
@@ -473,14 +503,15 @@ func (m *Machine) request(i int, now time.Time) {
 	c.next = now.Add(c.interval)
 }
 
-// emit appends a PUNCH of class to the arena and queues it for to.
-func (m *Machine) emit(to netip.AddrPort, class wire.Class, tx wire.TransactionID) {
+// emit appends a PUNCH of class to the arena and queues it for to, from
+// local socket port.
+func (m *Machine) emit(to netip.AddrPort, port int, class wire.Class, tx wire.TransactionID) {
 	start := len(m.arena)
 	m.arena = m.appendPunch(m.arena, class, tx)
 	end := len(m.arena)
 	// The capacity limit keeps a caller's append from overwriting the
 	// next packet.
-	m.out = append(m.out, Packet{To: to, Data: m.arena[start:end:end]})
+	m.out = append(m.out, Packet{To: to, Port: port, Data: m.arena[start:end:end]})
 	m.stats.Sent++
 }
 
@@ -517,7 +548,18 @@ func (m *Machine) Keepalive(b []byte) []byte {
 // valid request a success response to from and, while Punching, maybe a
 // triggered request. Anything invalid returns nil and is counted in Stats.
 func (m *Machine) Receive(msg *wire.Message, from netip.AddrPort, now time.Time) []Packet {
+	return m.ReceiveOn(msg, from, 0, now)
+}
+
+// ReceiveOn is Receive for a message that arrived on local socket port
+// (Packet.Port): the answers leave from the same socket, and a path found
+// there is on that socket (PathPort).
+func (m *Machine) ReceiveOn(msg *wire.Message, from netip.AddrPort, port int, now time.Time) []Packet {
 	m.reset()
+	if port < 0 || port > m.bday.ports {
+		m.ignore(&m.stats.Malformed)
+		return nil
+	}
 	m.live(now) // fails the Machine at the deadline, whichever call comes first
 	if m.state == Failed {
 		m.ignore(&m.stats.Late)
@@ -538,13 +580,13 @@ func (m *Machine) Receive(msg *wire.Message, from netip.AddrPort, now time.Time)
 	}
 	switch msg.Type.Class {
 	case wire.ClassRequest:
-		m.onRequest(msg.TransactionID, from, now)
+		m.onRequest(msg.TransactionID, from, uint16(port), now)
 		if len(m.out) == 0 {
 			return nil
 		}
 		return m.out
 	case wire.ClassSuccess:
-		m.onSuccess(msg.TransactionID, from, now)
+		m.onSuccess(msg.TransactionID, from, uint16(port), now)
 	default: // indication: a keepalive
 		m.accept(now)
 	}
@@ -561,7 +603,7 @@ func (m *Machine) accept(now time.Time) {
 	m.heard = now
 }
 
-func (m *Machine) onRequest(tx wire.TransactionID, from netip.AddrPort, now time.Time) {
+func (m *Machine) onRequest(tx wire.TransactionID, from netip.AddrPort, port uint16, now time.Time) {
 	dup := false
 	for i := range m.seen[:m.nseen] {
 		if m.seen[i].tx == tx {
@@ -579,18 +621,18 @@ func (m *Machine) onRequest(tx wire.TransactionID, from netip.AddrPort, now time
 		m.nseen = min(m.nseen+1, seenWindow)
 	}
 	m.accept(now)
-	m.emit(from, wire.ClassSuccess, tx)
+	m.emit(from, int(port), wire.ClassSuccess, tx)
 	m.stats.Responses++
 	if m.state != Punching {
 		return // Connected: answer only, the peer may still need it
 	}
-	i := m.find(from)
+	i := m.find(from, port)
 	if i < 0 {
 		if m.ncands == MaxCandidates {
 			m.stats.ReflexiveDropped++
 			return
 		}
-		i = m.add(from, now, true)
+		i = m.add(from, port, now, true)
 		m.stats.Reflexive++
 	}
 	c := &m.cands[i]
@@ -605,7 +647,7 @@ func (m *Machine) onRequest(tx wire.TransactionID, from netip.AddrPort, now time
 	}
 }
 
-func (m *Machine) onSuccess(tx wire.TransactionID, from netip.AddrPort, now time.Time) {
+func (m *Machine) onSuccess(tx wire.TransactionID, from netip.AddrPort, port uint16, now time.Time) {
 	if [8]byte(tx[:8]) != m.prefix {
 		m.ignore(&m.stats.UnknownTxID)
 		return
@@ -619,13 +661,21 @@ func (m *Machine) onSuccess(tx wire.TransactionID, from netip.AddrPort, now time
 	case e.status == txAnswered:
 		m.ignore(&m.stats.Replayed)
 		return
+	case e.port != port:
+		// A response must come back to the socket its request left from.
+		m.ignore(&m.stats.UnknownTxID)
+		return
 	}
 	e.status = txAnswered
 	m.accept(now)
 	if m.state == Punching {
 		m.state = Connected
 		m.path = from
+		m.pathPort = int(port)
 		m.rtt = max(now.Sub(m.start)-e.at, 0)
+		if e.cand == sprayCand {
+			m.stats.SprayHits++
+		}
 	}
 }
 
