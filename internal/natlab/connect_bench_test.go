@@ -74,7 +74,7 @@ func BenchmarkConnect(b *testing.B) {
 	}
 	ewfd, ewf := BuildBinaries(b)
 	lab := New(b, benchSpec())
-	if _, err := lab.Start(ServerHost, ewfd, "-listen", matrixServer, "-alternate", discoAlternate, "-data", b.TempDir(),
+	if _, err := lab.Start(ServerHost, ewfd, "-listen", matrixServer+","+matrixServer6, "-alternate", discoAlternate, "-data", b.TempDir(),
 		"-metrics", matrixMetrics, "-log-level", "warn"); err != nil {
 		b.Fatal(err)
 	}

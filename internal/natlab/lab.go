@@ -39,6 +39,11 @@ type RouterSpec struct {
 	// and is still active more than 2 s after it began (so a flow that
 	// exchanged a few packets at once and fell silent is gone after 30 s).
 	UDPTimeout time.Duration
+	// IPv6 gives the router's LAN a global IPv6 /64 (2001:db8:0:<n>::/64),
+	// routed without NAT through a stateful firewall that lets in only
+	// packets of flows an inside host started (ipv6.go), beside whatever
+	// the router does to IPv4: a dual-stack home network. Not for CGNAT.
+	IPv6 bool
 	// WAN adds delay and loss between the router's WAN port and the public
 	// switch. The zero value is a plain link.
 	WAN Link
@@ -105,6 +110,8 @@ type router struct {
 	ns   string // the NAT box hosts attach to (the home router for CGNAT)
 	isp  string // the carrier router namespace, CGNAT only
 	wan  netip.Addr
+	wan6 netip.Addr   // IPv6 routers only
+	lan6 netip.Prefix // IPv6 routers only; the router is ::1
 	lan  netip.Prefix // inside subnet; the router is .1
 	fwd  *Forwarder
 	// nextHost is the last host number given out on lan.
@@ -115,6 +122,7 @@ type host struct {
 	name   string
 	ns     string
 	addr   netip.Addr
+	addr6  netip.Addr // global IPv6, for the server and hosts of IPv6 routers
 	router *router    // nil for public hosts
 	fwd    *Forwarder // public hosts with a WAN link
 }
@@ -211,6 +219,9 @@ func checkSpec(spec Spec) error {
 		}
 		if r.WAN.Loss < 0 || r.WAN.Loss >= 1 || r.WAN.Delay < 0 {
 			return fmt.Errorf("natlab: router %s: bad WAN link %+v", r.Name, r.WAN)
+		}
+		if r.IPv6 && r.NAT == CGNAT {
+			return fmt.Errorf("natlab: router %s: IPv6 is not built for cgnat", r.Name)
 		}
 		if r.UDPTimeout != 0 && r.UDPTimeout < time.Second {
 			return fmt.Errorf("natlab: router %s: UDP timeout under 1s", r.Name)
@@ -371,12 +382,23 @@ func (l *Lab) setup() error {
 			return err
 		}
 	}
-	l.hosts[ServerHost] = &host{name: ServerHost, ns: srv, addr: serverAddr1}
+	if err := enableIPv6(srv); err != nil {
+		return err
+	}
+	for _, a := range []netip.Addr{serverAddr6a, serverAddr6b} {
+		if err := ipn(srv, "-6", "addr", "add", netip.PrefixFrom(a, publicNet6.Bits()).String(), "dev", "eth0", "nodad"); err != nil {
+			return err
+		}
+	}
+	l.hosts[ServerHost] = &host{name: ServerHost, ns: srv, addr: serverAddr1, addr6: serverAddr6a}
 
 	for i, rs := range l.spec.Routers {
 		if err := l.addRouter(i+1, rs); err != nil {
 			return fmt.Errorf("natlab: router %s: %w", rs.Name, err)
 		}
+	}
+	if err := l.routeIPv6(); err != nil {
+		return err
 	}
 	pub := 0
 	for _, hs := range l.spec.Hosts {
@@ -472,7 +494,13 @@ func (l *Lab) addRouter(idx int, rs RouterSpec) error {
 		return err
 	}
 	home := natRules{nat: natType, wan: homeWAN, lan: r.lan, hairpin: rs.Hairpin, timeout: timeout}
-	return nftLoad(r.ns, home.text())
+	if err := nftLoad(r.ns, home.text()); err != nil {
+		return err
+	}
+	if rs.IPv6 {
+		return l.addRouterIPv6(r)
+	}
+	return nil
 }
 
 // uplink connects interface ifname of namespace ns to the public switch as
@@ -544,7 +572,13 @@ func (l *Lab) addHost(hs HostSpec, pub *int) error {
 	if err := ipn(ns, "addr", "add", netip.PrefixFrom(h.addr, 24).String(), "dev", "eth0"); err != nil {
 		return err
 	}
-	return ipn(ns, "route", "add", "default", "via", r.lan.Addr().String())
+	if err := ipn(ns, "route", "add", "default", "via", r.lan.Addr().String()); err != nil {
+		return err
+	}
+	if r.spec.IPv6 {
+		return addHostIPv6(h, r)
+	}
+	return nil
 }
 
 // Close stops every process and forwarder of the lab and deletes its
@@ -656,6 +690,9 @@ func (l *Lab) Leftovers() []string {
 //   - "home": a port-restricted router with hairpinning and two hosts,
 //     "home-1" and "home-2" (two devices at home).
 //   - "flat": the same without hairpinning, hosts "flat-1" and "flat-2".
+//   - "dual-a" and "dual-b": dual-stack networks (RouterSpec.IPv6) whose
+//     IPv4 is behind a symmetric NAT, hosts "dual-a-1" and "dual-b-1":
+//     only IPv6 can connect them directly.
 //   - "short": a port-restricted router whose UDP mappings expire after
 //     30 s without outbound traffic, hosts "short-1" to "short-3", to
 //     prove keepalives; "far": a plain port-restricted router with hosts
@@ -678,6 +715,8 @@ func MatrixSpec() Spec {
 		RouterSpec{Name: "flat", NAT: PortRestricted},
 		RouterSpec{Name: "short", NAT: PortRestricted, UDPTimeout: 30 * time.Second},
 		RouterSpec{Name: "far", NAT: PortRestricted},
+		RouterSpec{Name: "dual-a", NAT: Symmetric, IPv6: true},
+		RouterSpec{Name: "dual-b", NAT: Symmetric, IPv6: true},
 	)
 	s.Hosts = append(s.Hosts,
 		HostSpec{Name: "home-1", Router: "home"},
@@ -690,6 +729,8 @@ func MatrixSpec() Spec {
 		HostSpec{Name: "far-1", Router: "far"},
 		HostSpec{Name: "far-2", Router: "far"},
 		HostSpec{Name: "far-3", Router: "far"},
+		HostSpec{Name: "dual-a-1", Router: "dual-a"},
+		HostSpec{Name: "dual-b-1", Router: "dual-b"},
 	)
 	return s
 }

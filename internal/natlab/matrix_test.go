@@ -28,6 +28,7 @@ import (
 // Where ewfd serves in the matrix lab, and its metrics.
 const (
 	matrixServer  = "203.0.113.1:3478"
+	matrixServer6 = "[2001:db8::1]:3478" // ewfd listens on IPv6 too
 	matrixMetrics = "203.0.113.1:9478"
 )
 
@@ -279,7 +280,7 @@ func TestMatrix(t *testing.T) {
 	}
 	t.Logf("binaries built, lab built and verified in %v", time.Since(start).Round(time.Millisecond))
 
-	srv, err := lab.Start(ServerHost, ewfd, "-listen", matrixServer, "-alternate", discoAlternate, "-data", t.TempDir(),
+	srv, err := lab.Start(ServerHost, ewfd, "-listen", matrixServer+","+matrixServer6, "-alternate", discoAlternate, "-data", t.TempDir(),
 		"-metrics", matrixMetrics, "-log-level", "warn")
 	if err != nil {
 		t.Fatal(err)
