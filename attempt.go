@@ -3,6 +3,7 @@ package ewf
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"sync"
 	"time"
@@ -111,7 +112,7 @@ func (a *attempt) receive(msg *wire.Message, from netip.AddrPort) {
 // send writes packets; a.mu is held, since packet data is the machine's.
 func (a *attempt) send(pkts []punch.Packet) {
 	for _, p := range pkts {
-		a.n.sock.WriteToUDPAddrPort(p.Data, p.To)
+		a.n.tr.WriteTo(p.Data, net.UDPAddrFromAddrPort(p.To))
 	}
 }
 

@@ -4,195 +4,121 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"os"
-	"sync"
-	"time"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/net/ipv4"
 
 	"github.com/ewf-project/ewf/wire"
 )
 
 // A node's one UDP socket carries three protocols: STUN and X with the
-// server, PUNCH with peers, and QUIC with peers. mux reads the socket and
-// hands each datagram to its owner (docs/PROTOCOL.md §5):
-//   - from the server's address and STUN or X: the rendezvous client;
-//   - X PUNCH from anywhere: the puncher;
-//   - everything else: QUIC, through quicConn.
-type mux struct {
-	conn    *net.UDPConn
-	servers []netip.AddrPort // Config.Server's: the node may move among them
+// server, PUNCH with peers, and QUIC with peers (docs/PROTOCOL.md §13).
+//
+// quic-go owns the socket: the node hands its *net.UDPConn to a
+// quic.Transport, so that quic-go keeps what it does for a real UDP socket
+// (recvmmsg batches, GSO on send, ECN, the don't-fragment bit for path MTU
+// discovery, its receive buffer sizing). quic-go's own way to share a
+// socket, Transport.ReadNonQUICPacket, does not fit: it takes only packets
+// whose two leading bits are 00, and X's are 11, the shape of a QUIC long
+// header, so quic-go would hand every X message (server answers, INTRODUCE,
+// PUNCH) to its server, which drops them. Instead sockConn gives quic-go
+// the socket with one method added: ReadBatch, which quic-go uses in place
+// of its own recvmmsg wrapper when the connection has one. It reads a batch,
+// takes STUN and X out for their owners, and returns the rest to quic-go.
+//
+// Sends of STUN, X and PUNCH go through Transport.WriteTo.
+type sockConn struct {
+	*net.UDPConn
+	batch   *ipv4.PacketConn // recvmmsg on the same socket, as quic-go's own
+	servers []netip.AddrPort // Config.Server's: the node may move among them (failover.go)
 
 	toServer func(b []byte)                             // rendezvous client
 	toPunch  func(m *wire.Message, from netip.AddrPort) // PUNCH from peers
-	quic     *quicConn
 
-	done chan struct{}
+	msg wire.Message // decode scratch; ReadBatch has one caller, quic-go's reader
+
+	control atomic.Uint64 // STUN and X datagrams taken out, for tests
+	dropped atomic.Uint64 // STUN or X not for us (not from the server, not PUNCH)
 }
 
-// quicQueue bounds the datagrams waiting for quic-go; beyond it new ones
-// are dropped, as a full socket buffer would, and QUIC retransmits.
-const quicQueue = 256
-
-type datagram struct {
-	buf  *[wire.MaxMessageSize + 100]byte
-	n    int
-	from netip.AddrPort
+func newSockConn(c *net.UDPConn, servers []netip.AddrPort) *sockConn {
+	return &sockConn{UDPConn: c, batch: ipv4.NewPacketConn(c), servers: servers}
 }
 
-var bufPool = sync.Pool{New: func() any { return new([wire.MaxMessageSize + 100]byte) }}
-
-func (m *mux) run() {
-	defer close(m.done)
-	var msg wire.Message
+// ReadBatch reads datagrams into ms like x/net's ipv4.PacketConn.ReadBatch
+// and keeps only those for QUIC; it returns when at least one is left or
+// on an error. quic-go's reader pairs each ms[i] with a buffer of its own,
+// so a kept datagram behind a removed one is copied into the earlier slot
+// (rare: the control traffic is a few packets a second), never moved.
+func (s *sockConn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 	for {
-		buf := bufPool.Get().(*[wire.MaxMessageSize + 100]byte)
-		n, from, err := m.conn.ReadFromUDPAddrPort(buf[:])
+		n, err := s.batch.ReadBatch(ms, flags)
 		if err != nil {
-			bufPool.Put(buf)
-			if isClosed(err) {
-				m.quic.closeWith(net.ErrClosed)
-				return
+			if n == 0 && isICMPError(err) {
+				continue // an ICMP error about an earlier send; keep reading
 			}
-			continue // ICMP errors surface here on Linux; keep reading
+			return n, err
 		}
-		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
-		b := buf[:n]
-		switch wire.Classify(b) {
-		case wire.KindSTUN:
-			if m.fromServer(from) {
-				m.toServer(b)
+		kept := 0
+		for i := range n {
+			if s.route(&ms[i]) {
+				continue
 			}
-			bufPool.Put(buf)
-			continue
-		case wire.KindX:
-			if m.fromServer(from) {
-				m.toServer(b)
-			} else if msg.Decode(b) == nil && msg.Type.Method == wire.MethodPunch {
-				m.toPunch(&msg, from)
+			if i != kept {
+				moveMessage(&ms[kept], &ms[i])
 			}
-			bufPool.Put(buf)
-			continue
+			kept++
 		}
-		m.quic.deliver(datagram{buf, n, from})
-	}
-}
-
-func isClosed(err error) bool {
-	return err != nil && (errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed))
-}
-
-// quicConn is the net.PacketConn that quic-go reads from: the non-STUN/X
-// share of the node's socket. Writes go straight to the socket.
-type quicConn struct {
-	sock *net.UDPConn
-	in   chan datagram
-
-	mu       sync.Mutex
-	closed   error
-	done     chan struct{} // closed on close
-	deadline time.Time
-	wake     chan struct{} // replaced and closed when the deadline changes
-}
-
-func newQuicConn(sock *net.UDPConn) *quicConn {
-	return &quicConn{
-		sock: sock,
-		in:   make(chan datagram, quicQueue),
-		done: make(chan struct{}),
-		wake: make(chan struct{}),
-	}
-}
-
-func (q *quicConn) deliver(d datagram) {
-	select {
-	case q.in <- d:
-	default:
-		bufPool.Put(d.buf)
-	}
-}
-
-func (q *quicConn) ReadFrom(p []byte) (int, net.Addr, error) {
-	for {
-		q.mu.Lock()
-		if q.closed != nil {
-			err := q.closed
-			q.mu.Unlock()
-			return 0, nil, err
-		}
-		deadline, wake := q.deadline, q.wake
-		q.mu.Unlock()
-		var timer *time.Timer
-		var expired <-chan time.Time
-		if !deadline.IsZero() {
-			d := time.Until(deadline)
-			if d <= 0 {
-				return 0, nil, os.ErrDeadlineExceeded
-			}
-			timer = time.NewTimer(d)
-			expired = timer.C
-		}
-		select {
-		case d := <-q.in:
-			if timer != nil {
-				timer.Stop()
-			}
-			n := copy(p, d.buf[:d.n])
-			bufPool.Put(d.buf)
-			return n, net.UDPAddrFromAddrPort(d.from), nil
-		case <-q.done:
-		case <-wake:
-		case <-expired:
-		}
-		if timer != nil {
-			timer.Stop()
+		if kept > 0 {
+			return kept, nil
 		}
 	}
 }
 
-func (q *quicConn) WriteTo(p []byte, addr net.Addr) (int, error) {
-	ua, ok := addr.(*net.UDPAddr)
+// route hands a STUN or X datagram to its owner and reports true, or
+// reports false for a datagram that goes to QUIC.
+func (s *sockConn) route(m *ipv4.Message) bool {
+	b := m.Buffers[0][:m.N]
+	kind := wire.Classify(b)
+	if kind == wire.KindOther {
+		return false
+	}
+	s.control.Add(1)
+	ua, ok := m.Addr.(*net.UDPAddr)
 	if !ok {
-		return 0, &net.OpError{Op: "write", Net: "udp", Err: net.InvalidAddrError("not a UDP address")}
+		s.dropped.Add(1)
+		return true
 	}
-	return q.sock.WriteToUDPAddrPort(p, ua.AddrPort())
-}
-
-// Close detaches quic-go; the socket belongs to the node.
-func (q *quicConn) Close() error { q.closeWith(net.ErrClosed); return nil }
-
-func (q *quicConn) closeWith(err error) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.closed == nil {
-		q.closed = err
-		close(q.done)
+	from := ua.AddrPort()
+	from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+	switch {
+	case s.fromServer(from):
+		s.toServer(b)
+	case kind == wire.KindX && s.msg.Decode(b) == nil && s.msg.Type.Method == wire.MethodPunch:
+		s.toPunch(&s.msg, from)
+	default:
+		s.dropped.Add(1)
 	}
+	return true
 }
 
-func (q *quicConn) LocalAddr() net.Addr { return q.sock.LocalAddr() }
-
-func (q *quicConn) SetDeadline(t time.Time) error { return q.SetReadDeadline(t) }
-
-func (q *quicConn) SetReadDeadline(t time.Time) error {
-	q.mu.Lock()
-	q.deadline = t
-	close(q.wake)
-	q.wake = make(chan struct{})
-	q.mu.Unlock()
-	return nil
+// moveMessage copies src's datagram into dst's buffers.
+func moveMessage(dst, src *ipv4.Message) {
+	dst.N = copy(dst.Buffers[0], src.Buffers[0][:src.N])
+	dst.NN = copy(dst.OOB, src.OOB[:src.NN])
+	dst.Flags = src.Flags
+	dst.Addr = src.Addr
 }
 
-func (q *quicConn) SetWriteDeadline(time.Time) error { return nil }
+func isICMPError(err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) ||
+		errors.Is(err, syscall.ENETUNREACH)
+}
 
-// SetReadBuffer and SetWriteBuffer let quic-go size the node's socket
-// buffers as it would its own socket's.
-func (q *quicConn) SetReadBuffer(n int) error { return q.sock.SetReadBuffer(n) }
-
-// SetWriteBuffer sets the socket's send buffer.
-func (q *quicConn) SetWriteBuffer(n int) error { return q.sock.SetWriteBuffer(n) }
-
-func (m *mux) fromServer(from netip.AddrPort) bool {
-	for _, s := range m.servers {
-		if from == s {
+func (s *sockConn) fromServer(from netip.AddrPort) bool {
+	for _, a := range s.servers {
+		if from == a {
 			return true
 		}
 	}

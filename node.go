@@ -33,10 +33,11 @@ type Node struct {
 	srvIdx  atomic.Int32     // index of the current one, modulo len(servers)
 
 	sock   *net.UDPConn
+	sc     *sockConn // sock as quic-go reads it: STUN and X taken out (mux.go)
 	rc     *client.Client
-	mux    *mux
 	tr     *quic.Transport
 	ql     *quic.Listener
+	bound  bool                    // start got past binding (Open's failover loop)
 	tcp    atomic.Pointer[tcpSide] // nil unless EnableTCP and bound
 	public atomic.Value
 
@@ -109,7 +110,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	rcfg := client.Config{
 		Server: server, // names the first server in errors (failover.go)
 		Send: func(b []byte) error {
-			_, err := sock.WriteToUDPAddrPort(b, n.currentServer())
+			_, err := n.tr.WriteTo(b, net.UDPAddrFromAddrPort(n.currentServer()))
 			return err
 		},
 		Logger:      cfg.Logger,
@@ -120,23 +121,30 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		rcfg.MaxAttempts, rcfg.LastWait = failoverAttempts, failoverLastWait
 	}
 	n.rc = client.New(rcfg)
-	n.mux = &mux{
-		conn:     sock,
-		servers:  servers,
-		toServer: func(b []byte) { n.rc.HandlePacket(b) },
-		toPunch:  n.routePunch,
-		quic:     newQuicConn(sock),
-		done:     make(chan struct{}),
+	// quic-go reads the socket from here on, also for the rendezvous
+	// client (mux.go); the listener only accepts peers introduced later.
+	n.sc = newSockConn(sock, servers)
+	n.sc.toServer = func(b []byte) { n.rc.HandlePacket(b) }
+	n.sc.toPunch = n.routePunch
+	n.tr = &quic.Transport{Conn: n.sc}
+	n.ql, err = n.tr.Listen(&tls.Config{
+		MinVersion:         tls.VersionTLS13,
+		NextProtos:         []string{alpn},
+		GetConfigForClient: n.configForClient,
+	}, quicConfig)
+	if err != nil {
+		n.tr.Close()
+		sock.Close()
+		return nil, fmt.Errorf("ewf: start QUIC: %w", err)
 	}
-	go n.mux.run()
 	for tried := 1; ; tried++ {
 		err := n.start(ctx)
 		if err == nil {
 			break
 		}
 		// A server of the list that does not answer: try the next one,
-		// once each (failover.go). start fails before QUIC starts then.
-		if n.ql != nil || tried == len(servers) || ctx.Err() != nil || !n.failover(n.currentServer(), err, false) {
+		// once each (failover.go). start fails before it is bound then.
+		if n.bound || tried == len(servers) || ctx.Err() != nil || !n.failover(n.currentServer(), err, false) {
 			n.Close()
 			return nil, err
 		}
@@ -187,18 +195,7 @@ func (n *Node) start(ctx context.Context) error {
 		tr.side, tr.err = n.bindTCP(ctx, n.self, n.key)
 	}
 
-	n.tr = &quic.Transport{Conn: n.mux.quic}
-	n.ql, err = n.tr.Listen(&tls.Config{
-		MinVersion:         tls.VersionTLS13,
-		NextProtos:         []string{alpn},
-		GetConfigForClient: n.configForClient,
-	}, quicConfig)
-	if err != nil {
-		if tr.side != nil {
-			tr.side.close()
-		}
-		return fmt.Errorf("ewf: start QUIC: %w", err)
-	}
+	n.bound = true
 	n.wg.Add(2)
 	go func() {
 		defer n.wg.Done()
@@ -340,7 +337,6 @@ func (n *Node) Close() error {
 			t.close()
 		}
 		n.sock.Close()
-		<-n.mux.done
 		n.wg.Wait()
 		n.mu.Lock()
 		for _, a := range n.attempts {
