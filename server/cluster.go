@@ -92,8 +92,8 @@ type job struct {
 }
 
 // clusterWorkers is how many requests can wait for the store at once; each
-// waits one or two round trips.
-const clusterWorkers = 16
+// waits one or two round trips. store/redis keeps as many connections.
+const clusterWorkers = 64
 
 // clusterQueue bounds the requests waiting for a worker.
 const clusterQueue = 4096

@@ -1,10 +1,12 @@
 package server_test
 
 import (
+	"context"
 	"net/netip"
 	"testing"
 	"time"
 
+	"github.com/ewf-project/ewf/internal/loadgen"
 	"github.com/ewf-project/ewf/internal/redistest"
 	"github.com/ewf-project/ewf/server"
 	"github.com/ewf-project/ewf/wire"
@@ -270,4 +272,63 @@ func TestRegisterFloodAcrossRedisRestart(t *testing.T) {
 		b.bind(x.id, x.key)
 	}
 	t.Logf("%d acknowledged registrations all bind at the other server after the Redis restart; %d answered try-later", len(all), later)
+}
+
+// The bench's cross-server runs (bench/redis.sh) are checked here once:
+// one generator binds its sockets at A and keeps them bound, another asks
+// for introductions to them at B; every answer must be a valid success
+// (loadgen checks the SECRET and the address), and B must have handed the
+// INTRODUCEs to A.
+func TestLoadgenIntroductionsAcrossServers(t *testing.T) {
+	url := redistest.Start(t, redistest.Options{}).URL()
+	var addrs []netip.AddrPort
+	var ds []*server.Daemon
+	for range 2 {
+		d := startDaemon(t, server.Config{StoreURL: url, Listen: []string{"127.0.0.1:0"}, IntroRate: 1e6, IntroBurst: 1e6})
+		ds = append(ds, d)
+		addrs = append(addrs, d.Addrs()[0])
+	}
+	targets := make(chan []loadgen.Target, 1)
+	bindDone := make(chan error, 1)
+	go func() {
+		_, err := loadgen.Run(context.Background(), loadgen.Config{Server: addrs[0], Mode: loadgen.ModeBind,
+			Sockets: 8, Depth: 1, Duration: 1500 * time.Millisecond, Timeout: 2 * time.Second,
+			OnSetup: func(t []loadgen.Target) { targets <- t }})
+		bindDone <- err
+	}()
+	tg := <-targets
+	time.Sleep(100 * time.Millisecond) // the BINDs reach Redis in the background
+	r, err := loadgen.Run(context.Background(), loadgen.Config{Server: addrs[1], Mode: loadgen.ModeIntro,
+		Sockets: 4, Depth: 2, Duration: 500 * time.Millisecond, Timeout: 2 * time.Second, Targets: tg})
+	if err != nil || r.OK == 0 || r.Bad != 0 {
+		t.Fatalf("introductions at B: %v; ok %d bad %d %v", err, r.OK, r.Bad, r.BadReasons)
+	}
+	if err := <-bindDone; err != nil {
+		t.Fatalf("binding run at A (receives the INTRODUCEs): %v", err)
+	}
+	if f := counterValue(t, ds[1], "ewfd_shared_total", "forwarded"); f < float64(r.OK) {
+		t.Fatalf("B forwarded %v INTRODUCEs for %d introductions", f, r.OK)
+	}
+}
+
+// counterValue reads a counter of d's registry with the given label value.
+func counterValue(t *testing.T, d *server.Daemon, name, label string) float64 {
+	t.Helper()
+	mfs, err := d.Server().Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetValue() == label {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }

@@ -99,6 +99,9 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.Float64Var(&c.Rate, "rate", server.DefaultRate,
 		"requests per second one source IP (IPv6: one /64) may send; excess is dropped")
 	fs.IntVar(&c.Burst, "burst", 0, "requests one source may send at once above -rate (0: twice -rate)")
+	fs.Float64Var(&c.IntroRate, "intro-rate", server.DefaultIntroRate,
+		"introductions per second one querier ID may ask for; more get \"rate limited\"")
+	fs.IntVar(&c.IntroBurst, "intro-burst", server.DefaultIntroBurst, "introductions one querier ID may ask for at once above -intro-rate")
 	fs.IntVar(&c.MaxSources, "max-sources", server.DefaultMaxSources,
 		"size of the per-source rate-limit table")
 	fs.DurationVar(&c.TCPIdle, "tcp-idle", server.DefaultTCPIdle,

@@ -2,13 +2,18 @@ package loadgen
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
+	"strings"
 	"time"
+
+	"github.com/ewf-project/ewf/wire"
 )
 
 // Exit codes of Main.
@@ -37,7 +42,7 @@ func Main(ctx context.Context, prog string, args []string, stdout, stderr io.Wri
 		server, err = netip.ParseAddrPort(s)
 		return err
 	})
-	fs.StringVar(&mode, "mode", mode, "requests to send: stun, bind, query or register (register fills the server's store)")
+	fs.StringVar(&mode, "mode", mode, "requests to send: stun, bind, query, intro or register (register fills the server's store)")
 	fs.IntVar(&cfg.Sockets, "sockets", DefaultSockets, "number of UDP sockets")
 	fs.DurationVar(&cfg.Duration, "duration", DefaultDuration, "measured time")
 	fs.DurationVar(&cfg.Warmup, "warmup", time.Second, "time before the measured window whose requests are checked but not counted")
@@ -49,6 +54,9 @@ func Main(ctx context.Context, prog string, args []string, stdout, stderr io.Wri
 		return err
 	})
 	fs.BoolVar(&cfg.Batch, "batch", false, "move datagrams with recvmmsg/sendmmsg (Linux)")
+	var peersOut, peersIn string
+	fs.StringVar(&peersOut, "peers-out", "", "after setup, write the sockets' IDs and bound addresses to `file` (for another run's -peers-in)")
+	fs.StringVar(&peersIn, "peers-in", "", "query/intro: ask for the clients listed in `file` (another run's -peers-out, possibly bound at another server) instead of this run's")
 	fs.BoolVar(&asJSON, "json", false, "print the result as one JSON object instead of the summary and key=value line")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: %s [flags]\n\nFloods an ewf (or any STUN) server with requests from many UDP sockets,\nchecks every response and prints requests/s and latency percentiles.\nExit status: 0 all responses valid, 1 invalid responses, 2 error.\n\nFlags:\n", prog)
@@ -70,6 +78,19 @@ func Main(ctx context.Context, prog string, args []string, stdout, stderr io.Wri
 		return ExitError
 	}
 	cfg.Server, cfg.Local = server, local
+	if peersIn != "" {
+		if cfg.Targets, err = readTargets(peersIn); err != nil {
+			fmt.Fprintf(stderr, "%s: -peers-in: %v\n", prog, err)
+			return ExitError
+		}
+	}
+	if peersOut != "" {
+		cfg.OnSetup = func(t []Target) {
+			if err := writeTargets(peersOut, t); err != nil {
+				fmt.Fprintf(stderr, "%s: -peers-out: %v\n", prog, err)
+			}
+		}
+	}
 
 	res, err := Run(ctx, cfg)
 	if err != nil && !errors.Is(err, ErrBadResponses) && res.Sockets == 0 {
@@ -95,4 +116,46 @@ func Main(ctx context.Context, prog string, args []string, stdout, stderr io.Wri
 		return ExitError
 	}
 	return ExitOK
+}
+
+// writeTargets writes one "hex-ID address" line per target, atomically
+// (a reader waiting for the file never sees half of it).
+func writeTargets(path string, ts []Target) error {
+	var b strings.Builder
+	for _, t := range ts {
+		fmt.Fprintf(&b, "%s %s\n", hex.EncodeToString(t.ID[:]), t.Addr)
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(b.String()), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// readTargets reads what writeTargets wrote.
+func readTargets(path string) ([]Target, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var ts []Target
+	for n, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 2 {
+			return nil, fmt.Errorf("line %d: want \"hex-ID address\"", n+1)
+		}
+		id, err := hex.DecodeString(f[0])
+		if err != nil || len(id) != len(wire.ID{}) {
+			return nil, fmt.Errorf("line %d: bad ID %q", n+1, f[0])
+		}
+		ap, err := netip.ParseAddrPort(f[1])
+		if err != nil {
+			return nil, fmt.Errorf("line %d: %w", n+1, err)
+		}
+		ts = append(ts, Target{ID: wire.ID(id), Addr: ap})
+	}
+	if len(ts) == 0 {
+		return nil, fmt.Errorf("%s: no targets", path)
+	}
+	return ts, nil
 }

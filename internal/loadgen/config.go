@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+
+	"github.com/ewf-project/ewf/wire"
 )
 
 // Mode is the kind of request the generator sends.
@@ -28,9 +30,16 @@ const (
 	// success is a durable registration on the server, so this measures
 	// the server's store and fills it: point it at a scratch server.
 	ModeRegister
+	// ModeIntro asks for introductions: a QUERY with the socket's own
+	// SOURCE_ID and KEY for the other sockets' IDs (or Targets), round
+	// robin; every response must carry a SECRET and exactly the address
+	// the target bound. The server sends each target an INTRODUCE, which
+	// the target's socket receives and ignores: lift the server's limits
+	// on introductions per querier and per target (ewfd -intro-rate, -rate).
+	ModeIntro
 )
 
-var modeNames = [...]string{"stun", "bind", "query", "register"}
+var modeNames = [...]string{"stun", "bind", "query", "register", "intro"}
 
 // String returns the mode's flag spelling.
 func (m Mode) String() string {
@@ -109,6 +118,20 @@ type Config struct {
 	// Local is the local IP address the sockets bind to. The zero value
 	// lets the kernel choose (127.0.0.1 for a server on 127.0.0.1).
 	Local netip.Addr
+	// Targets, if set, are the peers ModeQuery and ModeIntro ask for
+	// instead of the run's own sockets: clients bound by another run,
+	// possibly at another server sharing the store (OnSetup of that run).
+	Targets []Target
+	// OnSetup, if set, is called with the run's own sockets' bindings once
+	// setup is done (ModeBind, ModeQuery, ModeIntro), before the clock
+	// starts: to hand them to another run as its Targets.
+	OnSetup func([]Target)
+}
+
+// Target is a client bound at the server: its ID and the address it bound.
+type Target struct {
+	ID   wire.ID
+	Addr netip.AddrPort
 }
 
 // ErrConfig is matched (errors.Is) by every error about a bad Config.
@@ -119,7 +142,7 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: server address %v needs an IP and a port", ErrConfig, c.Server)
 	}
 	c.Server = netip.AddrPortFrom(c.Server.Addr().Unmap(), c.Server.Port())
-	if c.Mode > ModeRegister {
+	if c.Mode > ModeIntro {
 		return c, fmt.Errorf("%w: unknown mode %d", ErrConfig, c.Mode)
 	}
 	if c.Sockets == 0 {

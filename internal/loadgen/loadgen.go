@@ -109,8 +109,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}()
 
 	setupStart := time.Now()
-	if cfg.Mode == ModeBind || cfg.Mode == ModeQuery {
-		if err := setupAll(workers); err != nil {
+	if cfg.Mode == ModeBind || cfg.Mode == ModeQuery || cfg.Mode == ModeIntro {
+		if err := setupAll(workers, cfg.Targets, cfg.OnSetup); err != nil {
 			if ctx.Err() != nil {
 				return Result{}, ctx.Err()
 			}
@@ -146,7 +146,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 
 // setupAll runs every worker's setup, setupParallel at a time, and hands
 // the query workers the list of everyone's registration.
-func setupAll(workers []*worker) error {
+func setupAll(workers []*worker, targets []Target, onSetup func([]Target)) error {
 	var (
 		wg   sync.WaitGroup
 		mu   sync.Mutex
@@ -169,11 +169,23 @@ func setupAll(workers []*worker) error {
 		return fmt.Errorf("loadgen: setup failed on %d of %d sockets, first: %w", len(errs), len(workers), errs[0])
 	}
 	peers := make([]peer, len(workers))
+	own := make([]Target, len(workers))
 	for i, w := range workers {
 		peers[i] = w.self
+		own[i] = Target{ID: w.self.id, Addr: w.self.addr}
+	}
+	if onSetup != nil {
+		onSetup(own)
+	}
+	external := len(targets) > 0
+	if external {
+		peers = make([]peer, len(targets))
+		for i, t := range targets {
+			peers[i] = peer{id: t.ID, addr: t.Addr}
+		}
 	}
 	for _, w := range workers {
-		w.peers = peers
+		w.peers, w.external = peers, external
 		w.next = (w.index + 1) % len(peers)
 	}
 	return nil

@@ -199,7 +199,7 @@ func (r Result) String() string {
 		round(r.P50), round(r.P90), round(r.P99), round(r.Max), round(r.Mean))
 	fmt.Fprintf(&b, "  generator   %.2f s user + %.2f s system CPU in %.2f s = %.0f%% of one core\n",
 		r.CPUUser.Seconds(), r.CPUSystem.Seconds(), r.Wall.Seconds(), r.CPUPercent)
-	if r.Mode == ModeBind || r.Mode == ModeQuery {
+	if r.Mode == ModeBind || r.Mode == ModeQuery || r.Mode == ModeIntro {
 		fmt.Fprintf(&b, "  setup       %v (REGISTER, STUN, BIND per socket)\n", round(r.SetupTime))
 	}
 	if r.Bad > 0 {

@@ -48,6 +48,7 @@ const numReasons = 16
 // goroutine owns its counts and Run adds them up after joining it.
 type counts struct {
 	sent, ok, lost, late uint64
+	indications          uint64 // ModeIntro: INTRODUCEs received as a target
 	bad                  [numBadKinds]uint64
 	reasons              [numReasons]uint64
 	readErrs, writeErrs  uint64
@@ -67,6 +68,7 @@ func (c *counts) add(o *counts) {
 	c.ok += o.ok
 	c.lost += o.lost
 	c.late += o.late
+	c.indications += o.indications
 	for i := range c.bad {
 		c.bad[i] += o.bad[i]
 	}
@@ -120,9 +122,10 @@ type worker struct {
 	conn  *net.UDPConn
 	local netip.AddrPort
 
-	self  peer   // ModeBind/ModeQuery: this socket's registration
-	peers []peer // ModeQuery: every socket's registration, shared read-only
-	next  int    // ModeQuery: round-robin cursor into peers
+	self     peer   // ModeBind/ModeQuery/ModeIntro: this socket's registration
+	peers    []peer // ModeQuery/ModeIntro: every socket's registration (or Targets), shared read-only
+	external bool   // peers are Config.Targets: this socket is not among them
+	next     int    // ModeQuery/ModeIntro: round-robin cursor into peers
 
 	prefix uint64 // first 8 bytes of every transaction ID: random per socket
 	seq    uint32 // last 4 bytes: counts up
@@ -340,7 +343,7 @@ func (w *worker) encode(b []byte, s *slot, now time.Duration) []byte {
 	switch w.cfg.Mode {
 	case ModeBind:
 		s.method = wire.MethodBind
-	case ModeQuery:
+	case ModeQuery, ModeIntro:
 		s.method = wire.MethodQuery
 		if now >= w.refresh {
 			w.refresh = now + refreshEvery
@@ -359,11 +362,15 @@ func (w *worker) encode(b []byte, s *slot, now time.Duration) []byte {
 	case wire.MethodQuery:
 		s.peer = w.next
 		w.next = (w.next + 1) % len(w.peers)
-		if s.peer == w.index && len(w.peers) > 1 {
+		if !w.external && s.peer == w.index && len(w.peers) > 1 {
 			s.peer = w.next
 			w.next = (w.next + 1) % len(w.peers)
 		}
 		m.SetID(w.peers[s.peer].id)
+		if w.cfg.Mode == ModeIntro {
+			m.SetSourceID(w.self.id)
+			m.SetKey(w.self.key)
+		}
 	case wire.MethodRegister:
 		var id wire.ID
 		_, _ = w.rng.Read(id[:])
@@ -481,6 +488,12 @@ func (w *worker) checkX(b []byte) (s *slot, late bool, bad badKind) {
 	if wire.Classify(b) != wire.KindX || m.Decode(b) != nil || m.Check() != nil {
 		return nil, false, badMalformed
 	}
+	if m.Type.Class == wire.ClassIndication {
+		// An INTRODUCE: this socket is the target of another socket's (or
+		// another run's, Config.Targets) introduction.
+		w.c.indications++
+		return nil, false, good
+	}
 	if s, late = w.find(&m.TransactionID); s == nil {
 		return nil, late, badTxID
 	}
@@ -501,6 +514,9 @@ func (w *worker) checkX(b []byte) (s *slot, late bool, bad badKind) {
 		a, ok := m.Address(wire.TransportUDP)
 		if !ok || m.NumAddresses != 1 || a != w.peers[s.peer].addr {
 			return s, false, badAddress
+		}
+		if w.cfg.Mode == ModeIntro && (!m.Has(wire.AttrSecret) || m.Secret == (wire.Secret{})) {
+			return s, false, badType
 		}
 	}
 	return s, false, good

@@ -136,6 +136,11 @@ const (
 // maxBatch bounds one pipeline.
 const maxBatch = 512
 
+// poolSize is the connections per Redis node: enough for the server's
+// cluster workers (64, each waiting one round trip at a time), the
+// committers and the writers, so that they do not queue for a connection.
+const poolSize = 96
+
 // Store is the Redis-backed store.Shared.
 type Store struct {
 	c       goredis.UniversalClient
@@ -263,6 +268,7 @@ func newClient(rawURL string, o *Options) (goredis.UniversalClient, bool, error)
 			ReadTimeout:  o.Timeout,
 			WriteTimeout: o.Timeout,
 			MaxRetries:   -1, // the client retransmits; a retry here only delays "try later"
+			PoolSize:     poolSize,
 		}), true, nil
 	}
 	base, query, _ := strings.Cut(rawURL, "?")
@@ -275,6 +281,7 @@ func newClient(rawURL string, o *Options) (goredis.UniversalClient, bool, error)
 	}
 	ro.DialTimeout, ro.ReadTimeout, ro.WriteTimeout = o.Timeout, o.Timeout, o.Timeout
 	ro.MaxRetries = -1
+	ro.PoolSize = poolSize
 	return goredis.NewClient(ro), false, nil
 }
 
