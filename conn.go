@@ -10,20 +10,27 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+
+	"github.com/ewf-project/ewf/streammux"
 )
 
-// Conn is a direct, encrypted connection to a peer: a QUIC stream over the
-// punched UDP path, or TLS over a TCP simultaneous open. It is a net.Conn
-// with CloseWrite, so that each direction can end on its own.
+// Conn is a direct, encrypted connection to a peer: QUIC over the punched
+// UDP path, or TLS over a TCP simultaneous open. It is a net.Conn with
+// CloseWrite, so that each direction can end on its own: its Read and
+// Write use the connection's default stream. OpenStream and AcceptStream
+// add more streams, each its own net.Conn (streams.go).
 type Conn struct {
 	peer      ID
 	transport Transport
 	rtt       time.Duration
 
-	// One of the two is set.
-	qc *quic.Conn
-	st *quic.Stream
-	tc *tls.Conn
+	// QUIC: qc and its default stream st. TCP: tc, multiplexed by mux,
+	// whose stream 0 is the default stream def.
+	qc  *quic.Conn
+	st  *quic.Stream
+	tc  *tls.Conn
+	mux *streammux.Session
+	def *streammux.Stream
 
 	eofOnce   sync.Once
 	peerGotIt chan struct{} // QUIC: the peer has read our end of stream
@@ -41,9 +48,16 @@ func newQUICConn(qc *quic.Conn, st *quic.Stream, peer ID, rtt time.Duration) *Co
 	return c
 }
 
-func newTLSConn(tc *tls.Conn, peer ID, rtt time.Duration) *Conn {
-	return &Conn{peer: peer, transport: TransportTCP, rtt: rtt, tc: tc}
+// newTLSConn multiplexes tc; isClient (the TLS client) opens odd stream
+// IDs. idle ends the connection when the peer goes silent that long.
+func newTLSConn(tc *tls.Conn, peer ID, rtt time.Duration, isClient bool, idle time.Duration) *Conn {
+	m := streammux.New(tc, streammux.Config{Client: isClient, IdleTimeout: idle, Window: tcpStreamWindow})
+	return &Conn{peer: peer, transport: TransportTCP, rtt: rtt, tc: tc, mux: m, def: m.Default()}
 }
+
+// tcpStreamWindow is each TCP-path stream's receive window: 1 MiB keeps a
+// path of 100 Mbit/s and 80 ms full, and bounds what one slow reader holds.
+const tcpStreamWindow = 1 << 20
 
 // Peer returns the ID of the peer, as proven in the TLS handshake.
 func (c *Conn) Peer() ID { return c.peer }
@@ -56,39 +70,45 @@ func (c *Conn) RTT() time.Duration { return c.rtt }
 
 func (c *Conn) Read(p []byte) (int, error) {
 	if c.tc != nil {
-		return c.tc.Read(p)
+		n, err := c.def.Read(p)
+		return n, streamErr(err)
 	}
 	n, err := c.st.Read(p)
 	if err == io.EOF {
 		c.eofOnce.Do(c.ackEOF)
 	}
-	return n, err
+	return n, streamErr(err)
 }
 
 func (c *Conn) Write(p []byte) (int, error) {
 	if c.tc != nil {
-		return c.tc.Write(p)
+		n, err := c.def.Write(p)
+		return n, streamErr(err)
 	}
-	return c.st.Write(p)
+	n, err := c.st.Write(p)
+	return n, streamErr(err)
 }
 
 // CloseWrite ends this side's direction: the peer reads io.EOF once it has
 // read everything written before.
 func (c *Conn) CloseWrite() error {
 	if c.tc != nil {
-		return c.tc.CloseWrite()
+		return c.def.CloseWrite()
 	}
 	return c.st.Close()
 }
 
-// Close ends both directions. Over QUIC it first waits (up to a few
-// seconds) until the peer confirms it read all that was written, because
-// closing a QUIC connection discards data still in flight.
+// Close ends both directions of the connection and every stream on it.
+// Over QUIC it first waits (up to a few seconds) until the peer confirms
+// it read all that was written on the default stream, because closing a
+// QUIC connection discards data still in flight; extra streams get no
+// such wait: close them, and let their peers finish, before Close.
 func (c *Conn) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
 		if c.tc != nil {
-			err = c.tc.Close()
+			c.def.CloseWrite()
+			err = c.mux.Close()
 		} else {
 			c.st.Close()
 			t := time.NewTimer(closeLinger)
@@ -153,21 +173,21 @@ func (c *Conn) RemoteAddr() net.Addr {
 
 func (c *Conn) SetDeadline(t time.Time) error {
 	if c.tc != nil {
-		return c.tc.SetDeadline(t)
+		return c.def.SetDeadline(t)
 	}
 	return c.st.SetDeadline(t)
 }
 
 func (c *Conn) SetReadDeadline(t time.Time) error {
 	if c.tc != nil {
-		return c.tc.SetReadDeadline(t)
+		return c.def.SetReadDeadline(t)
 	}
 	return c.st.SetReadDeadline(t)
 }
 
 func (c *Conn) SetWriteDeadline(t time.Time) error {
 	if c.tc != nil {
-		return c.tc.SetWriteDeadline(t)
+		return c.def.SetWriteDeadline(t)
 	}
 	return c.st.SetWriteDeadline(t)
 }

@@ -74,6 +74,10 @@ type Config struct {
 	// server's 120 s binding lifetime and the 30 s UDP timeout of strict
 	// NATs.
 	KeepaliveInterval func() time.Duration
+	// IdleTimeout ends a connection when nothing arrived from the peer for
+	// this long, however quiet the application is (keepalives flow): it is
+	// how a peer that vanished is noticed. Default 60 s.
+	IdleTimeout time.Duration
 	// Logger receives debug and warning logs. Default: discard.
 	Logger *slog.Logger
 	// DisableNATDiscovery turns off the background NAT behaviour discovery
@@ -99,6 +103,9 @@ func (c *Config) populate() error {
 	}
 	if c.PunchTimeout == 0 {
 		c.PunchTimeout = 10 * time.Second
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 60 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

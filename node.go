@@ -66,15 +66,6 @@ type intro struct {
 	expires time.Time
 }
 
-// quicConfig is shared by both sides. KeepAlivePeriod keeps the punched
-// path's NAT mappings open (strict NATs forget UDP after 30 s).
-var quicConfig = &quic.Config{
-	HandshakeIdleTimeout: 5 * time.Second,
-	MaxIdleTimeout:       60 * time.Second,
-	KeepAlivePeriod:      10 * time.Second,
-	EnableDatagrams:      true,
-}
-
 // Open registers this host with the server (creating its identity on first
 // use), learns its public address, binds it and keeps it bound until Close.
 func Open(ctx context.Context, cfg Config) (*Node, error) {
@@ -131,7 +122,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		MinVersion:         tls.VersionTLS13,
 		NextProtos:         []string{alpn},
 		GetConfigForClient: n.configForClient,
-	}, quicConfig)
+	}, n.quicConfig())
 	if err != nil {
 		n.tr.Close()
 		sock.Close()
@@ -395,7 +386,7 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	qc, err := n.tr.Dial(ctx, net.UDPAddrFromAddrPort(path), conf, quicConfig)
+	qc, err := n.tr.Dial(ctx, net.UDPAddrFromAddrPort(path), conf, n.quicConfig())
 	if err != nil {
 		return nil, fmt.Errorf("%w: QUIC handshake with %s: %w", ErrPeerAuth, path, err)
 	}

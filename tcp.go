@@ -235,5 +235,5 @@ wait:
 	if win.dur < rtt {
 		rtt = win.dur
 	}
-	return newTLSConn(win.tc, peer, rtt), nil
+	return newTLSConn(win.tc, peer, rtt, isClient, n.cfg.IdleTimeout), nil
 }
