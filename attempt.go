@@ -18,6 +18,7 @@ type attempt struct {
 	n      *Node
 	peer   wire.ID
 	secret wire.Secret // the introduction's: a SIGNAL must match it
+	out    func(b []byte, to netip.AddrPort)
 
 	mu     sync.Mutex
 	m      *punch.Machine
@@ -39,21 +40,9 @@ func (n *Node) startAttempt(peer wire.ID, secret wire.Secret, addrs, cands []wir
 			}
 		}
 	}
-	now := time.Now()
-	m, err := punch.New(punch.Config{
-		Self: n.self, Peer: peer, Secret: secret,
-		Candidates: targets,
-		Timeout:    n.cfg.PunchTimeout,
-	}, now)
+	a, err := n.newAttempt(peer, secret, targets, nil)
 	if err != nil {
 		return nil, err
-	}
-	a := &attempt{
-		n: n, peer: peer, secret: secret, m: m,
-		done:   make(chan struct{}),
-		poke:   make(chan struct{}, 1),
-		quit:   make(chan struct{}),
-		linger: now.Add(2*n.cfg.PunchTimeout + 30*time.Second),
 	}
 	n.mu.Lock()
 	if old := n.attempts[peer]; old != nil {
@@ -64,6 +53,31 @@ func (n *Node) startAttempt(peer wire.ID, secret wire.Secret, addrs, cands []wir
 	n.wg.Add(1)
 	go a.drive()
 	return a, nil
+}
+
+// newAttempt makes an attempt that sends with out (nil: the node's
+// socket) and is not yet driven or routed to: the relayed endpoint runs one
+// on its own socket (relay.go).
+func (n *Node) newAttempt(peer wire.ID, secret wire.Secret, targets []netip.AddrPort, out func([]byte, netip.AddrPort)) (*attempt, error) {
+	now := time.Now()
+	m, err := punch.New(punch.Config{
+		Self: n.self, Peer: peer, Secret: secret,
+		Candidates: targets,
+		Timeout:    n.cfg.PunchTimeout,
+	}, now)
+	if err != nil {
+		return nil, err
+	}
+	if out == nil {
+		out = func(b []byte, to netip.AddrPort) { n.tr.WriteTo(b, net.UDPAddrFromAddrPort(to)) }
+	}
+	return &attempt{
+		n: n, peer: peer, secret: secret, m: m, out: out,
+		done:   make(chan struct{}),
+		poke:   make(chan struct{}, 1),
+		quit:   make(chan struct{}),
+		linger: now.Add(2*n.cfg.PunchTimeout + 30*time.Second),
+	}, nil
 }
 
 // routePunch hands a PUNCH from the socket to the attempt for its sender.
@@ -112,7 +126,7 @@ func (a *attempt) receive(msg *wire.Message, from netip.AddrPort) {
 // send writes packets; a.mu is held, since packet data is the machine's.
 func (a *attempt) send(pkts []punch.Packet) {
 	for _, p := range pkts {
-		a.n.tr.WriteTo(p.Data, net.UDPAddrFromAddrPort(p.To))
+		a.out(p.Data, p.To)
 	}
 }
 

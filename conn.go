@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -23,6 +24,8 @@ type Conn struct {
 	peer      ID
 	transport Transport
 	rtt       time.Duration
+	path      Path           // PathDirect unless relayed (relay.go)
+	relay     netip.AddrPort // the relayed address in use, if relayed
 
 	// QUIC: qc and its default stream st. TCP: tc, multiplexed by mux,
 	// whose stream 0 is the default stream def.
@@ -43,7 +46,7 @@ type Conn struct {
 const closeLinger = 5 * time.Second
 
 func newQUICConn(qc *quic.Conn, st *quic.Stream, peer ID, rtt time.Duration) *Conn {
-	c := &Conn{peer: peer, transport: TransportUDP, rtt: rtt, qc: qc, st: st, peerGotIt: make(chan struct{})}
+	c := &Conn{peer: peer, transport: TransportUDP, rtt: rtt, qc: qc, st: st, peerGotIt: make(chan struct{}), path: PathDirect}
 	go c.awaitEOFAck()
 	return c
 }
@@ -52,7 +55,7 @@ func newQUICConn(qc *quic.Conn, st *quic.Stream, peer ID, rtt time.Duration) *Co
 // IDs. idle ends the connection when the peer goes silent that long.
 func newTLSConn(tc *tls.Conn, peer ID, rtt time.Duration, isClient bool, idle time.Duration) *Conn {
 	m := streammux.New(tc, streammux.Config{Client: isClient, IdleTimeout: idle, Window: tcpStreamWindow})
-	return &Conn{peer: peer, transport: TransportTCP, rtt: rtt, tc: tc, mux: m, def: m.Default()}
+	return &Conn{peer: peer, transport: TransportTCP, rtt: rtt, tc: tc, mux: m, def: m.Default(), path: PathDirect}
 }
 
 // tcpStreamWindow is each TCP-path stream's receive window: 1 MiB keeps a
@@ -64,6 +67,15 @@ func (c *Conn) Peer() ID { return c.peer }
 
 // Transport returns TransportUDP (QUIC) or TransportTCP.
 func (c *Conn) Transport() Transport { return c.transport }
+
+// Path says whether the connection is direct or goes through a TURN
+// relay; Relay is then the relayed address in use (this side's or the
+// peer's). The relay forwards only ciphertext.
+func (c *Conn) Path() Path { return c.path }
+
+// Relay returns the relayed address the connection uses, if Path is
+// PathRelay.
+func (c *Conn) Relay() (netip.AddrPort, bool) { return c.relay, c.path == PathRelay }
 
 // RTT returns the round-trip time measured while the path was made.
 func (c *Conn) RTT() time.Duration { return c.rtt }

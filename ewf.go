@@ -80,6 +80,11 @@ type Config struct {
 	IdleTimeout time.Duration
 	// Logger receives debug and warning logs. Default: discard.
 	Logger *slog.Logger
+	// Relay says when a connection may go through the TURN relay the
+	// server offers (RELAY, docs/PROTOCOL.md §17): RelayFallback (the
+	// default) when no direct path is found, RelayAlways, or RelayNever.
+	// Conn.Path tells which a connection got.
+	Relay RelayMode
 	// DisableNATDiscovery turns off the background NAT behaviour discovery
 	// (package natdisco, Node.NAT) that a Node otherwise runs at start and
 	// after an address change: about ten STUN requests from fresh sockets.
@@ -100,6 +105,13 @@ func (c *Config) populate() error {
 	case TransportUDP, TransportTCP:
 	default:
 		return errors.New("ewf: Config.Transport must be \"udp\" or \"tcp\"")
+	}
+	switch c.Relay {
+	case "":
+		c.Relay = RelayFallback
+	case RelayFallback, RelayNever, RelayAlways:
+	default:
+		return errors.New("ewf: Config.Relay must be \"fallback\", \"never\" or \"always\"")
 	}
 	if c.PunchTimeout == 0 {
 		c.PunchTimeout = 10 * time.Second

@@ -42,8 +42,10 @@ type Node struct {
 	public atomic.Value
 
 	mu       sync.Mutex
-	attempts map[wire.ID]*attempt // by peer ID: routes PUNCH messages
-	sessions map[wire.ID]*session // by peer ID: routes SIGNALs (signal.go)
+	attempts map[wire.ID]*attempt   // by peer ID: routes PUNCH messages
+	sessions map[wire.ID]*session   // by peer ID: routes SIGNALs (signal.go)
+	relays   map[wire.ID]*relayPath // by peer ID: relayed endpoints (relay.go)
+	noRelay  atomic.Bool            // the server offers no relay
 	// pendingSignals holds SIGNALs that came before their introduction.
 	pendingSignals map[wire.ID]client.Signal
 	intros         map[string]*intro // by TLS server name: picks the certificate
@@ -93,6 +95,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		sock:           sock,
 		attempts:       make(map[wire.ID]*attempt),
 		sessions:       make(map[wire.ID]*session),
+		relays:         make(map[wire.ID]*relayPath),
 		pendingSignals: make(map[wire.ID]client.Signal),
 		intros:         make(map[string]*intro),
 		accepted:       make(chan *Conn, 16),
@@ -374,13 +377,17 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 		return n.dialTCP(ctx, peer, in.Secret, tg, true)
 	}
 	n.addSession(peer, in.Secret, nil)
+	rp := n.startRelay(peer, in.Secret)
+	if n.cfg.Relay == RelayAlways && rp != nil {
+		return n.dialFallback(ctx, rp, ErrNoDirectPath)
+	}
 	a, err := n.startAttempt(peer, in.Secret, in.Addresses, nil)
 	if err != nil {
 		return nil, err
 	}
 	path, rtt, err := a.wait(ctx)
 	if err != nil {
-		return nil, err
+		return n.dialFallback(ctx, rp, err)
 	}
 	conf, err := tlsConfig(in.Secret, n.self, peer, true)
 	if err != nil {
@@ -390,15 +397,12 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: QUIC handshake with %s: %w", ErrPeerAuth, path, err)
 	}
-	st, err := qc.OpenStreamSync(ctx)
-	if err == nil {
-		_, err = st.Write(preamble[:])
-	}
+	c, err := openConn(ctx, qc, peer, rtt)
 	if err != nil {
-		qc.CloseWithError(0, "")
-		return nil, fmt.Errorf("ewf: open stream to %s: %w", path, err)
+		return nil, err
 	}
-	return newQUICConn(qc, st, peer, rtt), nil
+	n.settlePath(c)
+	return c, nil
 }
 
 // preamble opens every stream, because QUIC only tells the accepting side
@@ -446,6 +450,7 @@ func (n *Node) onIntroduce(in client.Introduction) {
 		}
 	}
 	n.addSession(in.Peer, in.Secret, tg)
+	n.startRelay(in.Peer, in.Secret)
 	if _, err := n.startAttempt(in.Peer, in.Secret, in.Addresses, in.Candidates); err != nil {
 		n.log.Warn("punch", "peer", in.Peer, "err", err)
 	}
@@ -501,6 +506,7 @@ func (n *Node) acceptQUIC() {
 				qc.CloseWithError(1, "")
 				return
 			}
+			n.settlePath(c)
 			n.deliver(c)
 		}()
 	}

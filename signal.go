@@ -99,6 +99,9 @@ func (n *Node) onSignal(sig client.Signal) {
 		s.relayed = slices.Clone(sig.Relayed)
 	}
 	n.mu.Unlock()
+	if len(sig.Relayed) > 0 {
+		n.relayedSignalled(sig.Peer, sig.Relayed) // relay.go
+	}
 	added := 0
 	if a != nil && a.secret == s.secret {
 		added = a.addCandidates(udp)

@@ -13,7 +13,7 @@
 // Status goes to stderr as one key=value line per event, for scripts:
 //
 //	ready id=<32 hex> public=<ip:port>
-//	connected peer=<32 hex> transport=<udp|tcp> remote=<ip:port> rtt_ms=<n>
+//	connected peer=<32 hex> transport=<udp|tcp> path=<direct|relay> [relay=<ip:port>] remote=<ip:port> rtt_ms=<n>
 //	error reason=<word> msg="..."
 package main
 

@@ -97,7 +97,7 @@ func TestListenConnect(t *testing.T) {
 			}
 			csc := bufio.NewScanner(cerr)
 			got := statusLine(t, csc, "connected")
-			if got["peer"] != ready["id"] || got["transport"] != tr || got["remote"] == "" || got["rtt_ms"] == "" {
+			if got["peer"] != ready["id"] || got["transport"] != tr || got["path"] != "direct" || got["remote"] == "" || got["rtt_ms"] == "" {
 				t.Errorf("connected line: %v", got)
 			}
 			if lc := statusLine(t, lsc, "connected"); lc["transport"] != tr {

@@ -20,6 +20,7 @@ type common struct {
 	server   string
 	identity string
 	punch    time.Duration
+	relay    string
 	verbose  bool
 }
 
@@ -27,6 +28,8 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.server, "server", os.Getenv("EWF_SERVER"), "ewfd rendezvous server `HOST:PORT`; several sharing one store comma-separated, or a DNS SRV name like _ewf._udp.example.org (default $EWF_SERVER)")
 	fs.StringVar(&c.identity, "identity", "", "identity `FILE` (default: ewf/identity.json in the user config directory)")
 	fs.DurationVar(&c.punch, "punch-timeout", 10*time.Second, "give up hole punching towards one peer after this `duration`")
+	fs.StringVar(&c.relay, "relay", string(ewf.RelayFallback),
+		"use the server's TURN relay: `fallback` (when no direct path), always, or never")
 	fs.BoolVar(&c.verbose, "v", false, "log debug detail to stderr")
 }
 
@@ -34,11 +37,16 @@ func (c *common) check() error {
 	if c.server == "" {
 		return usageError("--server HOST:PORT is required (or set EWF_SERVER)")
 	}
+	switch ewf.RelayMode(c.relay) {
+	case ewf.RelayFallback, ewf.RelayAlways, ewf.RelayNever:
+	default:
+		return usageError("--relay must be fallback, always or never")
+	}
 	return nil
 }
 
 func (c *common) config() ewf.Config {
-	cfg := ewf.Config{Server: c.server, IdentityFile: c.identity, PunchTimeout: c.punch}
+	cfg := ewf.Config{Server: c.server, IdentityFile: c.identity, PunchTimeout: c.punch, Relay: ewf.RelayMode(c.relay)}
 	if c.verbose {
 		cfg.Logger = debugLogger()
 	}
@@ -220,8 +228,12 @@ func runConnect(ctx context.Context, args []string) error {
 }
 
 func connected(c *ewf.Conn) {
-	status("connected", "peer", c.Peer().String(), "transport", string(c.Transport()),
-		"remote", c.RemoteAddr().String(), "rtt_ms", strconv.FormatInt(c.RTT().Milliseconds(), 10))
+	kv := []string{"peer", c.Peer().String(), "transport", string(c.Transport()), "path", string(c.Path())}
+	if r, ok := c.Relay(); ok {
+		kv = append(kv, "relay", r.String())
+	}
+	kv = append(kv, "remote", c.RemoteAddr().String(), "rtt_ms", strconv.FormatInt(c.RTT().Milliseconds(), 10))
+	status("connected", kv...)
 }
 
 // reasonWord is the stable word of an "error reason=" line.

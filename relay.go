@@ -1,0 +1,454 @@
+package ewf
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/ewf-project/ewf/client"
+	"github.com/ewf-project/ewf/relayclient"
+	"github.com/ewf-project/ewf/wire"
+)
+
+// RelayMode says when a connection may go through a TURN relay.
+type RelayMode string
+
+// The relay modes (Config.Relay).
+const (
+	// RelayFallback relays only when hole punching found no direct path.
+	// The allocation is made while punching, so it is ready when the
+	// punch gives up. The default; without a relay offered by the server
+	// it is RelayNever.
+	RelayFallback RelayMode = "fallback"
+	// RelayNever never relays: no direct path is ErrNoDirectPath.
+	RelayNever RelayMode = "never"
+	// RelayAlways connects through the relay, not trying a direct path.
+	RelayAlways RelayMode = "always"
+)
+
+// Path is how a connection reaches the peer.
+type Path string
+
+// The paths of a connection.
+const (
+	PathDirect Path = "direct"
+	PathRelay  Path = "relay"
+)
+
+// relayWait bounds how long the relayed path may take to come up once a
+// dialer turns to it.
+const relayWait = 10 * time.Second
+
+// relayPath is one side's relayed endpoint for one introduction: a TURN
+// allocation (package relayclient, its own socket), a punch attempt whose
+// packets leave from the relayed address, and a QUIC transport on it that
+// dials (dialer) or accepts (listener). Each side of an introduction makes
+// one and signals its relayed address to the other; each attempt punches
+// to the peer's public address, its candidates and its relayed address,
+// so the path between two relayed endpoints crosses the relay twice at
+// most, and once when one side can reach the other's relayed address
+// directly. The relay only ever sees QUIC ciphertext.
+type relayPath struct {
+	n      *Node
+	peer   wire.ID
+	secret wire.Secret
+
+	ready    chan struct{} // closed once the allocation is up (or failed: err set)
+	err      error
+	punching chan struct{} // closed once the relayed attempt exists
+
+	// Set before ready is closed.
+	alloc *relayclient.Allocation
+	a     *attempt
+	tr    *quic.Transport
+	ln    *quic.Listener
+
+	mu     sync.Mutex
+	closed bool
+	inUse  bool // a connection runs on it: only that connection's Close ends it
+}
+
+// startRelay begins a relayed endpoint for the introduction with peer in
+// the background: credentials from the server, an allocation, permissions
+// for every address of the peer, the punch attempt, and a SIGNAL of the
+// relayed address to the peer. It returns nil when this node does not
+// relay.
+func (n *Node) startRelay(peer wire.ID, secret wire.Secret) *relayPath {
+	if n.cfg.Relay == RelayNever || n.noRelay.Load() {
+		return nil
+	}
+	rp := &relayPath{n: n, peer: peer, secret: secret, ready: make(chan struct{}), punching: make(chan struct{})}
+	n.mu.Lock()
+	old := n.relays[peer]
+	n.relays[peer] = rp
+	n.mu.Unlock()
+	if old != nil {
+		n.wg.Add(1)
+		go func() { defer n.wg.Done(); old.close(true) }()
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		rp.err = rp.setUp()
+		if rp.err != nil {
+			n.log.Debug("relay", "peer", peer, "err", rp.err)
+		}
+		close(rp.ready)
+		rp.addTargets(n.PeerRelayed(peer)) // signalled before the allocation was up
+		// An unused endpoint ends with the introduction.
+		t := time.NewTimer(2*n.cfg.PunchTimeout + 30*time.Second)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			rp.close(false)
+		case <-n.ctx.Done():
+			rp.close(true)
+		}
+	}()
+	return rp
+}
+
+func (rp *relayPath) setUp() error {
+	n := rp.n
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.PunchTimeout)
+	defer cancel()
+	creds, err := n.rc.Relay(ctx, n.self, n.key)
+	if errors.Is(err, client.ErrNoRelay) {
+		n.noRelay.Store(true) // the server offers none: stop asking
+		return err
+	}
+	if err != nil {
+		return fmt.Errorf("relay credentials: %w", err)
+	}
+	alloc, err := relayclient.Allocate(ctx, relayclient.Config{
+		URLs: creds.URLs, Username: creds.Username, Password: creds.Password, Logger: n.log,
+	})
+	if err != nil {
+		return err
+	}
+	rp.mu.Lock()
+	if rp.closed {
+		rp.mu.Unlock()
+		alloc.Close()
+		return net.ErrClosed
+	}
+	rp.alloc = alloc
+	rp.mu.Unlock()
+	rp.tr = &quic.Transport{Conn: &punchFilter{PacketConn: alloc.PacketConn(), route: rp.receive}}
+	rp.ln, err = rp.tr.Listen(&tls.Config{
+		MinVersion:         tls.VersionTLS13,
+		NextProtos:         []string{alpn},
+		GetConfigForClient: n.configForClient,
+	}, n.quicConfig())
+	if err != nil {
+		return err
+	}
+	n.wg.Add(1)
+	go func() { defer n.wg.Done(); rp.accept() }()
+	n.log.Debug("relay allocated", "peer", rp.peer, "relayed", alloc.Relayed(),
+		"server", alloc.Server(), "transport", alloc.Transport())
+	if err := n.SignalRelayed(ctx, rp.peer, []netip.AddrPort{alloc.Relayed()}); err != nil {
+		return fmt.Errorf("signal the relayed address: %w", err)
+	}
+	return nil
+}
+
+// receive hands a PUNCH that arrived at the relayed address to the
+// relayed attempt, once there is one.
+func (rp *relayPath) receive(m *wire.Message, from netip.AddrPort) {
+	rp.mu.Lock()
+	a := rp.a
+	rp.mu.Unlock()
+	if a != nil && m.SourceID == rp.peer {
+		a.receive(m, from)
+	}
+}
+
+// addTargets adds relayed addresses of the peer (signalled) to the relayed
+// attempt, making it with the first. The relayed attempt punches only
+// between relayed addresses, and the node's own attempt only between the
+// node's socket and the peer's addresses, so that no path is taken for
+// direct that is not.
+func (rp *relayPath) addTargets(addrs []netip.AddrPort) {
+	if len(addrs) == 0 {
+		return
+	}
+	select {
+	case <-rp.ready:
+	default:
+		// setUp adds what was signalled meanwhile (PeerRelayed) when done.
+		return
+	}
+	if rp.err != nil {
+		return
+	}
+	var ips []netip.Addr
+	for _, a := range addrs {
+		ips = append(ips, a.Addr())
+	}
+	if err := rp.alloc.Permit(ips...); err != nil {
+		rp.n.log.Debug("relay permission", "peer", rp.peer, "addrs", addrs, "err", err)
+	}
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
+	if rp.closed {
+		return
+	}
+	if rp.a != nil {
+		rp.a.addCandidates(addrs)
+		return
+	}
+	pc := rp.alloc.PacketConn()
+	a, err := rp.n.newAttempt(rp.peer, rp.secret, addrs, func(b []byte, to netip.AddrPort) {
+		pc.WriteTo(b, net.UDPAddrFromAddrPort(to))
+	})
+	if err != nil {
+		rp.n.log.Debug("relayed punch", "peer", rp.peer, "err", err)
+		return
+	}
+	rp.a = a
+	close(rp.punching)
+	rp.n.wg.Add(1)
+	go a.drive() // drive calls n.wg.Done
+}
+
+// relayedSignalled is the SIGNAL hook: the peer's relayed addresses join
+// this node's relayed attempt with it.
+func (n *Node) relayedSignalled(peer wire.ID, relayed []wire.Address) {
+	n.mu.Lock()
+	rp := n.relays[peer]
+	n.mu.Unlock()
+	if rp == nil {
+		return
+	}
+	var addrs []netip.AddrPort
+	for _, r := range relayed {
+		if r.Transport == wire.TransportUDP {
+			addrs = append(addrs, r.AddrPort)
+		}
+	}
+	rp.addTargets(addrs)
+}
+
+// wait blocks until the relayed attempt has a path, and returns it.
+func (rp *relayPath) wait(ctx context.Context) (netip.AddrPort, time.Duration, error) {
+	select {
+	case <-rp.ready:
+	case <-ctx.Done():
+		return netip.AddrPort{}, 0, ctx.Err()
+	}
+	if rp.err != nil {
+		return netip.AddrPort{}, 0, rp.err
+	}
+	ctx, cancel := context.WithTimeout(ctx, relayWait)
+	defer cancel()
+	select {
+	case <-rp.punching:
+	case <-ctx.Done():
+		return netip.AddrPort{}, 0, fmt.Errorf("the peer signalled no relayed address: %w", ctx.Err())
+	}
+	rp.mu.Lock()
+	a := rp.a
+	rp.mu.Unlock()
+	return a.wait(ctx)
+}
+
+// dial opens the QUIC connection to the peer over the relayed path.
+func (rp *relayPath) dial(ctx context.Context, path netip.AddrPort, rtt time.Duration) (*Conn, error) {
+	n := rp.n
+	conf, err := tlsConfig(rp.secret, n.self, rp.peer, true)
+	if err != nil {
+		return nil, err
+	}
+	qc, err := rp.tr.Dial(ctx, net.UDPAddrFromAddrPort(path), conf, n.quicConfig())
+	if err != nil {
+		return nil, fmt.Errorf("%w: QUIC handshake with %s over the relay: %w", ErrPeerAuth, path, err)
+	}
+	c, err := openConn(ctx, qc, rp.peer, rtt)
+	if err != nil {
+		return nil, err
+	}
+	rp.adopt(c)
+	return c, nil
+}
+
+// accept delivers the connections the peer makes to the relayed address.
+func (rp *relayPath) accept() {
+	n := rp.n
+	for {
+		qc, err := rp.ln.Accept(n.ctx)
+		if err != nil {
+			return
+		}
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			c, err := n.acceptStream(qc)
+			if err != nil {
+				n.log.Debug("accept over the relay", "remote", qc.RemoteAddr(), "err", err)
+				qc.CloseWithError(1, "")
+				return
+			}
+			rp.adopt(c)
+			n.deliver(c)
+		}()
+	}
+}
+
+// adopt marks c as running over this relayed endpoint, which then lives
+// until c is closed.
+func (rp *relayPath) adopt(c *Conn) {
+	rp.mu.Lock()
+	rp.inUse = true
+	rp.mu.Unlock()
+	c.path, c.relay = PathRelay, rp.alloc.Relayed()
+	prev := c.onClose
+	c.onClose = func() {
+		rp.close(true)
+		if prev != nil {
+			prev()
+		}
+	}
+}
+
+// close ends the endpoint unless a connection uses it and force is false.
+// It waits for the set-up to finish, so it must not run on a goroutine the
+// set-up waits for.
+func (rp *relayPath) close(force bool) {
+	rp.mu.Lock()
+	if rp.closed || (rp.inUse && !force) {
+		rp.mu.Unlock()
+		return
+	}
+	rp.closed = true
+	rp.mu.Unlock()
+	n := rp.n
+	n.mu.Lock()
+	if n.relays[rp.peer] == rp {
+		delete(n.relays, rp.peer)
+	}
+	n.mu.Unlock()
+	<-rp.ready // setUp runs under the node's context: this is short on Close
+	rp.mu.Lock()
+	a := rp.a
+	rp.mu.Unlock()
+	if a != nil {
+		a.stop()
+	}
+	if rp.ln != nil {
+		rp.ln.Close()
+	}
+	if rp.tr != nil {
+		rp.tr.Close()
+	}
+	if rp.alloc != nil {
+		rp.alloc.Close()
+	}
+}
+
+// punchFilter is the relayed socket as quic-go reads it: PUNCH messages
+// go to the relayed attempt, everything else to QUIC.
+type punchFilter struct {
+	net.PacketConn
+	route func(*wire.Message, netip.AddrPort)
+	msg   wire.Message
+}
+
+// SetReadBuffer and SetWriteBuffer are no-ops: the socket under the
+// relayed address is the TURN client's (UDP or TCP), and quic-go only
+// asks so that it need not warn.
+func (p *punchFilter) SetReadBuffer(int) error { return nil }
+
+// SetWriteBuffer is a no-op, as SetReadBuffer.
+func (p *punchFilter) SetWriteBuffer(int) error { return nil }
+
+func (p *punchFilter) ReadFrom(b []byte) (int, net.Addr, error) {
+	for {
+		n, from, err := p.PacketConn.ReadFrom(b)
+		if err != nil {
+			return n, from, err
+		}
+		if wire.Classify(b[:n]) == wire.KindX {
+			if ua, ok := from.(*net.UDPAddr); ok && p.msg.Decode(b[:n]) == nil && p.msg.Type.Method == wire.MethodPunch {
+				ap := ua.AddrPort()
+				p.route(&p.msg, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+			}
+			continue
+		}
+		return n, from, nil
+	}
+}
+
+// openConn opens the connection's stream on a new QUIC connection and
+// sends the preamble (node.go).
+func openConn(ctx context.Context, qc *quic.Conn, peer wire.ID, rtt time.Duration) (*Conn, error) {
+	st, err := qc.OpenStreamSync(ctx)
+	if err == nil {
+		_, err = st.Write(preamble[:])
+	}
+	if err != nil {
+		qc.CloseWithError(0, "")
+		return nil, fmt.Errorf("ewf: open stream to %s: %w", qc.RemoteAddr(), err)
+	}
+	return newQUICConn(qc, st, peer, rtt), nil
+}
+
+// settlePath is called for every connection made on the node's own
+// socket: it marks c as relayed when its remote address is a relayed
+// address the peer signalled (a relayed path all the same), and otherwise
+// ends the relayed endpoint made for the peer, which a direct connection
+// does not need.
+func (n *Node) settlePath(c *Conn) {
+	n.viaPeerRelay(c)
+	if c.path != PathDirect {
+		return
+	}
+	n.mu.Lock()
+	rp := n.relays[c.peer]
+	n.mu.Unlock()
+	if rp != nil {
+		n.wg.Add(1)
+		go func() { defer n.wg.Done(); rp.close(false) }()
+	}
+}
+
+func (n *Node) viaPeerRelay(c *Conn) {
+	ua, ok := c.RemoteAddr().(*net.UDPAddr)
+	if !ok {
+		return
+	}
+	ap := ua.AddrPort()
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	for _, r := range n.PeerRelayed(c.peer) {
+		if r == ap {
+			c.path, c.relay = PathRelay, r
+		}
+	}
+}
+
+// dialFallback is Dial's relayed path after the direct attempt ended with
+// derr: over this node's relayed endpoint, if it has one.
+func (n *Node) dialFallback(ctx context.Context, rp *relayPath, derr error) (*Conn, error) {
+	if rp == nil || !errors.Is(derr, ErrNoDirectPath) {
+		return nil, derr
+	}
+	path, rtt, err := rp.wait(ctx)
+	if err != nil {
+		rp.close(true)
+		return nil, fmt.Errorf("%w; no relayed path either: %w", derr, err)
+	}
+	c, err := rp.dial(ctx, path, rtt)
+	if err != nil {
+		rp.close(true)
+		return nil, err
+	}
+	n.log.Debug("relayed", "peer", rp.peer, "relayed", c.relay, "path", path)
+	return c, nil
+}

@@ -1,0 +1,165 @@
+package ewf_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/ewf-project/ewf"
+	"github.com/ewf-project/ewf/server"
+	"github.com/ewf-project/ewf/server/relay"
+)
+
+// startRelayServer runs ewfd with its embedded relay on loopback. The
+// relay must allow loopback peers here: both relayed endpoints are on
+// 127.0.0.1.
+func startRelayServer(t *testing.T) (string, *server.Daemon) {
+	t.Helper()
+	d, err := server.Start(server.Config{
+		Listen: []string{"127.0.0.1:0"}, DataDir: t.TempDir(),
+		Relay: server.RelayConfig{Embedded: &relay.Config{
+			Listen:   "127.0.0.1:0",
+			RelayIPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
+			PortMin:  26000, PortMax: 26999,
+			Policy: relay.Policy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}},
+		}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d.Addrs()[0].String(), d
+}
+
+// TestRelayedConnection: with Relay always on the dialer, both ends get a
+// connection through ewfd's relay, say so (Path, Relay), and carry 256 KiB
+// each way intact; the relay counted the bytes, so they did go through it.
+func TestRelayedConnection(t *testing.T) {
+	srv, d := startRelayServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l, err := ewf.Listen(ctx, config(t, srv, "listener"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	cfg := config(t, srv, "dialer")
+	cfg.Relay = ewf.RelayAlways
+	dc, err := ewf.Dial(ctx, cfg, l.ID())
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	defer dc.Close()
+	ac, err := l.AcceptContext(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ac.Close()
+	for name, c := range map[string]*ewf.Conn{"dialer": dc, "acceptor": ac} {
+		r, ok := c.Relay()
+		if c.Path() != ewf.PathRelay || !ok || r.Addr() != netip.MustParseAddr("127.0.0.1") || r.Port() < 26000 || r.Port() > 26999 {
+			t.Errorf("%s: path %s relay %v", name, c.Path(), r)
+		}
+	}
+	const size = 256 << 10
+	a, b := randomBytes(t, size), randomBytes(t, size)
+	errc := make(chan error, 2)
+	send := func(c *ewf.Conn, p []byte) {
+		_, err := c.Write(p)
+		if err == nil {
+			err = c.CloseWrite()
+		}
+		errc <- err
+	}
+	go send(dc, a)
+	go send(ac, b)
+	gotA, gotB := readAll(t, ac), readAll(t, dc)
+	for range 2 {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if sha256.Sum256(gotA) != sha256.Sum256(a) || sha256.Sum256(gotB) != sha256.Sum256(b) {
+		t.Fatal("relayed bytes differ")
+	}
+	if got := counter(t, d, "ewfd_relay_bytes_total", "to_peer"); got < 2*size {
+		t.Fatalf("the relay sent %v bytes to peers, want at least %d", got, 2*size)
+	}
+}
+
+// TestRelayNeverKeepsNoDirectPath: the direct attempt that finds no path
+// (the listener is gone) ends in ErrNoDirectPath with Relay never; the
+// relay is not asked for.
+func TestRelayNeverKeepsNoDirectPath(t *testing.T) {
+	srv, d := startRelayServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	lcfg := config(t, srv, "listener")
+	l, err := ewf.Listen(ctx, lcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := l.ID()
+	// The listener's binding stays for its TTL, but nobody punches back.
+	l.Close()
+	cfg := config(t, srv, "dialer")
+	cfg.Relay = ewf.RelayNever
+	cfg.PunchTimeout = time.Second
+	_, err = ewf.Dial(ctx, cfg, id)
+	if !errors.Is(err, ewf.ErrNoDirectPath) {
+		t.Fatalf("Dial = %v, want ErrNoDirectPath", err)
+	}
+	if got := counter(t, d, "ewfd_requests_total", "relay"); got != 0 {
+		t.Fatalf("%v RELAY requests with Relay never", got)
+	}
+}
+
+// counter sums the series of metric name that have a label of value v.
+func counter(t *testing.T, d *server.Daemon, name, v string) float64 {
+	t.Helper()
+	mfs, err := d.Server().Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetValue() == v && m.Counter != nil {
+					sum += m.Counter.GetValue()
+				}
+			}
+		}
+	}
+	return sum
+}
+
+// TestFallbackPrefersDirect: with the default (fallback) and a relay on
+// offer, a pair that can punch connects directly, and both sides give
+// their allocations back.
+func TestFallbackPrefersDirect(t *testing.T) {
+	srv, d := startRelayServer(t)
+	_, dc, ac := connectPair(t, srv, ewf.TransportUDP)
+	if dc.Path() != ewf.PathDirect || ac.Path() != ewf.PathDirect {
+		t.Fatalf("paths %s / %s, want direct", dc.Path(), ac.Path())
+	}
+	if _, ok := dc.Relay(); ok {
+		t.Fatal("a direct connection reports a relay")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for d.Relay().Allocations() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d allocations left after a direct connection", d.Relay().Allocations())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := counter(t, d, "ewfd_requests_total", "relay"); got != 2 {
+		t.Fatalf("%v RELAY requests, want 2: both sides ready a relay while punching", got)
+	}
+}
