@@ -93,7 +93,7 @@ func TestSockConnRoutes(t *testing.T) {
 	}
 	for i, b := range got {
 		if !bytes.Equal(b, quic(byte(i+1))) {
-			t.Errorf("QUIC datagram %d: got % x..., want % x...", i, b[:4], quic(byte(i+1))[:4])
+			t.Errorf("QUIC datagram %d: got % x..., want % x...", i, b[:4], quic(byte(i + 1))[:4])
 		}
 	}
 	if len(toServer) != 2 || !bytes.Equal(toServer[0], stun) || !bytes.Equal(toServer[1], xmsg(wire.MethodRegister)) {

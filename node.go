@@ -27,7 +27,9 @@ type Node struct {
 	cfg     Config
 	log     *slog.Logger
 	self    wire.ID
-	key     wire.Key
+	keyMu   sync.Mutex
+	key     wire.Key         // changes when the node registers again: read with currentKey
+	ident   string           // the identity file's path
 	server  netip.AddrPort   // the first of servers
 	servers []netip.AddrPort // Config.Server, resolved (failover.go)
 	srvIdx  atomic.Int32     // index of the current one, modulo len(servers)
@@ -155,6 +157,7 @@ func (n *Node) start(ctx context.Context) error {
 		}
 		path = p
 	}
+	n.ident = path
 	register := func(ctx context.Context, id wire.ID) (wire.Key, error) {
 		return n.rc.Register(ctx, id)
 	}
@@ -191,10 +194,7 @@ func (n *Node) start(ctx context.Context) error {
 
 	n.bound = true
 	n.wg.Add(2)
-	go func() {
-		defer n.wg.Done()
-		n.keep(n.rc, wire.TransportUDP, func(a netip.AddrPort) { n.public.Store(a); n.checkNAT() })
-	}()
+	go n.keepUDP()
 	go n.acceptQUIC()
 	n.checkNAT()
 
@@ -247,13 +247,78 @@ func (n *Node) bindUDP(ctx context.Context, ident *client.Identity, path string,
 	return rekeyed, nil
 }
 
-// keep refreshes a binding until the node closes or the binding is lost.
-func (n *Node) keep(rc *client.Client, tr wire.Transport, onChange func(netip.AddrPort)) {
+// keepUDP holds the UDP binding until the node closes. The refresh itself
+// rides out a server that does not answer for a while (a restart) and
+// binds a changed public address (a NAT rebinding, a new network). What
+// it cannot do alone is bind an ID the server no longer knows (the
+// registration expired while the host was away, or the server lost its
+// data): then the node registers the same ID again, which the server
+// allows once the ID is gone, and keeps the new KEY.
+func (n *Node) keepUDP() {
+	defer n.wg.Done()
+	backoff := time.Second
+	for {
+		err := n.keep(n.rc, wire.TransportUDP, func(a netip.AddrPort) { n.public.Store(a); n.checkNAT() })
+		if errors.Is(err, client.ErrNotRegistered) {
+			err = n.registerAgain(n.ctx)
+			if err == nil {
+				n.log.Warn("registration was gone; registered the same ID again", "id", n.self)
+				backoff = time.Second
+				continue
+			}
+			n.log.Warn("registering again failed", "err", err)
+		}
+		// Anything else (a KEY the server refuses): try again, slowly.
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Minute)
+	}
+}
+
+// registerAgain registers the node's ID again under a new KEY and saves
+// the KEY in the identity file.
+func (n *Node) registerAgain(ctx context.Context) error {
+	ident, err := client.LoadIdentity(n.ident)
+	if err != nil {
+		return err
+	}
+	if ident.ID != n.self {
+		return fmt.Errorf("ewf: identity file %s now holds ID %s, not %s", n.ident, ident.ID, n.self)
+	}
+	delete(ident.Keys, n.cfg.Server)
+	if err := ident.Save(n.ident); err != nil {
+		return err
+	}
+	ident, err = client.EnsureRegistered(ctx, n.ident, n.cfg.Server, func(ctx context.Context, id wire.ID) (wire.Key, error) {
+		return n.rc.Register(ctx, id)
+	})
+	if err != nil {
+		return serverErr(err)
+	}
+	n.keyMu.Lock()
+	n.key = ident.Keys[n.cfg.Server]
+	n.keyMu.Unlock()
+	return nil
+}
+
+// currentKey is the node's KEY at the server.
+func (n *Node) currentKey() wire.Key {
+	n.keyMu.Lock()
+	defer n.keyMu.Unlock()
+	return n.key
+}
+
+// keep refreshes a binding until the node closes or the binding is lost,
+// and returns why it ended.
+func (n *Node) keep(rc *client.Client, tr wire.Transport, onChange func(netip.AddrPort)) error {
 	interval := n.cfg.KeepaliveInterval
 	if interval == nil {
 		interval = client.DefaultKeepInterval
 	}
-	err := rc.Keep(n.ctx, n.self, n.key, tr, interval, func(a netip.AddrPort) {
+	err := rc.Keep(n.ctx, n.self, n.currentKey(), tr, interval, func(a netip.AddrPort) {
 		n.log.Debug("public address", "transport", tr.String(), "addr", a)
 		onChange(a)
 	}, func(err error) {
@@ -265,6 +330,7 @@ func (n *Node) keep(rc *client.Client, tr wire.Transport, onChange func(netip.Ad
 	if err != nil && n.ctx.Err() == nil {
 		n.log.Warn("binding lost", "transport", tr.String(), "err", err)
 	}
+	return err
 }
 
 // keepTCP holds the TCP binding until the node closes. Unlike UDP, the
@@ -281,7 +347,7 @@ func (n *Node) keepTCP(t *tcpSide) {
 			case <-time.After(backoff):
 			}
 			srv := n.currentServer()
-			nt, err := n.bindTCP(n.ctx, n.self, n.key)
+			nt, err := n.bindTCP(n.ctx, n.self, n.currentKey())
 			if err != nil {
 				n.log.Debug("TCP binding again", "err", err)
 				if n.failover(srv, err, true) {
@@ -361,7 +427,7 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 	if tr == TransportTCP && n.tcp.Load() == nil {
 		return nil, errors.New("ewf: TCP dial needs Config.EnableTCP")
 	}
-	in, err := n.rc.Introduce(ctx, n.self, n.key, peer, n.candidates())
+	in, err := n.rc.Introduce(ctx, n.self, n.currentKey(), peer, n.candidates())
 	if err != nil {
 		return nil, peerErr(err)
 	}

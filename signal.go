@@ -134,7 +134,7 @@ func (n *Node) signal(ctx context.Context, peer wire.ID, secret wire.Secret, rel
 	if c, ok := n.NAT(); ok && c.Known() {
 		sig.NATClass, sig.HasNAT = c.Wire(), true
 	}
-	return n.rc.Signal(ctx, n.self, n.key, peer, secret, sig)
+	return n.rc.Signal(ctx, n.self, n.currentKey(), peer, secret, sig)
 }
 
 // SignalRelayed tells peer, through the server, this node's candidates
