@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"github.com/ewf-project/ewf/client"
 )
@@ -70,4 +71,30 @@ func (n *Node) failover(from netip.AddrPort, err error, always bool) bool {
 		n.log.Warn("server not answering; moving to the next", "from", from, "to", n.currentServer(), "err", err)
 	}
 	return true
+}
+
+// adoptListKey lets an identity registered at one server keep its ID when
+// Config.Server becomes a list that includes that server: the servers of a
+// list share one store, so the KEY saved for the entry is the KEY for the
+// list. Without it the list, having no KEY of its own, would register the
+// ID again and be refused (ID conflict). Nothing happens for a single
+// server, a list that has a KEY already, or a missing file.
+func adoptListKey(path, spec string) error {
+	if !strings.Contains(spec, ",") {
+		return nil
+	}
+	id, err := client.LoadIdentity(path)
+	if err != nil {
+		return nil // EnsureRegistered reports what is wrong with the file
+	}
+	if _, ok := id.Keys[spec]; ok {
+		return nil
+	}
+	for _, e := range strings.Split(spec, ",") {
+		if k, ok := id.Keys[strings.TrimSpace(e)]; ok {
+			id.Keys[spec] = k
+			return id.Save(path)
+		}
+	}
+	return nil
 }

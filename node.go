@@ -161,6 +161,9 @@ func (n *Node) start(ctx context.Context) error {
 	register := func(ctx context.Context, id wire.ID) (wire.Key, error) {
 		return n.rc.Register(ctx, id)
 	}
+	if err := adoptListKey(path, n.cfg.Server); err != nil {
+		return err
+	}
 	ident, err := client.EnsureRegistered(ctx, path, n.cfg.Server, register)
 	if err != nil {
 		return serverErr(err)

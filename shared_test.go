@@ -182,3 +182,29 @@ func TestFailoverToAnotherServer(t *testing.T) {
 	dial(ewf.TransportTCP, killed.Add(bound+3*time.Second))
 	t.Logf("TCP: reachable again %v after its server stopped", time.Since(killed).Round(time.Millisecond))
 }
+
+// An identity registered at one server keeps its ID when the node is given
+// a list that includes that server (they share the store, so the KEY is
+// the same): no second REGISTER, no ID conflict.
+func TestIdentityKeptWhenServerBecomesAList(t *testing.T) {
+	r := redistest.Start(t, redistest.Options{})
+	srv, _ := startSharedServers(t, r.URL(), 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg := config(t, srv[1], "node")
+	n1, err := ewf.Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := n1.ID()
+	n1.Close()
+	cfg.Server = srv[0] + "," + srv[1]
+	n2, err := ewf.Open(ctx, cfg)
+	if err != nil {
+		t.Fatalf("the same identity with a list of servers: %v", err)
+	}
+	defer n2.Close()
+	if n2.ID() != id {
+		t.Fatalf("ID changed from %s to %s", id, n2.ID())
+	}
+}

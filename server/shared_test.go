@@ -3,12 +3,15 @@ package server_test
 import (
 	"context"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ewf-project/ewf/internal/loadgen"
 	"github.com/ewf-project/ewf/internal/redistest"
 	"github.com/ewf-project/ewf/server"
+	"github.com/ewf-project/ewf/store"
+	"github.com/ewf-project/ewf/store/bolt"
 	"github.com/ewf-project/ewf/wire"
 )
 
@@ -331,4 +334,63 @@ func counterValue(t *testing.T, d *server.Daemon, name, label string) float64 {
 		}
 	}
 	return 0
+}
+
+// sharedStub is a real bolt store presented as a store.Shared whose sharing
+// does nothing but count: the allocation test below then measures the
+// Handler with its shared-store hooks on, without a Redis client's
+// background writers allocating in the same measurement.
+type sharedStub struct {
+	*bolt.Store
+	puts atomic.Int64
+}
+
+func (s *sharedStub) Fetch(context.Context, store.ID) (store.Key, bool, error) {
+	return store.Key{}, false, store.ErrUnavailable
+}
+func (s *sharedStub) PutBinding(store.ID, int, store.Binding, time.Duration) bool {
+	s.puts.Add(1)
+	return true
+}
+func (s *sharedStub) Bindings(context.Context, store.ID) ([2]store.Binding, [2]bool, error) {
+	return [2]store.Binding{}, [2]bool{}, store.ErrUnavailable
+}
+func (s *sharedStub) Send(context.Context, string, []byte) (bool, error) { return false, nil }
+func (s *sharedStub) Listen(string, func([]byte)) error                  { return nil }
+
+// With a shared store, what a server answers from memory (a cached KEY, a
+// binding made on it) still allocates nothing: sharing the binding is a
+// channel send.
+func TestSharedHotPathDoesNotAllocate(t *testing.T) {
+	st := &sharedStub{Store: openStore(t, bolt.Options{})}
+	srv, err := server.New(st, server.Config{Rate: 1e12})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if srv.Name() == "" {
+		t.Fatal("a Server on a store.Shared has no name")
+	}
+	h := srv.NewHandler(wire.TransportUDP, discard{})
+	id := newID()
+	var key wire.Key
+	key[0] = 7
+	if err := registerSync(st.Store, id, key); err != nil {
+		t.Fatal(err)
+	}
+	src := netip.MustParseAddrPort("192.0.2.1:4000")
+	bind := bindReq(id, key, wire.TransportUDP, src).AppendTo(nil)
+	query := queryReq(id).AppendTo(nil)
+	now := time.Now()
+	out := make([]byte, 0, wire.MaxMessageSize)
+	for _, req := range [][]byte{bind, query} {
+		if len(h.Handle(now, req, src, out[:0])) == 0 {
+			t.Fatal("no answer")
+		}
+		if n := testing.AllocsPerRun(1000, func() { h.Handle(now, req, src, out[:0]) }); n != 0 {
+			t.Errorf("%v allocations per request, want 0", n)
+		}
+	}
+	if st.puts.Load() < 1000 {
+		t.Errorf("%d bindings shared for 1000+ BINDs", st.puts.Load())
+	}
 }

@@ -5,8 +5,8 @@
 // What lives where in Redis (IDs as their 16 raw bytes):
 //
 //	ewf:r:<id>    the KEY (16 bytes), TTL = registration idle time (+ touch resolution)
-//	ewf:b0:<id>   the UDP binding, TTL = binding TTL: addr(16) port(2) flags(1) via(1) server-name
-//	ewf:b1:<id>   the TCP binding, likewise
+//	ewf:b0:{<id>} the UDP binding, TTL = binding TTL: addr(16) port(2) flags(1) via(1) server-name
+//	ewf:b1:{<id>} the TCP binding, likewise (one hash tag: one cluster node)
 //	ewf:s:<name>  the sharded pub/sub channel (SPUBLISH/SSUBSCRIBE) of server <name>
 //
 // Writes. A Register is queued and written by one of a few committer
@@ -319,8 +319,12 @@ func redactURL(u string) string {
 
 func regKey(id store.ID) string { return prefixReg + string(id[:]) }
 
+// bindKey puts the ID in a hash tag, so that in a cluster both transports'
+// bindings of one ID live on one node and Bindings reads them in one round
+// trip to one node. (An ID whose first byte is '}' makes an empty tag; its
+// two keys may then live on two nodes, which costs only speed.)
 func bindKey(id store.ID, tr int) string {
-	return prefixBinding + strconv.Itoa(tr) + ":" + string(id[:])
+	return prefixBinding + strconv.Itoa(tr) + ":{" + string(id[:]) + "}"
 }
 
 func (s *Store) shard(id *store.ID) *cacheShard {
