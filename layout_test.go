@@ -21,8 +21,12 @@ func TestLayout(t *testing.T) {
 		mod + "/relayclient": {mod + "/server", mod + "/store", mod + "/punch", mod + "/client", mod + "/internal"},
 		// the classifier owns no socket and knows no server or client
 		mod + "/natdisco": {mod + "/server", mod + "/client", mod + "/punch", mod + "/store", mod + "/internal"},
-		mod + "/server":   {mod + "/client", mod + "/punch", mod + "/internal/natlab", mod + "/internal/loadgen"},
-		mod:               {mod + "/server", mod + "/store", mod + "/internal"}, // the public API holds no server
+		// the multiplexer stands on nothing of ours
+		mod + "/streammux": {mod + "/"},
+		// forwarding stands on the public API only
+		mod + "/forward": {mod + "/server", mod + "/client", mod + "/punch", mod + "/store", mod + "/internal", mod + "/relayclient"},
+		mod + "/server":  {mod + "/client", mod + "/punch", mod + "/internal/natlab", mod + "/internal/loadgen"},
+		mod:              {mod + "/server", mod + "/store", mod + "/internal"}, // the public API holds no server
 	}
 	out, err := exec.Command("go", "list", "-json=ImportPath,Imports", "./...").Output()
 	if err != nil {
