@@ -7,6 +7,8 @@
 //	ewf query   --server HOST:PORT PEERID  print a peer's bound addresses
 //	ewf listen  --server HOST:PORT         wait for one peer, then pipe stdin/stdout
 //	ewf connect --server HOST:PORT PEERID  connect to a peer, then pipe stdin/stdout
+//	ewf listen  --expose [LABEL=]tcp:HOST:PORT ...       offer local services to peers
+//	ewf connect --forward HOST:PORT[=LABEL] ... PEERID   reach them from local ports
 //	ewf demo                               run a server and two peers on loopback
 //	ewf bench   --server HOST:PORT         load-test a server
 //
@@ -15,6 +17,15 @@
 //	ready id=<32 hex> public=<ip:port>
 //	connected peer=<32 hex> transport=<udp|tcp> path=<direct|relay> [relay=<ip:port>] remote=<ip:port> rtt_ms=<n>
 //	error reason=<word> msg="..."
+//
+// Forwarding adds:
+//
+//	expose label=<label|-> target=<host:port> proto=<tcp|udp>        (listener, per service)
+//	forward local=<host:port> label=<label|-> proto=<tcp|udp>        (connector, per local port)
+//	refused local=<host:port> label=<l> reason=<refused|no-service|unsupported|no-answer> msg="..."
+//	refused peer=<32 hex> label=<l> target=<host:port> reason=<word> msg="..."   (listener)
+//	flow peer=<32 hex> label=<l> target=<host:port> proto=udp       (listener, per UDP flow)
+//	disconnected peer=<32 hex> reason=<word> msg="..."              (listener; it goes on serving)
 package main
 
 import (
@@ -39,6 +50,8 @@ Usage:
   ewf query   --server HOST:PORT PEERID              print a peer's bound addresses
   ewf listen  --server HOST:PORT [--identity FILE]   wait for a peer, pipe stdin/stdout
   ewf connect --server HOST:PORT [--identity FILE] [--transport udp|tcp] PEERID
+  ewf listen  --server HOST:PORT --expose [LABEL=][tcp:|udp:]HOST:PORT ...   offer services
+  ewf connect --server HOST:PORT --forward [tcp:|udp:]HOST:PORT[=LABEL] ... PEERID
   ewf demo                                           see it work on loopback
   ewf bench   --server HOST:PORT [--mode stun|bind|query]   load-test a server
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ewf-project/ewf"
 	"github.com/ewf-project/ewf/client"
+	"github.com/ewf-project/ewf/forward"
 	"github.com/ewf-project/ewf/wire"
 )
 
@@ -21,6 +22,7 @@ type common struct {
 	identity string
 	punch    time.Duration
 	relay    string
+	idle     time.Duration
 	verbose  bool
 }
 
@@ -30,6 +32,7 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.punch, "punch-timeout", 10*time.Second, "give up hole punching towards one peer after this `duration`")
 	fs.StringVar(&c.relay, "relay", string(ewf.RelayFallback),
 		"use the server's TURN relay: `fallback` (when no direct path), always, or never")
+	fs.DurationVar(&c.idle, "idle-timeout", 60*time.Second, "end a connection when nothing arrived from the peer for this `duration`")
 	fs.BoolVar(&c.verbose, "v", false, "log debug detail to stderr")
 }
 
@@ -46,7 +49,7 @@ func (c *common) check() error {
 }
 
 func (c *common) config() ewf.Config {
-	cfg := ewf.Config{Server: c.server, IdentityFile: c.identity, PunchTimeout: c.punch, Relay: ewf.RelayMode(c.relay)}
+	cfg := ewf.Config{Server: c.server, IdentityFile: c.identity, PunchTimeout: c.punch, Relay: ewf.RelayMode(c.relay), IdleTimeout: c.idle}
 	if c.verbose {
 		cfg.Logger = debugLogger()
 	}
@@ -163,6 +166,7 @@ func runListen(ctx context.Context, args []string) error {
 	var c common
 	c.register(fs)
 	timeout := fs.Duration("timeout", 0, "give up if no peer connected within this `duration` (0: wait forever)")
+	exposes := exposeFlag(fs)
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
@@ -181,6 +185,9 @@ func runListen(ctx context.Context, args []string) error {
 		actx, cancel = context.WithTimeout(ctx, *timeout)
 		defer cancel()
 	}
+	if len(*exposes) > 0 {
+		return serveExposed(ctx, actx, l, *exposes)
+	}
 	conn, err := l.AcceptContext(actx)
 	if err != nil {
 		return err
@@ -195,11 +202,15 @@ func runConnect(ctx context.Context, args []string) error {
 	c.register(fs)
 	transport := fs.String("transport", "udp", "`udp` (QUIC over a punched UDP path) or tcp (TLS over TCP simultaneous open)")
 	timeout := fs.Duration("timeout", 30*time.Second, "give up on connecting after this `duration`")
+	forwards := forwardFlag(fs)
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
 	}
 	if err := c.check(); err != nil {
+		return err
+	}
+	if err := checkForwards(*forwards, ewf.Transport(*transport)); err != nil {
 		return err
 	}
 	peer, err := peerArg("connect", pos)
@@ -224,6 +235,9 @@ func runConnect(ctx context.Context, args []string) error {
 		return err
 	}
 	connected(conn)
+	if len(*forwards) > 0 {
+		return runForwards(ctx, conn, *forwards)
+	}
 	return pipe(conn, os.Stdin, os.Stdout)
 }
 
@@ -254,6 +268,12 @@ func reasonWord(err error) string {
 		return "peer-auth"
 	case errors.Is(err, client.ErrCorruptIdentity):
 		return "identity"
+	case errors.Is(err, ewf.ErrIdleTimeout):
+		return "idle-timeout"
+	case errors.Is(err, ewf.ErrPeerClosed):
+		return "peer-closed"
+	case errors.Is(err, forward.ErrUDPNeedsQUIC):
+		return "unsupported"
 	case errors.Is(err, context.DeadlineExceeded):
 		return "timeout"
 	case errors.Is(err, context.Canceled):
