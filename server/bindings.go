@@ -72,18 +72,21 @@ func (b *bindings) locate(id *wire.ID) (*bindShard, uint64) {
 	return &b.shards[h&(bindShards-1)], h
 }
 
-// set binds id's transport tr to ap until exp.
-func (b *bindings) set(id *wire.ID, tr wire.Transport, ap netip.AddrPort, via uint8, exp uint32) {
+// set binds id's transport tr to ap until exp and returns the slot it
+// replaced (not valid if there was none; possibly expired).
+func (b *bindings) set(id *wire.ID, tr wire.Transport, ap netip.AddrPort, via uint8, exp uint32) (old bindSlot) {
 	s := bindSlot{ip: ap.Addr().As16(), port: ap.Port(), flags: slotValid, via: via, exp: exp}
 	if ap.Addr().Is4() {
 		s.flags |= slotIs4
 	}
 	sh, h := b.locate(id)
 	sh.mu.Lock()
-	if sh.t[tr].put(id, h, s) {
+	old, isNew := sh.t[tr].put(id, h, s)
+	if isNew {
 		b.live[tr].Add(1)
 	}
 	sh.mu.Unlock()
+	return old
 }
 
 // get returns id's bindings alive at now, and how many there are.
@@ -190,12 +193,14 @@ func (t *bindTable) get(id *wire.ID, h uint64) (bindSlot, bool) {
 	return t.recs[i].s, ok
 }
 
-// put stores s for id and reports whether id was new.
-func (t *bindTable) put(id *wire.ID, h uint64, s bindSlot) bool {
+// put stores s for id and reports whether id was new, and if not, the
+// slot it replaced.
+func (t *bindTable) put(id *wire.ID, h uint64, s bindSlot) (old bindSlot, isNew bool) {
 	i, ok := t.find(id, h)
 	if ok {
+		old = t.recs[i].s
 		t.recs[i].s = s
-		return false
+		return old, false
 	}
 	if float64(t.used+1) > bindMaxLoad*float64(len(t.recs)) {
 		t.resize(int(float64(len(t.recs)) * bindGrowBy))
@@ -203,7 +208,7 @@ func (t *bindTable) put(id *wire.ID, h uint64, s bindSlot) bool {
 	}
 	t.recs[i] = bindRec{id: *id, s: s}
 	t.used++
-	return true
+	return old, true
 }
 
 // resize moves every record into a new array of n records.

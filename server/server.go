@@ -389,8 +389,8 @@ func (h *Handler) bindReq(src netip.AddrPort, now time.Time, sec uint32, out []b
 	if a := m.Addresses[0]; a.Transport != h.tr || a.AddrPort != src {
 		return h.fail(out, kindBind, wire.ReasonAddressMismatch)
 	}
-	s.bind.set(&m.ID, h.tr, src, h.via, sec+s.ttl)
-	h.shareBinding(&m.ID, src)
+	old := s.bind.set(&m.ID, h.tr, src, h.via, sec+s.ttl)
+	h.shareBinding(&m.ID, src, &old, sec)
 	s.st.Touch(m.ID, now)
 	s.met.count(kindBind, outOK)
 	return h.finish(h.success(), out)

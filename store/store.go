@@ -151,6 +151,12 @@ type Shared interface {
 	// client's next refresh tries again.
 	PutBinding(id ID, tr int, b Binding, ttl time.Duration) bool
 
+	// LastFailure is the last time a binding was not shared (queue full,
+	// backend down, a batch that failed), zero if never. The server
+	// writes a binding again at its next BIND if that BIND's predecessor
+	// came before it, since its write may be lost. It does not allocate.
+	LastFailure() time.Time
+
 	// Bindings reads id's live shared bindings, by transport. It blocks.
 	Bindings(ctx context.Context, id ID) (b [2]Binding, ok [2]bool, err error)
 

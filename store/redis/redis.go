@@ -148,10 +148,11 @@ type Store struct {
 	opts    Options
 	log     *slog.Logger
 
-	cache  [cacheShards]cacheShard
-	clock  atomic.Int64 // unix seconds, for Lookup, which gets no now
-	down   atomic.Bool
-	queued atomic.Int64 // registrations queued or being written
+	cache    [cacheShards]cacheShard
+	clock    atomic.Int64 // unix seconds, for Lookup, which gets no now
+	down     atomic.Bool
+	queued   atomic.Int64 // registrations queued or being written
+	lastFail atomic.Int64 // unix ns of the last binding not shared (LastFailure)
 
 	closeMu sync.RWMutex
 	closed  bool
@@ -451,16 +452,29 @@ func (s *Store) Fetch(ctx context.Context, id store.ID) (store.Key, bool, error)
 // PutBinding queues a binding write; see store.Shared.
 func (s *Store) PutBinding(id store.ID, tr int, b store.Binding, ttl time.Duration) bool {
 	if s.down.Load() {
-		s.stats.bindsDropped.Add(1)
+		s.dropped(1)
 		return false
 	}
 	select {
 	case s.bindQ <- bindWrite{id: id, tr: tr, b: b, ttl: ttl}:
 		return true
 	default:
-		s.stats.bindsDropped.Add(1)
+		s.dropped(1)
 		return false
 	}
+}
+
+func (s *Store) dropped(n int) {
+	s.stats.bindsDropped.Add(uint64(n))
+	s.lastFail.Store(s.opts.Now().UnixNano())
+}
+
+// LastFailure is the last time a binding was not shared; see store.Shared.
+func (s *Store) LastFailure() time.Time {
+	if n := s.lastFail.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
 }
 
 // Bindings reads id's shared bindings in one round trip.
@@ -535,6 +549,7 @@ func (s *Store) failed(err error) error {
 	if errors.Is(err, context.Canceled) {
 		return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
 	}
+	s.lastFail.Store(s.opts.Now().UnixNano())
 	if s.down.CompareAndSwap(false, true) {
 		s.log.Error("redis unreachable: REGISTER answered \"try again later\", bindings not shared until it is back", "err", err)
 	}
@@ -670,7 +685,7 @@ func (s *Store) writeBindings() {
 			p.Set(ctx, bindKey(w.id, w.tr), string(buf), w.ttl)
 		}
 		if _, err := p.Exec(ctx); err != nil {
-			s.stats.bindsDropped.Add(uint64(len(batch)))
+			s.dropped(len(batch))
 			if !isReplyError(err) {
 				s.failed(err)
 			}
