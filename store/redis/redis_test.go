@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -258,5 +259,40 @@ func TestLookupNoAlloc(t *testing.T) {
 		s.Touch(id, now)
 	}); n != 0 {
 		t.Fatalf("Lookup+Touch: %v allocs", n)
+	}
+}
+
+// With wait=1 a REGISTER is acknowledged only once a replica has it: with
+// the replica up it succeeds and is on the replica; with the replica gone
+// it fails with ErrUnavailable (after WAIT's timeout), never with success.
+func TestWaitForReplica(t *testing.T) {
+	// No 5 s wait for more replicas before the first full sync.
+	master := redistest.Start(t, redistest.Options{AOF: true, Extra: []string{"--repl-diskless-sync-delay", "0"}})
+	replica := redistest.Start(t, redistest.Options{Extra: []string{"--replicaof", "127.0.0.1", strconv.Itoa(master.Port)}})
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		info, _ := master.Info("replication")
+		if strings.Contains(info, "connected_slaves:1") && strings.Contains(info, "state=online") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replica did not come online: %s", info)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s := open(t, master.URL()+"?wait=1", Options{})
+	d, err := s.Durability(context.Background())
+	if err != nil || d.Replicas != 1 || !strings.Contains(d.String(), "1 replica(s) (WAIT)") {
+		t.Fatalf("durability with wait=1: %v %q", err, d)
+	}
+	id, key := randID(), randID()
+	if err := store.RegisterSync(s, id, key, time.Now()); err != nil {
+		t.Fatalf("register with the replica up: %v", err)
+	}
+	if k, ok, err := open(t, replica.URL(), Options{}).Fetch(context.Background(), id); err != nil || !ok || k != key {
+		t.Fatalf("acknowledged registration not on the replica: %v %v", ok, err)
+	}
+	replica.Stop()
+	if err := store.RegisterSync(s, randID(), randID(), time.Now()); !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("register with the replica gone: %v, want ErrUnavailable", err)
 	}
 }
