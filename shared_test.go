@@ -1,9 +1,15 @@
 package ewf_test
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -126,14 +132,16 @@ func sharedEvents(t *testing.T, d *server.Daemon, event string) float64 {
 	return 0
 }
 
-// A listener given three servers binds at the first; when that ewfd stops,
-// the listener moves to the next by itself and a dialer at the third
-// reaches it again, over UDP and TCP, within its keepalive interval plus
-// the failover detection (a refresh given up after 5.5 s, failover.go).
-// The dead server is closed in-process: its sockets close as with kill -9.
+// A listener given three servers binds at the first, an ewfd in a process
+// of its own; when that process is killed (SIGKILL), the listener moves to
+// the next server by itself and a dialer at the third reaches it again,
+// over UDP and TCP, within its keepalive interval plus the failover
+// detection (a refresh given up after 5.5 s, failover.go).
 func TestFailoverToAnotherServer(t *testing.T) {
 	r := redistest.Start(t, redistest.Options{})
-	srv, ds := startSharedServers(t, r.URL(), 3)
+	first := startEwfdProcess(t, r.URL())
+	others, _ := startSharedServers(t, r.URL(), 2)
+	srv := append([]string{first.addr}, others...)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	const keepalive = 500 * time.Millisecond
@@ -171,9 +179,7 @@ func TestFailoverToAnotherServer(t *testing.T) {
 	dial(ewf.TransportUDP, time.Now().Add(5*time.Second))
 
 	killed := time.Now()
-	if err := ds[0].Close(); err != nil {
-		t.Fatal(err)
-	}
+	first.kill()
 	// The bound: one keepalive interval until the next refresh, 5.5 s until
 	// it is given up, 1 s of retry backoff, a second of slack.
 	bound := keepalive + 5500*time.Millisecond + time.Second + time.Second
@@ -207,4 +213,62 @@ func TestIdentityKeptWhenServerBecomesAList(t *testing.T) {
 	if n2.ID() != id {
 		t.Fatalf("ID changed from %s to %s", id, n2.ID())
 	}
+}
+
+// ewfdProcess is an ewfd in a child process: this test binary run as
+// TestHelperEwfd, so that it can be killed with SIGKILL like a real one.
+type ewfdProcess struct {
+	addr string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func startEwfdProcess(t *testing.T, storeURL string) *ewfdProcess {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperEwfd$")
+	cmd.Env = append(os.Environ(), "EWF_HELPER_EWFD="+storeURL)
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &ewfdProcess{cmd: cmd, done: make(chan struct{})}
+	t.Cleanup(p.kill)
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		if a, ok := strings.CutPrefix(sc.Text(), "ewfd-helper-addr "); ok {
+			p.addr = a
+			break
+		}
+	}
+	go func() { io.Copy(io.Discard, out); cmd.Wait(); close(p.done) }()
+	if p.addr == "" {
+		t.Fatal("the ewfd helper process did not report its address")
+	}
+	return p
+}
+
+// kill sends SIGKILL and waits for the process to be gone.
+func (p *ewfdProcess) kill() {
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
+// TestHelperEwfd is not a test: it is the ewfd of startEwfdProcess.
+func TestHelperEwfd(t *testing.T) {
+	url := os.Getenv("EWF_HELPER_EWFD")
+	if url == "" {
+		return
+	}
+	d, err := server.Start(server.Config{Listen: []string{"127.0.0.1:0"}, StoreURL: url})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ewfd helper:", err)
+		os.Exit(1)
+	}
+	fmt.Printf("ewfd-helper-addr %s\n", d.Addrs()[0])
+	select {} // until killed
 }
