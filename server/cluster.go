@@ -296,11 +296,9 @@ func (c *cluster) handle(h *Handler, j *job, out []byte) {
 		if m.IsIntroduction() {
 			err = c.prefetchIntro(ctx, h, sec)
 		} else {
+			// One round trip: the bindings, and the registration
+			// that tells "not registered" from "not bound".
 			err = c.fetchBindings(ctx, h, &m.ID)
-			if err == nil && h.rem.n == 1 && h.rem.e[0][0].flags|h.rem.e[0][1].flags == 0 {
-				// Not bound anywhere: tell "not registered" apart.
-				_, _, err = c.st.Fetch(ctx, store.ID(m.ID))
-			}
 		}
 	}
 	if err != nil {
@@ -331,24 +329,33 @@ func kindFor(m *wire.Message) reqKind {
 // prefetchIntro fills the cache with the KEYs an introduction (or a
 // SIGNAL) checks and reads the shared bindings of the target and the
 // querier that are not bound here.
+//
+// Bindings brings the ID's registration along, so the usual case (the
+// querier bound here, the target elsewhere) is one round trip.
 func (c *cluster) prefetchIntro(ctx context.Context, h *Handler, sec uint32) error {
 	m := &h.req
-	for _, id := range [2]wire.ID{m.SourceID, m.ID} {
+	var fetched [2]bool // registration read with the bindings: target, querier
+	if te, _ := c.s.bind.get(&m.ID, sec); !te[wire.TransportUDP].valid() {
+		if err := c.fetchBindings(ctx, h, &m.ID); err != nil {
+			return err
+		}
+		fetched[0] = true
+	}
+	if _, qn := c.s.bind.get(&m.SourceID, sec); qn == 0 {
+		if err := c.fetchBindings(ctx, h, &m.SourceID); err != nil {
+			return err
+		}
+		fetched[1] = true
+	}
+	for i, id := range [2]wire.ID{m.ID, m.SourceID} {
+		if fetched[i] {
+			continue
+		}
 		k, ok := c.st.Lookup(store.ID(id))
 		if ok && (id != m.SourceID || k == store.Key(m.Key)) {
 			continue
 		}
 		if _, _, err := c.st.Fetch(ctx, store.ID(id)); err != nil {
-			return err
-		}
-	}
-	if te, _ := c.s.bind.get(&m.ID, sec); !te[wire.TransportUDP].valid() {
-		if err := c.fetchBindings(ctx, h, &m.ID); err != nil {
-			return err
-		}
-	}
-	if _, qn := c.s.bind.get(&m.SourceID, sec); qn == 0 {
-		if err := c.fetchBindings(ctx, h, &m.SourceID); err != nil {
 			return err
 		}
 	}

@@ -157,7 +157,10 @@ type Shared interface {
 	// came before it, since its write may be lost. It does not allocate.
 	LastFailure() time.Time
 
-	// Bindings reads id's live shared bindings, by transport. It blocks.
+	// Bindings reads id's live shared bindings, by transport, and in the
+	// same round trip id's registration, refreshing the local cache as
+	// Fetch does (so that Lookup then tells "not registered" from "not
+	// bound"). It blocks.
 	Bindings(ctx context.Context, id ID) (b [2]Binding, ok [2]bool, err error)
 
 	// Send delivers msg to the server named to, if it listens (Listen).

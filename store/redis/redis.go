@@ -477,7 +477,8 @@ func (s *Store) LastFailure() time.Time {
 	return time.Time{}
 }
 
-// Bindings reads id's shared bindings in one round trip.
+// Bindings reads id's shared bindings and its registration in one
+// pipeline (in a cluster, the nodes are asked in parallel).
 func (s *Store) Bindings(ctx context.Context, id store.ID) ([2]store.Binding, [2]bool, error) {
 	var b [2]store.Binding
 	var ok [2]bool
@@ -486,8 +487,15 @@ func (s *Store) Bindings(ctx context.Context, id store.ID) ([2]store.Binding, [2
 	}
 	p := s.c.Pipeline()
 	cmds := [2]*goredis.StringCmd{p.Get(ctx, bindKey(id, 0)), p.Get(ctx, bindKey(id, 1))}
+	reg := p.Get(ctx, regKey(id))
 	if _, err := p.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
 		return b, ok, s.failed(err)
+	}
+	switch v, err := reg.Bytes(); {
+	case errors.Is(err, goredis.Nil):
+		s.forget(id)
+	case err == nil && len(v) == len(store.Key{}):
+		s.remember(id, store.Key(v))
 	}
 	for tr, c := range cmds {
 		v, err := c.Bytes()

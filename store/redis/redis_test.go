@@ -91,6 +91,14 @@ func testShared(t *testing.T, url string) {
 	if !have[0] || have[1] || got[0] != bd {
 		t.Fatalf("Bindings = %+v %v, want UDP %+v only", got, have, bd)
 	}
+	// Bindings brings the registration along into the cache.
+	c := open(t, url, Options{})
+	if _, _, err := c.Bindings(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if k, ok := c.Lookup(id); !ok || k != key {
+		t.Fatalf("after Bindings: Lookup = %x %v, want the KEY", k, ok)
+	}
 
 	// Messages reach the named server only while it listens.
 	recv := make(chan string, 1)
