@@ -55,6 +55,20 @@ type Config struct {
 	// "_ewf._udp.example.org": the node binds at the first that answers
 	// and moves to the next when it stops answering (failover.go).
 	Server string
+	// ServerTLS is the server's X-over-TLS address, "host:port" ("host"
+	// means port 5349), where REGISTER goes instead of over UDP, so that
+	// the KEY in its answer never crosses the network in clear
+	// (docs/PROTOCOL.md §19). Empty means REGISTER over UDP. When set,
+	// there is no fallback: a server that cannot be reached or verified
+	// over TLS is an error, because an attacker on the path could
+	// otherwise force the clear form. Everything else (BIND, QUERY)
+	// proves the KEY without sending it and needs no TLS.
+	ServerTLS string
+	// ServerCA is a PEM file of the certificate(s) that must have signed
+	// the TLS server's certificate (a private CA, or the self-signed
+	// certificate itself): it pins them and the system's roots are not
+	// used. Empty means the system's public roots.
+	ServerCA string
 	// IdentityFile keeps this host's ID and KEY between runs. Default:
 	// identity.json in the user's config directory, under ewf/.
 	IdentityFile string

@@ -158,9 +158,7 @@ func (n *Node) start(ctx context.Context) error {
 		path = p
 	}
 	n.ident = path
-	register := func(ctx context.Context, id wire.ID) (wire.Key, error) {
-		return n.rc.Register(ctx, id)
-	}
+	register := n.register // over TLS when Config.ServerTLS is set (servertls.go)
 	if err := adoptListKey(path, n.cfg.Server); err != nil {
 		return err
 	}
@@ -295,9 +293,7 @@ func (n *Node) registerAgain(ctx context.Context) error {
 	if err := ident.Save(n.ident); err != nil {
 		return err
 	}
-	ident, err = client.EnsureRegistered(ctx, n.ident, n.cfg.Server, func(ctx context.Context, id wire.ID) (wire.Key, error) {
-		return n.rc.Register(ctx, id)
-	})
+	ident, err = client.EnsureRegistered(ctx, n.ident, n.cfg.Server, n.register)
 	if err != nil {
 		return serverErr(err)
 	}

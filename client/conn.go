@@ -167,7 +167,7 @@ func DialTCP(ctx context.Context, server string, laddr netip.AddrPort, cfg Confi
 	return c, nil
 }
 
-func (c *Conn) readTCP(tc *net.TCPConn) {
+func (c *Conn) readTCP(tc net.Conn) {
 	defer c.wg.Done()
 	f := wire.NewFramer(tc)
 	for {

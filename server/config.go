@@ -108,6 +108,17 @@ type Config struct {
 	IntroRate  float64
 	IntroBurst int
 
+	// TLSCertFile and TLSKeyFile, PEM files, turn on X and STUN over TLS
+	// on TCP (docs/PROTOCOL.md §19), so that a client can REGISTER without
+	// its KEY crossing the network in clear. Both or neither. Used by
+	// Start only; a new certificate needs a restart.
+	TLSCertFile, TLSKeyFile string
+
+	// TLSListen lists the TCP addresses served over TLS. Nil means
+	// ":5349" (STUN's TLS port) when a certificate is set. Used by Start
+	// only.
+	TLSListen []string
+
 	// RequireIntegrity refuses BIND, introductions and every other request
 	// that carries a KEY in clear, with ReasonIntegrityRequired: clients
 	// must prove the KEY with TIMESTAMP and MAC instead (docs/PROTOCOL.md
@@ -222,6 +233,12 @@ func (c Config) populate() (Config, error) {
 	}
 	if c.UDPBatch > 1024 {
 		return c, fmt.Errorf("%w: UDPBatch must be at most 1024 (got %d)", errConfig, c.UDPBatch)
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		return c, fmt.Errorf("%w: TLSCertFile and TLSKeyFile go together", errConfig)
+	}
+	if c.TLSCertFile != "" && len(c.TLSListen) == 0 {
+		c.TLSListen = []string{fmt.Sprintf(":%d", DefaultTLSPort)}
 	}
 	if len(c.Listen) == 0 {
 		c.Listen = []string{fmt.Sprintf(":%d", DefaultPort)}

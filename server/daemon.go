@@ -39,6 +39,7 @@ type Daemon struct {
 	alt     *rfc5780 // nil unless Config.Alternate
 	udp     []*udpSocket
 	tcp     []*net.TCPListener
+	tlsLn   []*net.TCPListener // X over TLS (tls.go)
 	http    *http.Server
 	httpLn  net.Listener
 	relay   *relay.Relay
@@ -171,7 +172,10 @@ func (d *Daemon) start(cfg Config) error {
 	}
 	for _, ln := range d.tcp {
 		d.wg.Add(1)
-		go d.serveTCP(ln)
+		go d.serveTCP(ln, nil)
+	}
+	if err := d.startTLS(&cfg); err != nil {
+		return err
 	}
 	d.bgWG.Add(1)
 	go d.sweep()
@@ -386,6 +390,9 @@ func (d *Daemon) Close() error {
 	}
 	d.done = true
 	for _, ln := range d.tcp {
+		ln.Close()
+	}
+	for _, ln := range d.tlsLn {
 		ln.Close()
 	}
 	var err error

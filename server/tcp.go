@@ -1,6 +1,7 @@
 package server
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -18,7 +19,7 @@ import (
 // first one) writes so that the store's committer never waits on a socket.
 type tcpConn struct {
 	d      *Daemon
-	c      *net.TCPConn
+	c      net.Conn // *net.TCPConn, or *tls.Conn on a TLS listener (tls.go)
 	remote netip.AddrPort
 	key    [16]byte // per-IP accounting key
 
@@ -74,7 +75,8 @@ func (t *tcpConn) write(b []byte) error {
 }
 
 // serveTCP accepts connections until ln is closed.
-func (d *Daemon) serveTCP(ln *net.TCPListener) {
+// With tlsConf, every connection is served through TLS (tls.go).
+func (d *Daemon) serveTCP(ln *net.TCPListener, tlsConf *tls.Config) {
 	defer d.wg.Done()
 	var backoff time.Duration
 	for {
@@ -95,19 +97,24 @@ func (d *Daemon) serveTCP(ln *net.TCPListener) {
 			continue
 		}
 		backoff = 0
-		d.admit(c)
+		d.admit(c, tlsConf)
 	}
 }
 
 // admit starts serving c, or closes it at once if a connection cap is
 // reached.
-func (d *Daemon) admit(c *net.TCPConn) {
+func (d *Daemon) admit(c *net.TCPConn, tlsConf *tls.Config) {
 	var ra netip.AddrPort
 	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 		ra = a.AddrPort()
 	}
 	ra = netip.AddrPortFrom(ra.Addr().Unmap().WithZone(""), ra.Port())
 	t := &tcpConn{d: d, c: c, remote: ra, key: sourceKey(ra.Addr())}
+	if tlsConf != nil {
+		// The handshake runs on the first read, under the same idle
+		// deadline as a message.
+		t.c = tls.Server(c, tlsConf)
+	}
 	cfg := &d.srv.cfg
 	d.connMu.Lock()
 	switch {

@@ -18,16 +18,20 @@ import (
 
 // common holds the flags every networked command shares.
 type common struct {
-	server   string
-	identity string
-	punch    time.Duration
-	relay    string
-	idle     time.Duration
-	verbose  bool
+	server    string
+	serverTLS string
+	serverCA  string
+	identity  string
+	punch     time.Duration
+	relay     string
+	idle      time.Duration
+	verbose   bool
 }
 
 func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.server, "server", os.Getenv("EWF_SERVER"), "ewfd rendezvous server `HOST:PORT`; several sharing one store comma-separated, or a DNS SRV name like _ewf._udp.example.org (default $EWF_SERVER)")
+	fs.StringVar(&c.serverTLS, "server-tls", os.Getenv("EWF_SERVER_TLS"), "the server's X-over-TLS `HOST:PORT` (ewfd --tls-cert): REGISTER goes there, so its KEY is never in clear (default $EWF_SERVER_TLS)")
+	fs.StringVar(&c.serverCA, "server-ca", os.Getenv("EWF_SERVER_CA"), "PEM `FILE` of the CA or self-signed certificate to trust for --server-tls instead of the system roots (default $EWF_SERVER_CA)")
 	fs.StringVar(&c.identity, "identity", "", "identity `FILE` (default: ewf/identity.json in the user config directory)")
 	fs.DurationVar(&c.punch, "punch-timeout", 10*time.Second, "give up hole punching towards one peer after this `duration`")
 	fs.StringVar(&c.relay, "relay", string(ewf.RelayFallback),
@@ -49,7 +53,8 @@ func (c *common) check() error {
 }
 
 func (c *common) config() ewf.Config {
-	cfg := ewf.Config{Server: c.server, IdentityFile: c.identity, PunchTimeout: c.punch, Relay: ewf.RelayMode(c.relay), IdleTimeout: c.idle}
+	cfg := ewf.Config{Server: c.server, ServerTLS: c.serverTLS, ServerCA: c.serverCA, IdentityFile: c.identity,
+		PunchTimeout: c.punch, Relay: ewf.RelayMode(c.relay), IdleTimeout: c.idle}
 	if c.verbose {
 		cfg.Logger = debugLogger()
 	}

@@ -35,6 +35,7 @@ func main() {
 type options struct {
 	cfg       server.Config
 	listen    string
+	tlsListen string
 	relay     relayOptions
 	logFormat string
 	logLevel  string
@@ -109,6 +110,11 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.IntVar(&c.MaxTCPConns, "max-tcp-conns", server.DefaultMaxTCPConns, "most open TCP connections")
 	fs.IntVar(&c.MaxTCPPerIP, "max-tcp-per-ip", server.DefaultMaxTCPPerIP,
 		"most open TCP connections from one IP (IPv6: one /64)")
+	fs.StringVar(&c.TLSCertFile, "tls-cert", "",
+		"PEM certificate `file` (chain) for X and STUN over TLS on -tls-listen, so REGISTER's KEY is never in clear; with -tls-key (default off)")
+	fs.StringVar(&c.TLSKeyFile, "tls-key", "", "PEM private key `file` of -tls-cert")
+	fs.StringVar(&o.tlsListen, "tls-listen", fmt.Sprintf(":%d", server.DefaultTLSPort),
+		"comma-separated TCP `host:port` list served over TLS when -tls-cert is set")
 	fs.BoolVar(&c.RequireIntegrity, "require-integrity", false,
 		"refuse BIND and introductions that carry the KEY in clear; clients must prove it with a MAC (docs/PROTOCOL.md §18)")
 	fs.IntVar(&c.UDPReaders, "udp-readers", 0, "UDP sockets and reader goroutines per address (0: one per CPU)")
@@ -165,6 +171,13 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (*option
 	for _, a := range strings.Split(o.listen, ",") {
 		if a = strings.TrimSpace(a); a != "" {
 			o.cfg.Listen = append(o.cfg.Listen, a)
+		}
+	}
+	if o.cfg.TLSCertFile != "" {
+		for _, a := range strings.Split(o.tlsListen, ",") {
+			if a = strings.TrimSpace(a); a != "" {
+				o.cfg.TLSListen = append(o.cfg.TLSListen, a)
+			}
 		}
 	}
 	rc, err := o.relay.config()

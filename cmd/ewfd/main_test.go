@@ -31,6 +31,7 @@ func TestHelpExplainsEveryFlagWithItsVariable(t *testing.T) {
 		"-log-format", "-log-level", "-binding-ttl", "-registration-ttl", "-rate",
 		"-max-registrations", "-register-per-ip", "-tcp-idle", "-max-tcp-conns",
 		"-max-tcp-per-ip", "-version", "-require-integrity", "EWFD_REQUIRE_INTEGRITY",
+		"-tls-cert", "EWFD_TLS_CERT", "-tls-key", "-tls-listen", "5349",
 	} {
 		if !strings.Contains(help, want) {
 			t.Errorf("--help does not mention %q", want)
