@@ -20,7 +20,7 @@ func TestDeps(t *testing.T) {
 		"io": true, "net/netip": true, "time": true,
 		// A PCG seeded from Config.Rand picks the birthday spray's ports:
 		// deterministic in tests, no global state.
-		"math/rand/v2": true,
+		"math/rand/v2":                    true,
 		"github.com/ewf-project/ewf/wire": true,
 	}
 	files, err := filepath.Glob("*.go")
