@@ -26,6 +26,7 @@ type Conn struct {
 	rtt       time.Duration
 	path      Path           // PathDirect unless relayed (relay.go)
 	relay     netip.AddrPort // the relayed address in use, if relayed
+	auth      Auth           // how the peer was proven (tls.go)
 
 	// QUIC: qc and its default stream st. TCP: tc, multiplexed by mux,
 	// whose stream 0 is the default stream def.
@@ -64,6 +65,11 @@ const tcpStreamWindow = 1 << 20
 
 // Peer returns the ID of the peer, as proven in the TLS handshake.
 func (c *Conn) Peer() ID { return c.peer }
+
+// Auth returns how the peer's ID was proven: AuthKey by its identity key,
+// or AuthSecret, for a legacy ID, by the introduction's secret (which the
+// rendezvous server knows too).
+func (c *Conn) Auth() Auth { return c.auth }
 
 // Transport returns TransportUDP (QUIC) or TransportTCP.
 func (c *Conn) Transport() Transport { return c.transport }

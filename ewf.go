@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/ewf-project/ewf/client"
 	"github.com/ewf-project/ewf/wire"
 )
 
@@ -92,6 +93,18 @@ type Config struct {
 	// this long, however quiet the application is (keepalives flow): it is
 	// how a peer that vanished is noticed. Default 60 s.
 	IdleTimeout time.Duration
+	// Allow, if set, decides which peers may connect to this node: a peer
+	// whose ID it rejects is refused in the TLS handshake, after its
+	// certificate was checked and before any application byte, and its
+	// Dial fails with ErrPeerAuth. It does not restrict whom this node
+	// dials. Default: every authenticated peer. Only key-bound IDs are
+	// proven independently of the server (docs/SECURITY.md).
+	Allow func(ID) bool
+	// OnRefused, if set, is called for each introduced peer this node
+	// refused: a certificate that does not prove the peer's ID, or an ID
+	// that Allow rejected. err wraps ErrPeerAuth. It runs on the
+	// connection's handshake goroutine and must not block.
+	OnRefused func(peer ID, err error)
 	// Logger receives debug and warning logs. Default: discard.
 	Logger *slog.Logger
 	// Relay says when a connection may go through the TURN relay the
@@ -104,6 +117,11 @@ type Config struct {
 	// after an address change: about ten STUN requests from fresh sockets.
 	// Default false: discovery on.
 	DisableNATDiscovery bool
+
+	// forged, in tests only, is the identity to use instead of the
+	// identity file: it lets a test play an impostor that holds another
+	// ID's KEY but not its private key, which no identity file can hold.
+	forged *client.Identity
 }
 
 func (c *Config) populate() error {

@@ -2,6 +2,7 @@ package ewf
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -28,11 +29,12 @@ type Node struct {
 	log     *slog.Logger
 	self    wire.ID
 	keyMu   sync.Mutex
-	key     wire.Key         // changes when the node registers again: read with currentKey
-	ident   string           // the identity file's path
-	server  netip.AddrPort   // the first of servers
-	servers []netip.AddrPort // Config.Server, resolved (failover.go)
-	srvIdx  atomic.Int32     // index of the current one, modulo len(servers)
+	key     wire.Key           // changes when the node registers again: read with currentKey
+	idKey   ed25519.PrivateKey // nil for a legacy identity; fixed for the node's life
+	ident   string             // the identity file's path
+	server  netip.AddrPort     // the first of servers
+	servers []netip.AddrPort   // Config.Server, resolved (failover.go)
+	srvIdx  atomic.Int32       // index of the current one, modulo len(servers)
 
 	sock   *net.UDPConn
 	sc     *sockConn // sock as quic-go reads it: STUN and X taken out (mux.go)
@@ -162,10 +164,14 @@ func (n *Node) start(ctx context.Context) error {
 	if err := adoptListKey(path, n.cfg.Server); err != nil {
 		return err
 	}
-	ident, err := client.EnsureRegistered(ctx, path, n.cfg.Server, register)
-	if err != nil {
-		return serverErr(err)
+	ident := n.cfg.forged
+	if ident == nil {
+		var err error
+		if ident, err = client.EnsureRegistered(ctx, path, n.cfg.Server, register); err != nil {
+			return serverErr(err)
+		}
 	}
+	n.idKey = ident.PrivateKey
 	n.self, n.key = ident.ID, ident.Keys[n.cfg.Server]
 
 	// The TCP binding needs its own connection and three round trips;
@@ -454,13 +460,13 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 	if err != nil {
 		return n.dialFallback(ctx, rp, err)
 	}
-	conf, err := tlsConfig(in.Secret, n.self, peer, true)
+	conf, err := n.tlsConfig(in.Secret, peer, true)
 	if err != nil {
 		return nil, err
 	}
 	qc, err := n.tr.Dial(ctx, net.UDPAddrFromAddrPort(path), conf, n.quicConfig())
 	if err != nil {
-		return nil, fmt.Errorf("%w: QUIC handshake with %s: %w", ErrPeerAuth, path, err)
+		return nil, handshakeErr("QUIC", path, err)
 	}
 	c, err := openConn(ctx, qc, peer, rtt)
 	if err != nil {
@@ -481,7 +487,7 @@ func (n *Node) onIntroduce(in client.Introduction) {
 	if n.ctx.Err() != nil {
 		return
 	}
-	conf, err := tlsConfig(in.Secret, n.self, in.Peer, false)
+	conf, err := n.tlsConfig(in.Secret, in.Peer, false)
 	if err != nil {
 		n.log.Warn("introduction", "err", err)
 		return
@@ -596,6 +602,11 @@ func (n *Node) acceptStream(qc *quic.Conn) (*Conn, error) {
 		return nil, errors.New("ewf: bad stream preamble")
 	}
 	st.SetReadDeadline(time.Time{})
+	st.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if _, err := st.Write(welcome[:]); err != nil {
+		return nil, err
+	}
+	st.SetWriteDeadline(time.Time{})
 	var rtt time.Duration
 	n.mu.Lock()
 	a := n.attempts[it.peer]
@@ -603,7 +614,9 @@ func (n *Node) acceptStream(qc *quic.Conn) (*Conn, error) {
 	if a != nil {
 		_, rtt, _ = a.result()
 	}
-	return newQUICConn(qc, st, it.peer, rtt), nil
+	c := newQUICConn(qc, st, it.peer, rtt)
+	c.auth = authOf(it.peer)
+	return c, nil
 }
 
 func addressOf(as []wire.Address, tr wire.Transport) (netip.AddrPort, bool) {

@@ -263,13 +263,13 @@ func (rp *relayPath) wait(ctx context.Context) (netip.AddrPort, time.Duration, e
 // dial opens the QUIC connection to the peer over the relayed path.
 func (rp *relayPath) dial(ctx context.Context, path netip.AddrPort, rtt time.Duration) (*Conn, error) {
 	n := rp.n
-	conf, err := tlsConfig(rp.secret, n.self, rp.peer, true)
+	conf, err := n.tlsConfig(rp.secret, rp.peer, true)
 	if err != nil {
 		return nil, err
 	}
 	qc, err := rp.tr.Dial(ctx, net.UDPAddrFromAddrPort(path), conf, n.quicConfig())
 	if err != nil {
-		return nil, fmt.Errorf("%w: QUIC handshake with %s over the relay: %w", ErrPeerAuth, path, err)
+		return nil, handshakeErr("QUIC", fmt.Sprint(path, " over the relay"), err)
 	}
 	c, err := openConn(ctx, qc, rp.peer, rtt)
 	if err != nil {
@@ -386,8 +386,8 @@ func (p *punchFilter) ReadFrom(b []byte) (int, net.Addr, error) {
 	}
 }
 
-// openConn opens the connection's stream on a new QUIC connection and
-// sends the preamble (node.go).
+// openConn opens the connection's stream on a new QUIC connection, sends
+// the preamble (node.go) and waits for the acceptor's welcome (tls.go).
 func openConn(ctx context.Context, qc *quic.Conn, peer wire.ID, rtt time.Duration) (*Conn, error) {
 	st, err := qc.OpenStreamSync(ctx)
 	if err == nil {
@@ -397,7 +397,13 @@ func openConn(ctx context.Context, qc *quic.Conn, peer wire.ID, rtt time.Duratio
 		qc.CloseWithError(0, "")
 		return nil, fmt.Errorf("ewf: open stream to %s: %w", qc.RemoteAddr(), err)
 	}
-	return newQUICConn(qc, st, peer, rtt), nil
+	if err := awaitWelcome(ctx, st); err != nil {
+		qc.CloseWithError(0, "")
+		return nil, handshakeErr("QUIC", qc.RemoteAddr(), err)
+	}
+	c := newQUICConn(qc, st, peer, rtt)
+	c.auth = authOf(peer)
+	return c, nil
 }
 
 // settlePath is called for every connection made on the node's own

@@ -66,7 +66,7 @@ const tcpRetry = 200 * time.Millisecond
 // the TLS server handshakes on every connection that forms: the one the
 // client chose is the one whose handshake completes.
 func (n *Node) dialTCP(ctx context.Context, peer wire.ID, secret wire.Secret, tg *tcpTargets, isClient bool) (*Conn, error) {
-	conf, err := tlsConfig(secret, n.self, peer, isClient)
+	conf, err := n.tlsConfig(secret, peer, isClient)
 	if err != nil {
 		return nil, err
 	}
@@ -154,6 +154,13 @@ func (n *Node) dialTCP(ctx context.Context, peer wire.ID, secret wire.Secret, tg
 			c, cc := context.WithTimeout(hctx, 10*time.Second)
 			hs := time.Now()
 			err := tc.HandshakeContext(c)
+			if err == nil && isClient {
+				err = awaitWelcome(c, tc)
+			} else if err == nil {
+				tc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+				_, err = tc.Write(welcome[:])
+				tc.SetWriteDeadline(time.Time{})
+			}
 			cc()
 			if err != nil {
 				raw.Close()
@@ -227,7 +234,7 @@ wait:
 		targets, _ := tg.snapshot()
 		return nil, fmt.Errorf("%w: TCP simultaneous open with %v (peer %s) did not complete", ErrNoDirectPath, targets, peer)
 	default:
-		return nil, fmt.Errorf("%w: TLS with peer %s: %w", ErrPeerAuth, peer, lastErr)
+		return nil, handshakeErr("TLS", "peer "+peer.String(), lastErr)
 	}
 	// A TLS 1.3 handshake takes one round trip on each side's clock; it is
 	// a better estimate than the connect time, which includes waiting for
@@ -235,5 +242,7 @@ wait:
 	if win.dur < rtt {
 		rtt = win.dur
 	}
-	return newTLSConn(win.tc, peer, rtt, isClient, n.cfg.IdleTimeout), nil
+	c := newTLSConn(win.tc, peer, rtt, isClient, n.cfg.IdleTimeout)
+	c.auth = authOf(peer)
+	return c, nil
 }

@@ -1,12 +1,14 @@
 package ewf
 
 import (
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"net"
 	"testing"
 
+	"github.com/ewf-project/ewf/client"
 	"github.com/ewf-project/ewf/wire"
 )
 
@@ -24,46 +26,150 @@ func handshake(t *testing.T, cc, sc *tls.Config) (clientErr, serverErr error) {
 	return clientErr, <-done
 }
 
+// party is one identity in the handshake tests: a legacy random ID (no
+// key) or a key-bound one.
+type party struct {
+	id  wire.ID
+	key ed25519.PrivateKey
+}
+
+func legacyParty() party {
+	var p party
+	rand.Read(p.id[:])
+	p.id[0] = 0 // never the key-bound marker by chance
+	return p
+}
+
+func keyParty() party {
+	id := client.NewIdentity()
+	return party{id.ID, id.PrivateKey}
+}
+
+func side(t *testing.T, s wire.Secret, self, peer party, client bool) *tls.Config {
+	t.Helper()
+	c, err := (&tlsSide{secret: s, self: self.id, selfKey: self.key, peer: peer.id, isClient: client}).config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 func TestPeerAuthentication(t *testing.T) {
 	var secret, other wire.Secret
-	var dialer, listener, stranger wire.ID
-	for _, p := range [][]byte{secret[:], other[:], dialer[:], listener[:], stranger[:]} {
-		rand.Read(p)
+	rand.Read(secret[:])
+	rand.Read(other[:])
+	for _, kind := range []struct {
+		name string
+		mk   func() party
+	}{{"legacy", legacyParty}, {"key-bound", keyParty}} {
+		t.Run(kind.name, func(t *testing.T) {
+			dialer, listener, stranger := kind.mk(), kind.mk(), kind.mk()
+			t.Run("introduced peers", func(t *testing.T) {
+				ce, se := handshake(t, side(t, secret, dialer, listener, true), side(t, secret, listener, dialer, false))
+				if ce != nil || se != nil {
+					t.Fatalf("client %v, server %v", ce, se)
+				}
+			})
+			t.Run("right secret, wrong ID", func(t *testing.T) {
+				// Someone who learned the secret but is another ID fails:
+				// the listener expects the dialer's key.
+				_, se := handshake(t, side(t, secret, stranger, listener, true), side(t, secret, listener, dialer, false))
+				if !errors.Is(se, errWrongPeerKey) {
+					t.Fatalf("server err = %v, want errWrongPeerKey", se)
+				}
+			})
+			t.Run("impostor listener with another secret", func(t *testing.T) {
+				ce, _ := handshake(t, side(t, secret, dialer, listener, true), side(t, other, listener, dialer, false))
+				if kind.name == "key-bound" {
+					// The secret plays no part in a key-bound identity.
+					if ce != nil {
+						t.Fatalf("client err = %v", ce)
+					}
+					return
+				}
+				if !errors.Is(ce, errWrongPeerKey) {
+					t.Fatalf("client err = %v, want errWrongPeerKey", ce)
+				}
+			})
+		})
 	}
-	mk := func(s wire.Secret, self, peer wire.ID, client bool) *tls.Config {
-		c, err := tlsConfig(s, self, peer, client)
+}
+
+// TestKeyBoundDowngrade is the attack key-bound IDs exist for: whoever
+// holds the secret (a malicious server, or an impostor it introduced)
+// presents the secret-derived key, as a legacy peer would, for a
+// key-bound ID. Both sides refuse it.
+func TestKeyBoundDowngrade(t *testing.T) {
+	var secret wire.Secret
+	rand.Read(secret[:])
+	dialer, listener := keyParty(), keyParty()
+	// The impostor claims the ID but has no key for it, so it presents
+	// the key derived from the secret and the ID.
+	asDialer := party{id: dialer.id}
+	asListener := party{id: listener.id}
+	t.Run("impostor dials", func(t *testing.T) {
+		_, se := handshake(t, side(t, secret, asDialer, listener, true), side(t, secret, listener, dialer, false))
+		if !errors.Is(se, errWrongPeerKey) {
+			t.Fatalf("listener err = %v, want errWrongPeerKey", se)
+		}
+	})
+	t.Run("impostor listens", func(t *testing.T) {
+		ce, _ := handshake(t, side(t, secret, dialer, listener, true), side(t, secret, asListener, dialer, false))
+		if !errors.Is(ce, errWrongPeerKey) {
+			t.Fatalf("dialer err = %v, want errWrongPeerKey", ce)
+		}
+	})
+	t.Run("impostor with its own key", func(t *testing.T) {
+		own := keyParty()
+		ce, _ := handshake(t, side(t, secret, dialer, listener, true), side(t, secret, party{listener.id, own.key}, dialer, false))
+		if !errors.Is(ce, errWrongPeerKey) {
+			t.Fatalf("dialer err = %v, want errWrongPeerKey", ce)
+		}
+	})
+}
+
+// A key-bound peer and a legacy peer connect; each checks the other the
+// way the other's ID demands.
+func TestMixedAuthentication(t *testing.T) {
+	var secret wire.Secret
+	rand.Read(secret[:])
+	k, l := keyParty(), legacyParty()
+	for _, c := range []struct{ dialer, listener party }{{k, l}, {l, k}} {
+		ce, se := handshake(t, side(t, secret, c.dialer, c.listener, true), side(t, secret, c.listener, c.dialer, false))
+		if ce != nil || se != nil {
+			t.Errorf("client %v, server %v", ce, se)
+		}
+	}
+	if authOf(k.id) != AuthKey || authOf(l.id) != AuthSecret {
+		t.Errorf("authOf: key-bound %s, legacy %s", authOf(k.id), authOf(l.id))
+	}
+}
+
+// The allow list is asked for authentic peers only, and refuses in the
+// handshake; the refusal is reported.
+func TestAllowInHandshake(t *testing.T) {
+	var secret wire.Secret
+	rand.Read(secret[:])
+	dialer, listener := keyParty(), keyParty()
+	var refused []wire.ID
+	mk := func(allow bool) *tls.Config {
+		s := &tlsSide{secret: secret, self: listener.id, selfKey: listener.key, peer: dialer.id,
+			allow:   func(wire.ID) bool { return allow },
+			refused: func(p wire.ID, _ error) { refused = append(refused, p) }}
+		c, err := s.config()
 		if err != nil {
 			t.Fatal(err)
 		}
 		return c
 	}
-	t.Run("introduced peers", func(t *testing.T) {
-		ce, se := handshake(t, mk(secret, dialer, listener, true), mk(secret, listener, dialer, false))
-		if ce != nil || se != nil {
-			t.Fatalf("client %v, server %v", ce, se)
-		}
-	})
-	t.Run("stranger without the secret", func(t *testing.T) {
-		ce, se := handshake(t, mk(other, stranger, listener, true), mk(secret, listener, dialer, false))
-		if ce == nil && se == nil {
-			t.Fatal("handshake with a stranger succeeded")
-		}
-		if !errors.Is(se, errWrongPeerKey) && !errors.Is(ce, errWrongPeerKey) {
-			t.Logf("client %v, server %v", ce, se)
-		}
-	})
-	t.Run("right secret, wrong ID", func(t *testing.T) {
-		// Someone who learned the secret but claims another ID still
-		// fails: the listener expects the key derived for the dialer.
-		_, se := handshake(t, mk(secret, stranger, listener, true), mk(secret, listener, dialer, false))
-		if !errors.Is(se, errWrongPeerKey) {
-			t.Fatalf("server err = %v, want errWrongPeerKey", se)
-		}
-	})
-	t.Run("impostor listener", func(t *testing.T) {
-		ce, _ := handshake(t, mk(secret, dialer, listener, true), mk(other, listener, dialer, false))
-		if !errors.Is(ce, errWrongPeerKey) {
-			t.Fatalf("client err = %v, want errWrongPeerKey", ce)
-		}
-	})
+	if ce, se := handshake(t, side(t, secret, dialer, listener, true), mk(true)); ce != nil || se != nil {
+		t.Fatalf("allowed: client %v, server %v", ce, se)
+	}
+	_, se := handshake(t, side(t, secret, dialer, listener, true), mk(false))
+	if !errors.Is(se, errNotAllowed) {
+		t.Fatalf("server err = %v, want errNotAllowed", se)
+	}
+	if len(refused) != 1 || refused[0] != dialer.id {
+		t.Errorf("refused %v", refused)
+	}
 }

@@ -3,7 +3,7 @@ package client
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
+	"crypto/ed25519"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -21,16 +21,32 @@ import (
 // may be the only proof that this client owns its ID.
 var ErrCorruptIdentity = errors.New("identity file is unreadable or invalid")
 
-// identityVersion is the "version" field of the identity file.
-const identityVersion = 1
+// ErrMustUpgrade: the identity is a legacy (version 1) one whose random ID
+// happens to start with KeyIDMarker (a 1 in 65,536 chance). Peers take such
+// an ID for a key-bound one and demand its key, which does not exist, so
+// the identity cannot be authenticated: `ewf id --upgrade` replaces it.
+var ErrMustUpgrade = errors.New("identity must be upgraded")
+
+// The "version" field of the identity file: 1 is a random ID (peers
+// authenticate it with the introduction's secret), 2 adds the Ed25519
+// private key that the key-bound ID derives from. A legacy identity is
+// saved as version 1 again, so that an older ewf still reads it.
+const (
+	identityVersionLegacy   = 1
+	identityVersionKeyBound = 2
+)
 
 // maxIdentitySize bounds what LoadIdentity reads; a real file is a few
 // hundred bytes.
 const maxIdentitySize = 1 << 20
 
-// Identity is a client's ID and the KEYs servers gave it.
+// Identity is a client's ID, its private key if the ID is key-bound, and
+// the KEYs servers gave it.
 type Identity struct {
 	ID wire.ID
+	// PrivateKey is the Ed25519 key ID derives from (KeyID), or nil for a
+	// legacy random ID.
+	PrivateKey ed25519.PrivateKey
 	// Keys holds the KEY per server, keyed by the server string as
 	// configured ("host:port"): a KEY is only valid at the server that
 	// made it.
@@ -38,27 +54,36 @@ type Identity struct {
 }
 
 // identityFile is the JSON form: hex strings, a version to refuse files of
-// a future format rather than misread them.
+// a future format rather than misread them. The private key is stored as
+// its 32-byte seed.
 //
 //	{"version": 1, "id": "<32 hex>", "keys": {"ewf.example.org:3478": "<32 hex>"}}
+//	{"version": 2, "id": "ef01<28 hex>", "private_key": "<64 hex>", "keys": {...}}
 type identityFile struct {
-	Version int               `json:"version"`
-	ID      string            `json:"id"`
-	Keys    map[string]string `json:"keys"`
+	Version    int               `json:"version"`
+	ID         string            `json:"id"`
+	PrivateKey string            `json:"private_key,omitempty"`
+	Keys       map[string]string `json:"keys"`
 }
 
-// NewIdentity returns an identity with a fresh random ID and no KEYs.
+// NewIdentity returns an identity with a fresh key pair, the key-bound ID
+// derived from it, and no KEYs.
 func NewIdentity() *Identity {
-	return &Identity{ID: randomID(), Keys: map[string]wire.Key{}}
+	_, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		panic(err) // crypto/rand never fails on a supported platform
+	}
+	return &Identity{ID: KeyID(priv.Public().(ed25519.PublicKey)), PrivateKey: priv, Keys: map[string]wire.Key{}}
 }
 
-func randomID() wire.ID {
-	var id wire.ID
-	for id.IsZero() {
-		rand.Read(id[:])
-	}
-	return id
-}
+// KeyBound reports whether the identity holds a private key, so that
+// peers authenticate it by that key rather than by the introduction's
+// secret.
+func (id *Identity) KeyBound() bool { return id.PrivateKey != nil }
+
+// NeedsUpgrade reports whether the identity cannot be authenticated as it
+// is (ErrMustUpgrade).
+func (id *Identity) NeedsUpgrade() bool { return !id.KeyBound() && KeyBound(id.ID) }
 
 // DefaultIdentityPath returns os.UserConfigDir()/ewf/identity.json.
 func DefaultIdentityPath() (string, error) {
@@ -110,8 +135,8 @@ func parseIdentity(b []byte) (*Identity, error) {
 	if dec.More() {
 		return nil, errors.New("data after the JSON object")
 	}
-	if f.Version != identityVersion {
-		return nil, fmt.Errorf("version %d, want %d", f.Version, identityVersion)
+	if f.Version != identityVersionLegacy && f.Version != identityVersionKeyBound {
+		return nil, fmt.Errorf("version %d, want %d or %d", f.Version, identityVersionLegacy, identityVersionKeyBound)
 	}
 	id, err := wire.ParseID(f.ID)
 	if err != nil {
@@ -121,6 +146,19 @@ func parseIdentity(b []byte) (*Identity, error) {
 		return nil, errors.New("id is all zeros")
 	}
 	out := &Identity{ID: id, Keys: make(map[string]wire.Key, len(f.Keys))}
+	switch {
+	case f.Version == identityVersionLegacy && f.PrivateKey != "":
+		return nil, errors.New("private_key in a version 1 file")
+	case f.Version == identityVersionKeyBound:
+		seed, err := hex.DecodeString(f.PrivateKey)
+		if err != nil || len(seed) != ed25519.SeedSize {
+			return nil, errors.New("private_key: not 64 hex digits")
+		}
+		out.PrivateKey = ed25519.NewKeyFromSeed(seed)
+		if KeyID(out.PrivateKey.Public().(ed25519.PublicKey)) != id {
+			return nil, errors.New("id is not the one private_key derives")
+		}
+	}
 	for server, s := range f.Keys {
 		var k wire.Key
 		if len(s) != 2*len(k) {
@@ -141,7 +179,11 @@ func parseIdentity(b []byte) (*Identity, error) {
 // same directory (mode 0600), fsync, rename over path, fsync of the
 // directory. The directory is created with mode 0700 if missing.
 func (id *Identity) Save(path string) error {
-	f := identityFile{Version: identityVersion, ID: id.ID.String(), Keys: make(map[string]string, len(id.Keys))}
+	f := identityFile{Version: identityVersionLegacy, ID: id.ID.String(), Keys: make(map[string]string, len(id.Keys))}
+	if id.PrivateKey != nil {
+		f.Version = identityVersionKeyBound
+		f.PrivateKey = hex.EncodeToString(id.PrivateKey.Seed())
+	}
 	for server, k := range id.Keys {
 		f.Keys[server] = hex.EncodeToString(k[:])
 	}
@@ -195,14 +237,15 @@ func (id *Identity) Save(path string) error {
 const maxRegisterTries = 3
 
 // EnsureRegistered returns the identity at path with a KEY for server.
-// It loads the file (a missing file means a new random ID), and if there
+// It loads the file (a missing file means a new key-bound identity), and if there
 // is no KEY for server yet, calls register (normally Client.Register). On
-// ErrIDConflict for a brand-new identity it picks another random ID and
+// ErrIDConflict for a brand-new identity it makes another key pair and
 // tries again, up to a few times; for an ID that was already saved a
 // conflict is an error, because the server holds that ID under a KEY this
 // file does not have. The file is saved only after a successful REGISTER.
-// A corrupt identity file is an error (ErrCorruptIdentity), and register
-// is then not called.
+// A corrupt identity file is an error (ErrCorruptIdentity), and so is a
+// legacy identity that NeedsUpgrade (ErrMustUpgrade); register is then not
+// called.
 func EnsureRegistered(ctx context.Context, path, server string, register func(context.Context, wire.ID) (wire.Key, error)) (*Identity, error) {
 	id, err := LoadIdentity(path)
 	fresh := false
@@ -211,6 +254,10 @@ func EnsureRegistered(ctx context.Context, path, server string, register func(co
 		id, fresh = NewIdentity(), true
 	case err != nil:
 		return nil, err
+	case id.NeedsUpgrade():
+		return nil, fmt.Errorf("ewf client: %s: the legacy ID %v starts with the key-bound marker %x, so peers "+
+			"would demand a key it does not have; run \"ewf id --upgrade\" to replace it with a key-bound identity: %w",
+			path, id.ID, KeyIDMarker, ErrMustUpgrade)
 	}
 	if id.Keys == nil {
 		id.Keys = map[string]wire.Key{}
@@ -233,12 +280,35 @@ func EnsureRegistered(ctx context.Context, path, server string, register func(co
 				"use another --identity file to get a new ID: %w", server, id.ID, path, err)
 		}
 		if try == maxRegisterTries {
-			return nil, fmt.Errorf("ewf client: registering at %s: %d random IDs in a row conflicted: %w", server, try, err)
+			return nil, fmt.Errorf("ewf client: registering at %s: %d new IDs in a row conflicted: %w", server, try, err)
 		}
-		id.ID = randomID()
+		id = NewIdentity()
 	}
 	if err := id.Save(path); err != nil {
 		return nil, err
 	}
 	return id, nil
+}
+
+// UpgradeIdentity replaces the legacy identity at path by a key-bound one:
+// a new key pair and the ID derived from it. The KEYs of the old ID are
+// dropped, because they belong to that ID; the new ID registers at each
+// server on its next use. It returns the new identity and the ID it
+// replaced; for an identity that is already key-bound it changes nothing
+// and returns the identity and a zero ID. A missing file gives an error
+// matching fs.ErrNotExist, a corrupt one ErrCorruptIdentity; neither is
+// written. The file is replaced atomically, like Save.
+func UpgradeIdentity(path string) (*Identity, wire.ID, error) {
+	old, err := LoadIdentity(path)
+	if err != nil {
+		return nil, wire.ID{}, err
+	}
+	if old.KeyBound() {
+		return old, wire.ID{}, nil
+	}
+	id := NewIdentity()
+	if err := id.Save(path); err != nil {
+		return nil, wire.ID{}, err
+	}
+	return id, old.ID, nil
 }

@@ -2,6 +2,8 @@ package client
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"errors"
 	"io/fs"
 	"os"
@@ -73,7 +75,7 @@ func TestLoadIdentityCorrupt(t *testing.T) {
 		"truncated":      `{"version": 1, "id": "` + okID[:10],
 		"not JSON":       "id=" + okID,
 		"no version":     `{"id": "` + okID + `"}`,
-		"future version": `{"version": 2, "id": "` + okID + `"}`,
+		"future version": `{"version": 3, "id": "` + okID + `"}`,
 		"short id":       `{"version": 1, "id": "0123"}`,
 		"non-hex id":     `{"version": 1, "id": "0123456789abcdef0123456789abcdeg"}`,
 		"zero id":        `{"version": 1, "id": "00000000000000000000000000000000"}`,
@@ -82,6 +84,11 @@ func TestLoadIdentityCorrupt(t *testing.T) {
 		"unknown field":  `{"version": 1, "id": "` + okID + `", "key": "` + okID + `"}`,
 		"trailing data":  `{"version": 1, "id": "` + okID + `"} {}`,
 		"array":          `[1]`,
+		"key in v1":      `{"version": 1, "id": "` + okID + `", "private_key": "` + okID + okID + `"}`,
+		"v2 without key": `{"version": 2, "id": "` + okID + `"}`,
+		"v2 short key":   `{"version": 2, "id": "` + okID + `", "private_key": "` + okID + `"}`,
+		"v2 non-hex key": `{"version": 2, "id": "` + okID + `", "private_key": "` + okID + okID[:31] + `g"}`,
+		"v2 wrong id":    `{"version": 2, "id": "ef01` + okID[4:] + `", "private_key": "` + okID + okID + `"}`,
 	}
 	dir := t.TempDir()
 	for name, content := range tests {
@@ -257,5 +264,148 @@ func TestDefaultIdentityPath(t *testing.T) {
 	p, err := DefaultIdentityPath()
 	if err != nil || p != "/tmp/xdg/ewf/identity.json" {
 		t.Errorf("DefaultIdentityPath = %q, %v", p, err)
+	}
+}
+
+// randomID makes a legacy random ID, as version 1 identities hold.
+func randomID() wire.ID {
+	var id wire.ID
+	for id.IsZero() {
+		rand.Read(id[:])
+	}
+	return id
+}
+
+// A version 1 file (written by the ewf before key-bound IDs) loads as a
+// legacy identity, keeps working, and is saved as version 1 again, so
+// that the older ewf still reads it.
+func TestIdentityVersion1(t *testing.T) {
+	const v1 = `{"version": 1, "id": "0123456789abcdef0123456789abcdef", "keys": {"a:1": "00112233445566778899aabbccddeeff"}}`
+	path := filepath.Join(t.TempDir(), "identity.json")
+	os.WriteFile(path, []byte(v1), 0o600)
+	reg := &registrar{taken: map[wire.ID]bool{}}
+	id, err := EnsureRegistered(t.Context(), path, "b:2", reg.register)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id.KeyBound() || id.ID.String() != "0123456789abcdef0123456789abcdef" || len(reg.asked) != 1 || reg.asked[0] != id.ID {
+		t.Errorf("legacy identity %+v, asked %v", id, reg.asked)
+	}
+	b, _ := os.ReadFile(path)
+	if !strings.Contains(string(b), `"version": 1`) || strings.Contains(string(b), "private_key") || !strings.Contains(string(b), `"b:2"`) {
+		t.Errorf("saved legacy identity:\n%s", b)
+	}
+}
+
+// A new identity is key-bound and survives a save and load with its key.
+func TestIdentityVersion2(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "identity.json")
+	reg := &registrar{taken: map[wire.ID]bool{}}
+	id, err := EnsureRegistered(t.Context(), path, "a:1", reg.register)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !id.KeyBound() || !KeyMatches(id.ID, id.PrivateKey.Public().(ed25519.PublicKey)) {
+		t.Fatalf("new identity %v is not key-bound", id.ID)
+	}
+	got, err := LoadIdentity(path)
+	if err != nil || got.ID != id.ID || !got.PrivateKey.Equal(id.PrivateKey) || got.Keys["a:1"] != id.Keys["a:1"] {
+		t.Errorf("reloaded %+v, %v", got, err)
+	}
+	b, _ := os.ReadFile(path)
+	if !strings.Contains(string(b), `"version": 2`) {
+		t.Errorf("saved:\n%s", b)
+	}
+}
+
+// A brand-new identity whose ID is taken at the server gets a new key
+// pair, not only a new ID: the ID must stay the key's.
+func TestEnsureRegisteredConflictNewKey(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "identity.json")
+	reg := &registrar{taken: map[wire.ID]bool{}}
+	first := true
+	conflictOnce := func(ctx context.Context, id wire.ID) (wire.Key, error) {
+		if first {
+			first = false
+			reg.taken[id] = true
+		}
+		return reg.register(ctx, id)
+	}
+	id, err := EnsureRegistered(t.Context(), path, "a:1", conflictOnce)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !KeyMatches(id.ID, id.PrivateKey.Public().(ed25519.PublicKey)) {
+		t.Error("after a conflict the ID no longer derives from the key")
+	}
+}
+
+// A legacy ID that happens to carry the key-bound marker cannot be
+// authenticated; it is refused before any REGISTER, with advice.
+func TestEnsureRegisteredMustUpgrade(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "identity.json")
+	os.WriteFile(path, []byte(`{"version": 1, "id": "ef010000000000000000000000000001", "keys": {}}`), 0o600)
+	reg := &registrar{taken: map[wire.ID]bool{}}
+	_, err := EnsureRegistered(t.Context(), path, "a:1", reg.register)
+	if !errors.Is(err, ErrMustUpgrade) || !strings.Contains(err.Error(), "ewf id --upgrade") {
+		t.Errorf("err = %v, want ErrMustUpgrade with advice", err)
+	}
+	if len(reg.asked) != 0 {
+		t.Error("REGISTER sent for an identity that must upgrade")
+	}
+	if _, _, err := UpgradeIdentity(path); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := EnsureRegistered(t.Context(), path, "a:1", reg.register); err != nil {
+		t.Errorf("after the upgrade: %v", err)
+	}
+}
+
+func TestUpgradeIdentity(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "identity.json")
+	const oldID = "0123456789abcdef0123456789abcdef"
+	os.WriteFile(path, []byte(`{"version": 1, "id": "`+oldID+`", "keys": {"a:1": "00112233445566778899aabbccddeeff"}}`), 0o644)
+	id, prev, err := UpgradeIdentity(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if prev.String() != oldID || !id.KeyBound() || id.ID == prev || len(id.Keys) != 0 {
+		t.Errorf("upgraded %v (from %v), keys %v", id.ID, prev, id.Keys)
+	}
+	loaded, err := LoadIdentity(path)
+	if err != nil || loaded.ID != id.ID || !loaded.PrivateKey.Equal(id.PrivateKey) {
+		t.Errorf("reload: %+v, %v", loaded, err)
+	}
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
+		t.Errorf("mode %v after upgrade, want 0600", fi.Mode().Perm())
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Errorf("%d files in the directory after the upgrade", len(entries))
+	}
+	// Upgrading a key-bound identity changes nothing.
+	before, _ := os.ReadFile(path)
+	again, prev, err := UpgradeIdentity(path)
+	if err != nil || again.ID != id.ID || !prev.IsZero() {
+		t.Errorf("second upgrade: %v from %v, %v", again.ID, prev, err)
+	}
+	if after, _ := os.ReadFile(path); string(after) != string(before) {
+		t.Error("upgrading a key-bound identity rewrote it")
+	}
+	// A corrupt file is never replaced; a missing one is not created.
+	bad := filepath.Join(dir, "bad.json")
+	os.WriteFile(bad, []byte("{garbage"), 0o600)
+	if _, _, err := UpgradeIdentity(bad); !errors.Is(err, ErrCorruptIdentity) {
+		t.Errorf("corrupt: %v", err)
+	}
+	if b, _ := os.ReadFile(bad); string(b) != "{garbage" {
+		t.Error("corrupt file replaced")
+	}
+	missing := filepath.Join(dir, "missing.json")
+	if _, _, err := UpgradeIdentity(missing); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("missing: %v", err)
+	}
+	if _, err := os.Stat(missing); err == nil {
+		t.Error("upgrade created a missing file")
 	}
 }

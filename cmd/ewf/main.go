@@ -1,7 +1,7 @@
 // Command ewf connects two hosts directly, through their NATs, with the
 // help of an ewfd rendezvous server.
 //
-//	ewf id                                 print this host's ID
+//	ewf id      [--upgrade]                print this host's ID (--upgrade: make it key-bound)
 //	ewf stun    --server HOST:PORT         print this host's public address
 //	ewf nat     --server HOST:PORT         classify this host's NAT (RFC 5780)
 //	ewf query   --server HOST:PORT PEERID  print a peer's bound addresses
@@ -15,7 +15,9 @@
 // Status goes to stderr as one key=value line per event, for scripts:
 //
 //	ready id=<32 hex> public=<ip:port>
-//	connected peer=<32 hex> transport=<udp|tcp> path=<direct|relay> [relay=<ip:port>] remote=<ip:port> rtt_ms=<n>
+//	connected peer=<32 hex> transport=<udp|tcp> path=<direct|relay> [relay=<ip:port>] remote=<ip:port> rtt_ms=<n> auth=<key|secret>
+//	refused peer=<32 hex> reason=peer-auth msg="..."     (listen: a peer failed authentication or --allow)
+//	upgraded previous=<32 hex> id=<32 hex> auth=key      (id --upgrade)
 //	error reason=<word> msg="..."
 //
 // Forwarding adds:
@@ -44,11 +46,11 @@ import (
 const usage = `ewf connects two hosts directly, through their NATs.
 
 Usage:
-  ewf id      [--identity FILE]                      print this host's ID
+  ewf id      [--identity FILE] [--upgrade]          print this host's ID; --upgrade makes it key-bound
   ewf stun    --server HOST:PORT                     print this host's public address
   ewf nat     --server HOST:PORT                     what this host's NAT is, and what that means
   ewf query   --server HOST:PORT PEERID              print a peer's bound addresses
-  ewf listen  --server HOST:PORT [--identity FILE]   wait for a peer, pipe stdin/stdout
+  ewf listen  --server HOST:PORT [--identity FILE] [--allow FILE]   wait for a peer, pipe stdin/stdout
   ewf connect --server HOST:PORT [--identity FILE] [--transport udp|tcp] PEERID
   ewf listen  --server HOST:PORT --expose [LABEL=][tcp:|udp:]HOST:PORT ...   offer services
   ewf connect --server HOST:PORT --forward [tcp:|udp:]HOST:PORT[=LABEL] ... PEERID

@@ -50,6 +50,10 @@ func statusLine(t *testing.T, sc *bufio.Scanner, event string) map[string]string
 		kv := map[string]string{}
 		for _, f := range strings.Fields(line)[1:] {
 			k, v, _ := strings.Cut(f, "=")
+			if k == "msg" { // quoted, with spaces, and always last
+				_, kv[k], _ = strings.Cut(line, " msg=")
+				break
+			}
 			kv[k] = v
 		}
 		return kv
@@ -97,10 +101,10 @@ func TestListenConnect(t *testing.T) {
 			}
 			csc := bufio.NewScanner(cerr)
 			got := statusLine(t, csc, "connected")
-			if got["peer"] != ready["id"] || got["transport"] != tr || got["path"] != "direct" || got["remote"] == "" || got["rtt_ms"] == "" {
+			if got["peer"] != ready["id"] || got["transport"] != tr || got["path"] != "direct" || got["remote"] == "" || got["rtt_ms"] == "" || got["auth"] != "key" {
 				t.Errorf("connected line: %v", got)
 			}
-			if lc := statusLine(t, lsc, "connected"); lc["transport"] != tr {
+			if lc := statusLine(t, lsc, "connected"); lc["transport"] != tr || lc["auth"] != "key" {
 				t.Errorf("listener's connected line: %v", lc)
 			}
 			go io.Copy(io.Discard, lerr)
@@ -185,7 +189,97 @@ func TestIDStable(t *testing.T) {
 	if len(strings.TrimSpace(string(first))) != 32 || string(first) != string(second) {
 		t.Errorf("ids %q then %q", first, second)
 	}
+	if !strings.HasPrefix(string(first), "ef01") {
+		t.Errorf("new ID %q is not key-bound", first)
+	}
 	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("identity file mode: %v %v", fi.Mode(), err)
 	}
+}
+
+// TestIDUpgrade: a version 1 identity keeps its ID under "ewf id", and
+// "ewf id --upgrade" replaces it in place with a key-bound one, once.
+func TestIDUpgrade(t *testing.T) {
+	bin := buildEWF(t)
+	const legacy = "0123456789abcdef0123456789abcdef"
+	path := writeFile(t, t.TempDir(), "id.json", `{"version": 1, "id": "`+legacy+`", "keys": {"s:1": "`+legacy+`"}}`)
+	out, err := exec.Command(bin, "id", "--identity", path).Output()
+	if err != nil || strings.TrimSpace(string(out)) != legacy {
+		t.Fatalf("ewf id on a version 1 file: %q, %v", out, err)
+	}
+	cmd := exec.Command(bin, "id", "--identity", path, "--upgrade")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err = cmd.Output()
+	if err != nil {
+		t.Fatalf("upgrade: %v\n%s", err, stderr.String())
+	}
+	id := strings.TrimSpace(string(out))
+	up := statusLine(t, bufio.NewScanner(&stderr), "upgraded")
+	if !strings.HasPrefix(id, "ef01") || up["previous"] != legacy || up["id"] != id || up["auth"] != "key" {
+		t.Errorf("upgraded to %q; status %v", id, up)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("identity file mode after upgrade: %v", err)
+	}
+	// Upgrading again changes nothing.
+	again, err := exec.Command(bin, "id", "--identity", path, "--upgrade").Output()
+	if err != nil || strings.TrimSpace(string(again)) != id {
+		t.Errorf("second upgrade: %q, %v", again, err)
+	}
+}
+
+// TestListenAllow: "ewf listen --allow" refuses a peer that is not listed
+// (the connector ends with reason=peer-auth, the listener prints a
+// "refused" line and keeps waiting), and a bad allow file is a clear
+// error naming its line.
+func TestListenAllow(t *testing.T) {
+	bin := buildEWF(t)
+	srv := startServer(t)
+	dir := t.TempDir()
+	for _, tr := range []string{"udp", "tcp"} {
+		t.Run(tr, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			allow := writeFile(t, dir, "allow", "# only this one\n"+strings.Repeat("ab", 16)+"\n")
+			listen := exec.CommandContext(ctx, bin, "listen", "--server", srv, "--identity", filepath.Join(dir, "l-"+tr+".json"),
+				"--allow", allow, "--timeout", "20s")
+			lerr, _ := listen.StderrPipe()
+			if err := listen.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer listen.Process.Kill()
+			lsc := bufio.NewScanner(lerr)
+			ready := statusLine(t, lsc, "ready")
+
+			connect := exec.CommandContext(ctx, bin, "connect", "--server", srv, "--identity", filepath.Join(dir, "c-"+tr+".json"),
+				"--transport", tr, ready["id"])
+			var cerr bytes.Buffer
+			connect.Stderr = &cerr
+			err := connect.Run()
+			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(cerr.String(), "error reason=peer-auth ") {
+				t.Errorf("connect: %v\n%s", err, cerr.String())
+			}
+			if strings.Contains(cerr.String(), "connected ") {
+				t.Errorf("the refused connector printed a connected line:\n%s", cerr.String())
+			}
+			cready := statusLine(t, bufio.NewScanner(strings.NewReader(cerr.String())), "ready")
+			if got := statusLine(t, lsc, "refused"); got["peer"] != cready["id"] || got["reason"] != "peer-auth" {
+				t.Errorf("refused line %v, connector %s", got, cready["id"])
+			}
+			listen.Process.Kill()
+			listen.Wait()
+		})
+	}
+	t.Run("bad file", func(t *testing.T) {
+		bad := writeFile(t, dir, "bad", strings.Repeat("ab", 16)+"\nnot-an-id\n")
+		cmd := exec.Command(bin, "listen", "--server", srv, "--identity", filepath.Join(dir, "x.json"), "--allow", bad)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 ||
+			!strings.Contains(stderr.String(), "error reason=usage ") || !strings.Contains(stderr.String(), "line 2") {
+			t.Errorf("bad allow file: %v\n%s", err, stderr.String())
+		}
+	})
 }

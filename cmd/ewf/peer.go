@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"flag"
 	"fmt"
@@ -65,6 +64,7 @@ func runID(args []string) error {
 	fs := flag.NewFlagSet("id", flag.ContinueOnError)
 	var c common
 	c.register(fs)
+	upgrade := fs.Bool("upgrade", false, "replace a legacy identity by a key-bound one (a new key pair and a new ID)")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
@@ -76,14 +76,26 @@ func runID(args []string) error {
 		}
 		path = p
 	}
-	id, err := client.LoadIdentity(path)
+	var id *client.Identity
+	var err error
+	if *upgrade {
+		var prev wire.ID
+		id, prev, err = client.UpgradeIdentity(path)
+		if err == nil && !prev.IsZero() {
+			status("upgraded", "previous", prev.String(), "id", id.ID.String(), "auth", string(ewf.AuthKey))
+		}
+	} else {
+		id, err = client.LoadIdentity(path)
+	}
 	if errors.Is(err, os.ErrNotExist) {
-		id = &client.Identity{Keys: map[string]wire.Key{}}
-		rand.Read(id.ID[:])
+		id = client.NewIdentity()
 		err = id.Save(path)
 	}
 	if err != nil {
 		return err
+	}
+	if id.NeedsUpgrade() {
+		status("warning", "msg", strconv.Quote("this legacy ID starts with the key-bound marker; peers cannot authenticate it: run \"ewf id --upgrade\""))
 	}
 	fmt.Println(id.ID)
 	return nil
@@ -172,13 +184,25 @@ func runListen(ctx context.Context, args []string) error {
 	c.register(fs)
 	timeout := fs.Duration("timeout", 0, "give up if no peer connected within this `duration` (0: wait forever)")
 	exposes := exposeFlag(fs)
+	allowFile := fs.String("allow", "", "accept only the peer IDs listed in `FILE` (one per line, # comments)")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
 	if err := c.check(); err != nil {
 		return err
 	}
-	l, err := ewf.Listen(ctx, c.config())
+	cfg := c.config()
+	if *allowFile != "" {
+		list, err := ewf.LoadAllowList(*allowFile)
+		if err != nil {
+			return usageError(err.Error())
+		}
+		cfg.Allow = list.Allows
+	}
+	cfg.OnRefused = func(peer ewf.ID, err error) {
+		status("refused", "peer", peer.String(), "reason", reasonWord(err), "msg", strconv.Quote(err.Error()))
+	}
+	l, err := ewf.Listen(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -251,7 +275,8 @@ func connected(c *ewf.Conn) {
 	if r, ok := c.Relay(); ok {
 		kv = append(kv, "relay", r.String())
 	}
-	kv = append(kv, "remote", c.RemoteAddr().String(), "rtt_ms", strconv.FormatInt(c.RTT().Milliseconds(), 10))
+	kv = append(kv, "remote", c.RemoteAddr().String(), "rtt_ms", strconv.FormatInt(c.RTT().Milliseconds(), 10),
+		"auth", string(c.Auth()))
 	status("connected", kv...)
 }
 
@@ -271,7 +296,7 @@ func reasonWord(err error) string {
 		return "no-direct-path"
 	case errors.Is(err, ewf.ErrPeerAuth):
 		return "peer-auth"
-	case errors.Is(err, client.ErrCorruptIdentity):
+	case errors.Is(err, client.ErrCorruptIdentity), errors.Is(err, client.ErrMustUpgrade):
 		return "identity"
 	case errors.Is(err, ewf.ErrIdleTimeout):
 		return "idle-timeout"
