@@ -3,6 +3,7 @@ package ewf
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"net/netip"
@@ -86,6 +87,29 @@ func (n *Node) dialTCP(ctx context.Context, peer wire.ID, secret wire.Secret, tg
 	var wg sync.WaitGroup
 	lc := net.ListenConfig{Control: client.ReusePortControl}
 	ln, err := lc.Listen(ctx, "tcp", local.String())
+	// The listener is closed as soon as this side has decided about the
+	// peer, before the peer can learn the decision: on the loopback or
+	// behind one NAT, the next introduction's peer has the same IP, and
+	// this listener (on the same port, SO_REUSEPORT) could otherwise take
+	// the connection meant for the next attempt.
+	var lnOnce sync.Once
+	closeLn := func() {
+		lnOnce.Do(func() {
+			if ln != nil {
+				ln.Close()
+			}
+		})
+	}
+	if !isClient {
+		verify := conf.VerifyPeerCertificate
+		conf.VerifyPeerCertificate = func(raw [][]byte, chains [][]*x509.Certificate) error {
+			err := verify(raw, chains)
+			if err != nil {
+				closeLn() // before the alert goes out
+			}
+			return err
+		}
+	}
 	if err == nil {
 		wg.Go(func() {
 			for range 2 * maxTCPTargets {
@@ -157,6 +181,7 @@ func (n *Node) dialTCP(ctx context.Context, peer wire.ID, secret wire.Secret, tg
 			if err == nil && isClient {
 				err = awaitWelcome(c, tc)
 			} else if err == nil {
+				closeLn() // before the welcome goes out
 				tc.SetWriteDeadline(time.Now().Add(10 * time.Second))
 				_, err = tc.Write(welcome[:])
 				tc.SetWriteDeadline(time.Time{})
@@ -209,7 +234,11 @@ wait:
 				break wait
 			}
 			lastErr = h.err
-			if isClient || (raceDone == nil && pending == 0) {
+			// A peer refused in the handshake gets no second try on
+			// another connection: it would present the same certificate.
+			// Stopping also closes this attempt's listener at once, so
+			// that it takes no connection meant for a later introduction.
+			if isClient || isAuthFailure(h.err) || (raceDone == nil && pending == 0) {
 				break wait
 			}
 		case <-raceDone:
@@ -221,9 +250,7 @@ wait:
 	}
 	// Stop the race and every other handshake; close what they made.
 	cancel()
-	if ln != nil {
-		ln.Close()
-	}
+	closeLn()
 	wg.Wait()
 	hcancel()
 	close(stop)
