@@ -213,3 +213,43 @@ func writeLegacyIdentity(t *testing.T, path string) wire.ID {
 	}
 	return id
 }
+
+// TestSquatter: a stranger who only knows a key-bound ID registers it at
+// an honest server where its owner is not registered yet, binds it and so
+// is introduced to whoever dials that ID there. The server cannot tell
+// (it knows no keys), but the dialer refuses the stranger: squatting an ID
+// denies it at that server, it does not impersonate it.
+func TestSquatter(t *testing.T) {
+	for _, tr := range []Transport{TransportUDP, TransportTCP} {
+		t.Run(string(tr), func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			s := startMaliciousServer(t)  // used honestly here
+			owner := client.NewIdentity() // exists, but never registered at s
+			rc, err := client.DialUDP(ctx, s.addr, client.Config{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			key, err := rc.Register(ctx, owner.ID)
+			rc.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.impostor(t, ctx, owner.ID, key, tr)
+
+			honest, err := Open(ctx, Config{Server: s.addr, Transport: tr, EnableTCP: true, IdentityFile: filepath.Join(t.TempDir(), "d.json")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer honest.Close()
+			c, err := honest.Dial(ctx, owner.ID, tr)
+			if err == nil {
+				c.Close()
+				t.Fatal("the dialer accepted the squatter")
+			}
+			if !errors.Is(err, ErrPeerAuth) || !errors.Is(err, errWrongPeerKey) {
+				t.Fatalf("dial err = %v, want ErrPeerAuth for the wrong key", err)
+			}
+		})
+	}
+}

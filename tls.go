@@ -24,7 +24,7 @@ import (
 // alpn names the protocol inside TLS, so that a TLS endpoint of anything
 // else fails the handshake instead of speaking to us. Version 2 added
 // key-bound certificates and the listener's welcome (docs/PROTOCOL.md
-// §17); a version 1 peer would read the welcome as data, so it must not
+// §22.4); a version 1 peer would read the welcome as data, so it must not
 // connect at all.
 const alpn = "ewf/2"
 

@@ -8,7 +8,7 @@ import (
 )
 
 // KeyIDMarker is the first two bytes of every key-bound ID
-// (docs/PROTOCOL.md §17). A peer that sees the marker knows that the ID
+// (docs/PROTOCOL.md §22.1). A peer that sees the marker knows that the ID
 // names an Ed25519 key and accepts only a certificate with that key;
 // without the marker a malicious server could present a secret-derived
 // key for a key-bound ID and have it checked the legacy way (a downgrade).
