@@ -20,19 +20,32 @@ type attempt struct {
 	secret wire.Secret // the introduction's: a SIGNAL must match it
 	out    func(b []byte, to netip.AddrPort)
 
-	mu     sync.Mutex
-	m      *punch.Machine
-	done   chan struct{} // closed when the machine is Connected or Failed
-	poke   chan struct{} // wakes the driver after Receive changed the schedule
-	quit   chan struct{}
-	ended  bool
-	linger time.Time // after this, the attempt stops answering the peer
+	dialer     bool           // this side dials QUIC once a path is up
+	start      time.Time      // when the attempt began
+	peerPublic netip.AddrPort // the peer's bound UDP address
+
+	// Birthday probing (birthday.go); bdayDecided and ports are the
+	// driver's, ports also read under mu by send.
+	bdayDecided bool
+	ports       *portSet
+	handed      net.PacketConn // the dialer's path socket, taken from ports
+
+	mu        sync.Mutex
+	peerPorts []uint16 // local UDP ports of the peer's host candidates
+	m         *punch.Machine
+	done      chan struct{} // closed when the machine is Connected or Failed
+	poke      chan struct{} // wakes the driver after Receive changed the schedule
+	quit      chan struct{}
+	ended     bool
+	linger    time.Time // after this, the attempt stops answering the peer
 }
 
 // startAttempt starts punching towards peer. Addresses and candidates are
 // what the server told us about the peer; only UDP ones are used.
-func (n *Node) startAttempt(peer wire.ID, secret wire.Secret, addrs, cands []wire.Address) (*attempt, error) {
+func (n *Node) startAttempt(peer wire.ID, secret wire.Secret, addrs, cands []wire.Address, dialer bool) (*attempt, error) {
 	var targets []netip.AddrPort
+	var peerPublic netip.AddrPort
+	var peerPorts []uint16
 	for _, list := range [][]wire.Address{addrs, cands} {
 		for _, a := range list {
 			if a.Transport == wire.TransportUDP {
@@ -40,10 +53,19 @@ func (n *Node) startAttempt(peer wire.ID, secret wire.Secret, addrs, cands []wir
 			}
 		}
 	}
+	if pub, ok := addressOf(addrs, wire.TransportUDP); ok {
+		peerPublic = pub
+	}
+	for _, c := range cands {
+		if c.Transport == wire.TransportUDP {
+			peerPorts = append(peerPorts, c.AddrPort.Port())
+		}
+	}
 	a, err := n.newAttempt(peer, secret, targets, nil)
 	if err != nil {
 		return nil, err
 	}
+	a.dialer, a.peerPublic, a.peerPorts = dialer, peerPublic, peerPorts
 	n.mu.Lock()
 	if old := n.attempts[peer]; old != nil {
 		old.stop()
@@ -102,6 +124,9 @@ func (a *attempt) addCandidates(addrs []netip.AddrPort) int {
 	if a.ended {
 		return 0
 	}
+	for _, p := range addrs {
+		a.peerPorts = append(a.peerPorts, p.Port())
+	}
 	k := a.m.AddCandidates(addrs, time.Now())
 	select {
 	case a.poke <- struct{}{}:
@@ -111,12 +136,18 @@ func (a *attempt) addCandidates(addrs []netip.AddrPort) int {
 }
 
 func (a *attempt) receive(msg *wire.Message, from netip.AddrPort) {
+	a.receiveOn(msg, from, 0)
+}
+
+// receiveOn handles a PUNCH that arrived on extra socket port (0: the
+// node's socket).
+func (a *attempt) receiveOn(msg *wire.Message, from netip.AddrPort, port int) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.ended {
 		return
 	}
-	a.send(a.m.Receive(msg, from, time.Now()))
+	a.send(a.m.ReceiveOn(msg, from, port, time.Now()))
 	select {
 	case a.poke <- struct{}{}:
 	default:
@@ -126,7 +157,11 @@ func (a *attempt) receive(msg *wire.Message, from netip.AddrPort) {
 // send writes packets; a.mu is held, since packet data is the machine's.
 func (a *attempt) send(pkts []punch.Packet) {
 	for _, p := range pkts {
-		a.out(p.Data, p.To)
+		if p.Port == 0 {
+			a.out(p.Data, p.To)
+		} else if a.ports != nil {
+			a.ports.send(p.Port, p.Data, p.To)
+		}
 	}
 }
 
@@ -136,30 +171,43 @@ func (a *attempt) drive() {
 	defer timer.Stop()
 	signalled := false
 	for {
-		a.mu.Lock()
 		now := time.Now()
-		a.send(a.m.Tick(now))
-		state, next := a.m.State(), a.m.Next()
-		if state != punch.Punching && !signalled {
-			signalled = true
-			close(a.done)
+		if !signalled {
+			a.considerBirthday(now)
 		}
+		a.mu.Lock()
+		a.send(a.m.Tick(now))
+		state, next, pathPort := a.m.State(), a.m.Next(), a.m.PathPort()
 		if now.After(a.linger) {
 			a.ended = true
 		}
 		ended := a.ended
 		a.mu.Unlock()
+		if state != punch.Punching && !signalled {
+			signalled = true
+			a.settlePorts(pathPort)
+			close(a.done)
+		}
 		if ended {
 			a.n.mu.Lock()
 			if a.n.attempts[a.peer] == a {
 				delete(a.n.attempts, a.peer)
 			}
 			a.n.mu.Unlock()
+			if a.ports != nil {
+				a.ports.close()
+			}
+			if c := a.takeHanded(); c != nil {
+				c.Close() // the dialer gave up before using it
+			}
 			return
 		}
 		wait := a.linger.Sub(now)
 		if !next.IsZero() && next.Sub(now) < wait {
 			wait = next.Sub(now)
+		}
+		if !a.bdayDecided && state == punch.Punching {
+			wait = min(wait, 50*time.Millisecond) // look at what discovery and SIGNALs brought
 		}
 		timer.Reset(max(wait, 0))
 		select {
@@ -181,6 +229,38 @@ func (a *attempt) drive() {
 			a.mu.Unlock()
 		}
 	}
+}
+
+// settlePorts runs once when the machine is Connected or Failed: the extra
+// sockets are closed, except the one a path came up on, which goes to QUIC:
+// to Dial (handed) on the dialing side, to a QUIC listener of its own here
+// on the accepting side.
+func (a *attempt) settlePorts(pathPort int) {
+	if a.ports == nil {
+		return
+	}
+	if pathPort > 0 {
+		if c, ok := a.ports.take(pathPort); ok {
+			if a.dialer {
+				a.mu.Lock()
+				a.handed = c
+				a.mu.Unlock()
+			} else {
+				a.n.serveOn(c)
+			}
+		}
+	}
+	a.ports.close()
+}
+
+// takeHanded returns the socket the dialer's path is on, if it is an extra
+// one; the caller owns it.
+func (a *attempt) takeHanded() net.PacketConn {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c := a.handed
+	a.handed = nil
+	return c
 }
 
 func (a *attempt) stop() {
@@ -206,8 +286,11 @@ func (a *attempt) wait(ctx context.Context) (netip.AddrPort, time.Duration, erro
 		a.mu.Lock()
 		st := a.m.Stats()
 		a.mu.Unlock()
-		return netip.AddrPort{}, 0, fmt.Errorf("%w (peer %s, %d punches sent, %d received)",
-			ErrNoDirectPath, a.peer, st.Sent, st.Received)
+		detail := fmt.Sprintf("%d punches sent, %d received", st.Sent, st.Received)
+		if st.PortProbes+st.SprayProbes > 0 {
+			detail += fmt.Sprintf(", birthday probes: %d from extra sockets, %d to guessed ports", st.PortProbes, st.SprayProbes)
+		}
+		return netip.AddrPort{}, 0, a.n.noPath(a.peer, detail)
 	}
 	return path, rtt, nil
 }

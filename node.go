@@ -452,9 +452,13 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 	if n.cfg.Relay == RelayAlways && rp != nil {
 		return n.dialFallback(ctx, rp, ErrNoDirectPath)
 	}
-	a, err := n.startAttempt(peer, in.Secret, in.Addresses, nil)
+	a, err := n.startAttempt(peer, in.Secret, in.Addresses, nil, true)
 	if err != nil {
 		return nil, err
+	}
+	if _, ok := n.NAT(); ok {
+		// The peer learns this side's NAT class, for birthday probing.
+		n.signalBack(peer, in.Secret, nil)
 	}
 	path, rtt, err := a.wait(ctx)
 	if err != nil {
@@ -464,9 +468,23 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	qc, err := n.tr.Dial(ctx, net.UDPAddrFromAddrPort(path), conf, n.quicConfig())
+	qtr := n.tr
+	sock := a.takeHanded()
+	if sock != nil {
+		// The path came up on an extra socket of birthday probing: QUIC
+		// runs there, on a transport of its own.
+		qtr = n.quicOn(sock)
+	}
+	qc, err := qtr.Dial(ctx, net.UDPAddrFromAddrPort(path), conf, n.quicConfig())
 	if err != nil {
+		if sock != nil {
+			qtr.Close()
+			sock.Close()
+		}
 		return nil, handshakeErr("QUIC", path, err)
+	}
+	if sock != nil {
+		n.closeWith(qc, qtr, sock)
 	}
 	c, err := openConn(ctx, qc, peer, rtt)
 	if err != nil {
@@ -522,7 +540,7 @@ func (n *Node) onIntroduce(in client.Introduction) {
 	}
 	n.addSession(in.Peer, in.Secret, tg)
 	n.startRelay(in.Peer, in.Secret)
-	if _, err := n.startAttempt(in.Peer, in.Secret, in.Addresses, in.Candidates); err != nil {
+	if _, err := n.startAttempt(in.Peer, in.Secret, in.Addresses, in.Candidates, false); err != nil {
 		n.log.Warn("punch", "peer", in.Peer, "err", err)
 	}
 	// INTRODUCE brought the querier's candidates; ours go back by SIGNAL.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ewf-project/ewf/client"
+	"github.com/ewf-project/ewf/natdisco"
 	"github.com/ewf-project/ewf/wire"
 )
 
@@ -300,4 +301,38 @@ func (t *tcpTargets) hasIP(ip netip.Addr) bool {
 		}
 	}
 	return false
+}
+
+// NoPathError is how an attempt that found no direct path ends: what is
+// known of both sides' NATs and what that means, in Diagnosis (the
+// sentence `ewf connect` prints with `error reason=no-direct-path`). It
+// matches ErrNoDirectPath.
+type NoPathError struct {
+	Peer ID
+	// Local and Remote are this node's and the peer's NAT classes; a
+	// zero Class is unknown (discovery not finished, or the peer sent none).
+	Local, Remote natdisco.Class
+	Diagnosis     string
+	// Detail says what the attempt did (probes sent and received).
+	Detail string
+}
+
+func (e *NoPathError) Error() string {
+	return "ewf: no direct path to peer " + e.Peer.String() + ": " + e.Diagnosis + " (" + e.Detail + ")"
+}
+
+// Unwrap makes the error match ErrNoDirectPath.
+func (e *NoPathError) Unwrap() error { return ErrNoDirectPath }
+
+// noPath builds the NoPathError for peer from both sides' NAT classes.
+func (n *Node) noPath(peer wire.ID, detail string) *NoPathError {
+	e := &NoPathError{Peer: peer, Detail: detail}
+	if c, ok := n.NAT(); ok {
+		e.Local = c
+	}
+	if w, ok := n.peerNATClass(peer); ok {
+		e.Remote = natdisco.FromWire(w)
+	}
+	e.Diagnosis = natdisco.Diagnose(e.Local, e.Remote)
+	return e
 }

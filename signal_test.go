@@ -2,13 +2,16 @@ package ewf
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/ewf-project/ewf/client"
+	"github.com/ewf-project/ewf/natdisco"
 	"github.com/ewf-project/ewf/server"
 	"github.com/ewf-project/ewf/wire"
 )
@@ -176,5 +179,53 @@ func TestIntroductionSignalsBack(t *testing.T) {
 	// Nodes before the server (deferred), so that nothing waits for it.
 	for _, n := range []*Node{ln, dn, third} {
 		n.Close()
+	}
+}
+
+// TestRoles: what a node concludes about a NAT for birthday probing, from
+// discovery or, before it answers, from whether the NAT kept the port.
+func TestRoles(t *testing.T) {
+	for _, c := range []struct {
+		class natdisco.Class
+		role  natRole
+		delta int
+	}{
+		{natdisco.Class{}, roleUnknown, 0},
+		{natdisco.Class{Mapping: natdisco.MappingEIM, Filtering: natdisco.FilteringAPDF}, roleEasy, 0},
+		{natdisco.Class{Public: true}, roleEasy, 0},
+		{natdisco.Class{Mapping: natdisco.MappingAPDM, Ports: natdisco.PortsRandom}, roleHard, 0},
+		{natdisco.Class{Mapping: natdisco.MappingADM}, roleHard, 0},
+		{natdisco.Class{Mapping: natdisco.MappingAPDM, Ports: natdisco.PortsSequential, Delta: 2}, roleSeq, 2},
+	} {
+		if r, d := roleOf(c.class); r != c.role || d != c.delta {
+			t.Errorf("roleOf(%v) = %v, %d; want %v, %d", c.class, r, d, c.role, c.delta)
+		}
+	}
+	pub := netip.MustParseAddrPort("203.0.113.5:40000")
+	if r := guessRole(pub, []uint16{1234, 40000}); r != roleEasy {
+		t.Errorf("kept port: %v", r)
+	}
+	if r := guessRole(pub, []uint16{1234}); r != roleHard {
+		t.Errorf("changed port: %v", r)
+	}
+	if r := guessRole(pub, nil); r != roleUnknown {
+		t.Errorf("no local port known: %v", r)
+	}
+	if r := guessRole(netip.AddrPort{}, []uint16{1}); r != roleUnknown {
+		t.Errorf("no public address: %v", r)
+	}
+}
+
+// TestNoPathErrorDiagnoses: the error names both sides' NATs' effect and
+// matches ErrNoDirectPath.
+func TestNoPathErrorDiagnoses(t *testing.T) {
+	hard := natdisco.Class{Mapping: natdisco.MappingAPDM, Filtering: natdisco.FilteringAPDF, Ports: natdisco.PortsRandom}
+	e := &NoPathError{Local: hard, Remote: hard, Diagnosis: natdisco.Diagnose(hard, hard), Detail: "42 punches sent, 0 received"}
+	if !errors.Is(e, ErrNoDirectPath) {
+		t.Fatal("does not match ErrNoDirectPath")
+	}
+	if !strings.Contains(e.Error(), "both peers are behind NATs that map each destination to a new random port") ||
+		!strings.Contains(e.Error(), "42 punches sent") {
+		t.Errorf("Error() = %q", e.Error())
 	}
 }

@@ -259,7 +259,7 @@ wait:
 	case got:
 	case conns == 0:
 		targets, _ := tg.snapshot()
-		return nil, fmt.Errorf("%w: TCP simultaneous open with %v (peer %s) did not complete", ErrNoDirectPath, targets, peer)
+		return nil, n.noPath(peer, fmt.Sprintf("TCP simultaneous open with %v did not complete", targets))
 	default:
 		return nil, handshakeErr("TLS", "peer "+peer.String(), lastErr)
 	}

@@ -55,16 +55,19 @@ const matrixParallel = 8
 // Why: a symmetric NAT gives every destination a new port, so its peer must
 // accept packets from a port it never sent to. Full-cone (EIF) and
 // restricted (ADF, the address is permitted once it has punched towards
-// it) do; port-restricted and cgnat (APDF) drop them, and two symmetric
-// NATs cannot meet at all. The same holds for TCP simultaneous open.
+// it) do. Port-restricted and cgnat (APDF) drop them, so over UDP the two
+// sides run birthday probing (punch/birthday.go): the symmetric side opens
+// 256 extra mappings towards its peer, the other sprays guessed ports until
+// one matches. Two symmetric NATs cannot meet at all. TCP has no birthday
+// probing (docs/PROTOCOL.md §20.6), so TCP keeps the old limits.
 const wantMatrix = `
 udp    none   full   restr  port   sym    cgnat
 none   ok     ok     ok     ok     ok     ok
 full   ok     ok     ok     ok     ok     ok
 restr  ok     ok     ok     ok     ok     ok
-port   ok     ok     ok     ok     nopath ok
-sym    ok     ok     ok     nopath nopath nopath
-cgnat  ok     ok     ok     ok     nopath ok
+port   ok     ok     ok     ok     ok     ok
+sym    ok     ok     ok     ok     nopath ok
+cgnat  ok     ok     ok     ok     ok     ok
 
 tcp    none   full   restr  port   sym    cgnat
 none   ok     ok     ok     ok     ok     ok

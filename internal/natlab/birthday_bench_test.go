@@ -1,0 +1,93 @@
+package natlab
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// birthdayPairs are the ordered NAT pairs (listener, connector) that only
+// birthday probing connects: a random symmetric NAT against an
+// endpoint-independent one that filters by address and port.
+var birthdayPairs = [][2]NAT{
+	{Symmetric, PortRestricted}, {PortRestricted, Symmetric},
+	{Symmetric, CGNAT}, {CGNAT, Symmetric},
+}
+
+// BenchmarkBirthday measures how often and how fast the pairs that need
+// birthday probing connect directly over UDP, with benchDelay one way on
+// every uplink (a peer-to-peer round trip of 80 ms). Each op is one fresh
+// listener and one `ewf connect`, as in BenchmarkConnect; an attempt that
+// ends in no-direct-path counts as a miss instead of failing the run. Run
+// it with a fixed count, at least 40 per pair:
+//
+//	go test -run '^$' -bench Birthday -benchtime 40x -timeout 60m ./internal/natlab/
+//
+// Each sub-benchmark reports:
+//
+//	direct-%  attempts that connected directly
+//	p50-ms    median time to "connected" of those that did
+//	p90-ms    90th percentile of the same
+//	misses    attempts that ended in no-direct-path
+func BenchmarkBirthday(b *testing.B) {
+	ewfd, ewf := BuildBinaries(b)
+	lab := New(b, benchSpec())
+	if _, err := lab.Start(ServerHost, ewfd, "-listen", matrixServer, "-alternate", discoAlternate, "-data", b.TempDir(),
+		"-metrics", matrixMetrics, "-log-level", "warn"); err != nil {
+		b.Fatal(err)
+	}
+	if err := waitMetrics(lab, 20*time.Second); err != nil {
+		b.Fatal(err)
+	}
+	dir := b.TempDir()
+	for _, p := range birthdayPairs {
+		name := fmt.Sprintf("udp/%s-%s", p[0], p[1])
+		b.Run(name, func(b *testing.B) {
+			bc := benchConn{lab: lab, ewf: ewf, transport: "udp", listener: MatrixHost("a", p[0]), connector: MatrixHost("b", p[1]),
+				lid: filepath.Join(dir, strings.ReplaceAll(name, "/", "-")+"-l.json"),
+				cid: filepath.Join(dir, strings.ReplaceAll(name, "/", "-")+"-c.json")}
+			// Register both identities, untimed; its outcome does not count.
+			if _, _, err := bc.once(b); err != nil && !isNoPath(err) {
+				b.Fatal(err)
+			}
+			var times []time.Duration
+			misses := 0
+			b.ResetTimer()
+			for range b.N {
+				d, _, err := bc.once(b)
+				switch {
+				case err == nil:
+					times = append(times, d)
+				case isNoPath(err):
+					misses++
+				default:
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(100*float64(len(times))/float64(b.N), "direct-%")
+			b.ReportMetric(ms(median(times)), "p50-ms")
+			b.ReportMetric(ms(percentile(times, 0.9)), "p90-ms")
+			b.ReportMetric(float64(misses), "misses")
+		})
+	}
+}
+
+func isNoPath(err error) bool {
+	var el *ErrorLine
+	return errors.As(err, &el) && el.Fields["reason"] == "no-direct-path"
+}
+
+// percentile returns the p-quantile (nearest rank) of ds.
+func percentile(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := int(p*float64(len(s))+0.5) - 1
+	return s[min(max(i, 0), len(s)-1)]
+}
