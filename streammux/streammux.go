@@ -44,8 +44,10 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -161,7 +163,7 @@ type Session struct {
 	backlog  []*Stream
 	acceptCh chan struct{} // signalled when backlog grows
 	err      error         // why the session ended; nil while alive
-	lastRecv time.Time
+	lastRecv atomic.Int64  // UnixNano of the last frame received
 
 	stream0  *Stream
 	readDone chan struct{}
@@ -182,7 +184,6 @@ func New(conn net.Conn, cfg Config) *Session {
 		streams:  map[uint32]*Stream{},
 		nextID:   2,
 		acceptCh: make(chan struct{}, 1),
-		lastRecv: time.Now(),
 		ctl:      make(chan [headerLen]byte, 256),
 		done:     make(chan struct{}),
 		readDone: make(chan struct{}),
@@ -190,6 +191,7 @@ func New(conn net.Conn, cfg Config) *Session {
 	if cfg.Client {
 		s.nextID = 1
 	}
+	s.lastRecv.Store(time.Now().UnixNano())
 	s.stream0 = s.newStream(0)
 	s.streams[0] = s.stream0
 	s.grantExtra(0)
@@ -373,9 +375,7 @@ func (s *Session) keepalive() {
 	for {
 		select {
 		case now := <-t.C:
-			s.mu.Lock()
-			quiet := now.Sub(s.lastRecv)
-			s.mu.Unlock()
+			quiet := now.Sub(time.Unix(0, s.lastRecv.Load()))
 			if quiet > s.cfg.IdleTimeout {
 				s.fail(ErrIdleTimeout)
 				return
@@ -401,31 +401,26 @@ func pingHeader(nonce uint32) (h [headerLen]byte) {
 func (s *Session) readLoop() {
 	defer s.wg.Done()
 	defer close(s.readDone)
-	br := bufio.NewReaderSize(s.conn, 64<<10)
+	// A small buffer: headers and control frames come in few reads, and
+	// bufio hands the bulk of a payload straight from the connection to
+	// the stream's buffer (a read at least its size bypasses it).
+	br := bufio.NewReaderSize(s.conn, 256)
 	var h [headerLen]byte
-	payload := make([]byte, MaxPayload)
 	for {
 		if _, err := io.ReadFull(br, h[:]); err != nil {
 			s.fail(connErr(err))
 			return
 		}
 		typ, id, val := h[0], binary.BigEndian.Uint32(h[1:5]), binary.BigEndian.Uint32(h[5:9])
-		s.mu.Lock()
-		s.lastRecv = time.Now()
-		s.mu.Unlock()
-		var p []byte
+		s.lastRecv.Store(time.Now().UnixNano())
 		if typ == typeData {
-			if val > MaxPayload {
-				s.fail(ErrProtocol)
+			if err := s.readData(br, id, val); err != nil {
+				s.fail(err)
 				return
 			}
-			p = payload[:val]
-			if _, err := io.ReadFull(br, p); err != nil {
-				s.fail(connErr(err))
-				return
-			}
+			continue
 		}
-		if err := s.handle(typ, id, val, p); err != nil {
+		if err := s.handle(typ, id, val); err != nil {
 			s.fail(err)
 			return
 		}
@@ -444,8 +439,25 @@ func connErr(err error) error {
 	return err
 }
 
-// handle applies one frame. It never blocks on the network.
-func (s *Session) handle(typ byte, id, val uint32, p []byte) error {
+// readData reads a DATA frame's payload into its stream's buffer.
+func (s *Session) readData(r io.Reader, id, n uint32) error {
+	if n > MaxPayload {
+		return ErrProtocol
+	}
+	st, err := s.lookup(id, typeData)
+	if err != nil {
+		return err
+	}
+	if st == nil {
+		_, err := io.CopyN(io.Discard, r, int64(n)) // a finished stream's
+		return connErr(err)
+	}
+	return st.readData(r, int(n))
+}
+
+// handle applies one frame other than DATA. It never blocks on the
+// network.
+func (s *Session) handle(typ byte, id, val uint32) error {
 	switch typ {
 	case typePing:
 		s.queue(typePong, 0, val)
@@ -454,7 +466,7 @@ func (s *Session) handle(typ byte, id, val uint32, p []byte) error {
 		return nil
 	case typeClose:
 		return ErrPeerClosed
-	case typeData, typeOpen, typeFin, typeReset, typeStop, typeWindow:
+	case typeOpen, typeFin, typeReset, typeStop, typeWindow:
 	default:
 		return ErrProtocol
 	}
@@ -465,8 +477,6 @@ func (s *Session) handle(typ byte, id, val uint32, p []byte) error {
 	switch typ {
 	case typeOpen:
 		return nil
-	case typeData:
-		return st.onData(p)
 	case typeFin:
 		st.onFin()
 	case typeReset:
@@ -773,23 +783,36 @@ func (st *Stream) maybeForget() {
 	}
 }
 
-func (st *Stream) onData(p []byte) error {
+// readData reads n payload bytes from r straight into the buffer. It
+// holds the stream's lock while reading, which costs nothing in practice:
+// a frame is one TLS record, so its payload is already decrypted in
+// memory when its header is read (a peer that splits frames across
+// records only slows its own session).
+func (st *Stream) readData(r io.Reader, n int) error {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.finRecv || st.resetRecv != nil {
 		return ErrProtocol // data after the end of the direction
 	}
-	st.recvd += uint64(len(p))
+	st.recvd += uint64(n)
 	if st.recvd > st.recvLimit {
 		return ErrProtocol // more than the window we granted
 	}
 	if st.stopSent || st.closed {
-		return nil // nobody will read it
+		_, err := io.CopyN(io.Discard, r, int64(n)) // nobody will read it
+		return connErr(err)
 	}
-	if st.off > 0 && st.off == len(st.buf) {
+	if st.off == len(st.buf) {
 		st.buf, st.off = st.buf[:0], 0
+	} else if cap(st.buf)-len(st.buf) < n && st.off > 0 {
+		st.buf, st.off = st.buf[:copy(st.buf, st.buf[st.off:])], 0
 	}
-	st.buf = append(st.buf, p...)
+	start := len(st.buf)
+	st.buf = slices.Grow(st.buf, n)[:start+n]
+	if _, err := io.ReadFull(r, st.buf[start:]); err != nil {
+		st.buf = st.buf[:start]
+		return connErr(err)
+	}
 	st.cond.Broadcast()
 	return nil
 }
