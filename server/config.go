@@ -127,9 +127,9 @@ type Config struct {
 	RequireIntegrity bool
 
 	// ReplayCacheSize is how many authenticated requests the replay cache
-	// remembers (about 24 bytes each, allocated on first use); beyond
+	// remembers (16 bytes each, allocated on first use); beyond
 	// ReplayCacheSize per minute the oldest are forgotten early and counted
-	// in ewfd_replay_evictions_total. Zero means 1048576 (24 MB, about
+	// in ewfd_replay_evictions_total. Zero means 1048576 (16 MB, about
 	// 17,000 authenticated requests per second).
 	ReplayCacheSize int
 

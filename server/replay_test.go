@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"testing"
+	"unsafe"
 
 	"github.com/ewf-project/ewf/wire"
 )
@@ -38,11 +39,11 @@ func TestReplayCacheTellsRetransmissionFromReplay(t *testing.T) {
 // working, overwrites the entries that expire first, and counts it.
 func TestReplayCacheIsBoundedAndCountsEvictions(t *testing.T) {
 	c := newReplayCache(1)
-	if c.perShrd != probeLen {
-		t.Fatalf("%d slots per shard, want %d", c.perShrd, probeLen)
+	if c.buckets != 1 {
+		t.Fatalf("%d buckets per shard, want 1", c.buckets)
 	}
 	src := netip.MustParseAddrPort("192.0.2.1:1000")
-	const n = 10 * replayShards * probeLen
+	const n = 10 * replayShards * bucketLen
 	for i := range n {
 		var tx wire.TransactionID
 		binary.BigEndian.PutUint32(tx[:], uint32(i))
@@ -50,11 +51,11 @@ func TestReplayCacheIsBoundedAndCountsEvictions(t *testing.T) {
 			t.Fatalf("new transaction %d refused", i)
 		}
 	}
-	if live := c.live(10); live != replayShards*probeLen {
-		t.Fatalf("%d live entries, want the capacity %d", live, replayShards*probeLen)
+	if live := c.live(10); live != replayShards*bucketLen {
+		t.Fatalf("%d live entries, want the capacity %d", live, replayShards*bucketLen)
 	}
-	if ev := c.evicted.Load(); ev != n-replayShards*probeLen {
-		t.Fatalf("%d evictions, want %d", ev, n-replayShards*probeLen)
+	if ev := c.evicted.Load(); ev != n-replayShards*bucketLen {
+		t.Fatalf("%d evictions, want %d", ev, n-replayShards*bucketLen)
 	}
 	// The newest survive: the last transaction is still known.
 	var last wire.TransactionID
@@ -80,5 +81,11 @@ func TestReplayCacheDoesNotAllocate(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(1000, next); n != 0 {
 		t.Fatalf("%v allocations per check", n)
+	}
+}
+
+func TestReplayBucketIsOneCacheLine(t *testing.T) {
+	if n := unsafe.Sizeof(replayBucket{}); n != 64 {
+		t.Fatalf("a bucket is %d bytes, want 64", n)
 	}
 }

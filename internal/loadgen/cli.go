@@ -53,6 +53,8 @@ func Main(ctx context.Context, prog string, args []string, stdout, stderr io.Wri
 		local, err = netip.ParseAddr(s)
 		return err
 	})
+	integ := "off"
+	fs.StringVar(&integ, "integrity", integ, "bind/intro: `off` sends the KEY (the design note's form); on proves it with TIMESTAMP+MAC and checks the server's MAC on every answer, as the ewf client does; both runs off then on and prints the ratio of their rates")
 	fs.BoolVar(&cfg.Batch, "batch", false, "move datagrams with recvmmsg/sendmmsg (Linux)")
 	var peersOut, peersIn string
 	fs.StringVar(&peersOut, "peers-out", "", "after setup, write the sockets' IDs and bound addresses to `file` (for another run's -peers-in)")
@@ -78,6 +80,16 @@ func Main(ctx context.Context, prog string, args []string, stdout, stderr io.Wri
 		return ExitError
 	}
 	cfg.Server, cfg.Local = server, local
+	switch integ {
+	case "off":
+	case "on":
+		cfg.Integrity = true
+	case "both":
+		return compareIntegrity(ctx, prog, cfg, stdout, stderr)
+	default:
+		fmt.Fprintf(stderr, "%s: -integrity %q: want off, on or both\n", prog, integ)
+		return ExitError
+	}
 	if peersIn != "" {
 		if cfg.Targets, err = readTargets(peersIn); err != nil {
 			fmt.Fprintf(stderr, "%s: -peers-in: %v\n", prog, err)
@@ -158,4 +170,31 @@ func readTargets(path string) ([]Target, error) {
 		return nil, fmt.Errorf("%s: no targets", path)
 	}
 	return ts, nil
+}
+
+// compareIntegrity runs cfg twice, with the KEY form and with the
+// integrity form (docs/PROTOCOL.md §18), against the same server, and prints
+// both results and the ratio of their rates: the cost of integrity seen
+// end to end.
+func compareIntegrity(ctx context.Context, prog string, cfg Config, stdout, stderr io.Writer) int {
+	var res [2]Result
+	for i, on := range []bool{false, true} {
+		c := cfg
+		c.Integrity = on
+		r, err := Run(ctx, c)
+		name := map[bool]string{false: "KEY form", true: "integrity form"}[on]
+		if err != nil {
+			fmt.Fprintf(stderr, "%s: %s: %v\n", prog, name, err)
+			if errors.Is(err, ErrBadResponses) {
+				return ExitBad
+			}
+			return ExitError
+		}
+		fmt.Fprintf(stdout, "== %s ==\n%s%s integrity=%v\n", name, r, r.KV(), on)
+		res[i] = r
+	}
+	if res[0].RPS > 0 {
+		fmt.Fprintf(stdout, "integrity/KEY rate ratio: %.3f (p50 %v vs %v)\n", res[1].RPS/res[0].RPS, res[1].P50, res[0].P50)
+	}
+	return ExitOK
 }

@@ -122,6 +122,13 @@ type Config struct {
 	// instead of the run's own sockets: clients bound by another run,
 	// possibly at another server sharing the store (OnSetup of that run).
 	Targets []Target
+	// Integrity sends BIND and introductions in the integrity form of
+	// docs/PROTOCOL.md §18 (TIMESTAMP and a MAC keyed by the KEY instead
+	// of the KEY) and requires every answer to them to carry the server's
+	// MAC, verified: what the ewf client does. Off: the design note's KEY
+	// form. Setup follows the same choice, so a server run with
+	// --require-integrity can be measured.
+	Integrity bool
 	// OnSetup, if set, is called with the run's own sockets' bindings once
 	// setup is done (ModeBind, ModeQuery, ModeIntro), before the clock
 	// starts: to hand them to another run as its Targets.

@@ -50,7 +50,7 @@ func (w *worker) setup() error {
 	m.Reset()
 	m.Type = wire.Type{Method: wire.MethodBind, Class: wire.ClassRequest}
 	m.SetID(id)
-	m.SetKey(w.self.key)
+	w.prove(m, -1)
 	if err := m.AddAddress(wire.Address{Transport: wire.TransportUDP, AddrPort: addr}); err != nil {
 		return fmt.Errorf("BIND %v: %w", addr, err)
 	}
@@ -68,7 +68,11 @@ func (w *worker) setup() error {
 func (w *worker) exchangeX(m *wire.Message, check func(*wire.Message) error) (*wire.Message, error) {
 	w.seq++
 	m.TransactionID = w.txid(w.seq)
-	w.out = m.AppendTo(w.out[:0])
+	if m.Has(wire.AttrTimestamp) {
+		w.out = w.sig.Append(w.out[:0], m, w.self.key[:])
+	} else {
+		w.out = m.AppendTo(w.out[:0])
+	}
 	var resp *wire.Message
 	err := w.exchange(func(b []byte) (bool, error) {
 		r := &w.xm

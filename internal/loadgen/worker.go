@@ -12,6 +12,7 @@ import (
 	"github.com/pion/stun/v3"
 
 	"github.com/ewf-project/ewf/wire"
+	"github.com/ewf-project/ewf/wire/integrity"
 )
 
 // badKind says why a response was refused.
@@ -25,6 +26,7 @@ const (
 	badErrorReply                 // an X error response (its reason is counted too)
 	badSTUNError                  // a STUN error response
 	badFingerprint                // FINGERPRINT present and wrong
+	badMAC                        // Config.Integrity: the answer's MAC is missing or does not verify
 	numBadKinds
 
 	good = numBadKinds // what the checks return for a good response
@@ -38,6 +40,7 @@ var badNames = [numBadKinds]string{
 	badErrorReply:  "error response",
 	badSTUNError:   "STUN error response",
 	badFingerprint: "bad fingerprint",
+	badMAC:         "bad MAC",
 }
 
 // numReasons is the size of the per-reason counter array; reasons at or
@@ -147,6 +150,8 @@ type worker struct {
 	xa   stun.XORMappedAddress
 	xm   wire.Message
 	xreq wire.Message
+	sig  *integrity.Signer // Config.Integrity: signs requests, checks answers
+	t    *timing           // for TIMESTAMPs: wall clock = base + offset
 
 	c counts
 }
@@ -165,6 +170,9 @@ func newWorker(cfg *Config, index int, conn *net.UDPConn, seed [32]byte) *worker
 		xa:    stun.XORMappedAddress{IP: make(net.IP, net.IPv6len)},
 	}
 	w.prefix = w.rng.Uint64()
+	if cfg.Integrity {
+		w.sig = integrity.NewSigner()
+	}
 	if cfg.Rate > 0 {
 		w.paced = true
 		w.every = time.Duration(float64(cfg.Sockets) / cfg.Rate * float64(time.Second))
@@ -186,6 +194,7 @@ func (w *worker) txid(seq uint32) (t wire.TransactionID) {
 // until t.stopAt, then wait for the last answers or their timeouts. It
 // returns when done or when the socket is closed (Run's cancellation).
 func (w *worker) run(t timing) {
+	w.t = &t
 	// deadline is the read deadline currently set, as an offset. It is
 	// only ever moved when a wake-up must come earlier or has passed:
 	// setting a deadline per read would cost a timer update per packet,
@@ -356,7 +365,7 @@ func (w *worker) encode(b []byte, s *slot, now time.Duration) []byte {
 	switch s.method {
 	case wire.MethodBind:
 		m.SetID(w.self.id)
-		m.SetKey(w.self.key)
+		w.prove(m, now)
 		// Cannot fail: the address came from the server as valid.
 		_ = m.AddAddress(wire.Address{Transport: wire.TransportUDP, AddrPort: w.self.addr})
 	case wire.MethodQuery:
@@ -369,14 +378,38 @@ func (w *worker) encode(b []byte, s *slot, now time.Duration) []byte {
 		m.SetID(w.peers[s.peer].id)
 		if w.cfg.Mode == ModeIntro {
 			m.SetSourceID(w.self.id)
-			m.SetKey(w.self.key)
+			w.prove(m, now)
 		}
 	case wire.MethodRegister:
 		var id wire.ID
 		_, _ = w.rng.Read(id[:])
 		m.SetID(id)
 	}
+	if m.Has(wire.AttrTimestamp) {
+		return w.sig.Append(b, m, w.self.key[:])
+	}
 	return m.AppendTo(b)
+}
+
+// prove adds to m the proof of this socket's KEY: the KEY itself, or with
+// Config.Integrity a TIMESTAMP (the MAC is added when m is encoded). now is
+// the offset on the run's clock, or negative during setup.
+func (w *worker) prove(m *wire.Message, now time.Duration) {
+	if !w.cfg.Integrity {
+		m.SetKey(w.self.key)
+		return
+	}
+	wall := time.Now()
+	if w.t != nil && now >= 0 {
+		wall = w.t.base.Add(now) // no clock read on the hot path
+	}
+	m.SetTimestamp(uint64(wall.UnixMilli()))
+}
+
+// signedAnswer reports whether b, an answer to a signed request, carries a
+// MAC keyed by this socket's KEY that verifies.
+func (w *worker) signedAnswer(b []byte) bool {
+	return w.xm.Has(wire.AttrMAC) && w.sig.Verify(b, w.self.key[:])
 }
 
 // appendBindingRequest appends a STUN Binding request with no attributes,
@@ -499,6 +532,10 @@ func (w *worker) checkX(b []byte) (s *slot, late bool, bad badKind) {
 	}
 	if m.Type.Method != s.method {
 		return s, false, badType
+	}
+	if w.cfg.Integrity && (s.method == wire.MethodBind || w.cfg.Mode == ModeIntro) &&
+		m.Type.Class == wire.ClassSuccess && !w.signedAnswer(b) {
+		return s, false, badMAC
 	}
 	switch m.Type.Class {
 	case wire.ClassSuccess:
