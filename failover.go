@@ -19,11 +19,15 @@ import (
 //   - UDP: a binding refresh that times out, or is answered "try again
 //     later", moves the node to the next server; the refresh is retried
 //     there after the client's retry backoff (1 s). With several servers a
-//     request is given up after 4 transmissions over 5.5 s instead of 7
-//     over 39.5 s, so a node is bound again at most one keepalive interval
-//     plus about 7 s after its server died (20–25 s + 7 s by default).
+//     request is given up after 3 transmissions over 2.5 s instead of 7
+//     over 39.5 s (another server is there to try), so a node is bound
+//     again at most one keepalive interval plus about 3.5 s after its
+//     server died (20–25 s + 3.5 s by default).
 //   - TCP: the binding's connection ends with the server; binding again
 //     moves to the next server when the current one refuses or times out.
+//     When the server's process died but its host did not, this is the
+//     quicker signal (a refused connection), and it moves the UDP side
+//     too: the node has one current server.
 //
 // Every server's packets are accepted on the node's socket (mux), so late
 // answers from the previous server are still matched by transaction ID.
@@ -33,8 +37,8 @@ import (
 // failoverAttempts and failoverLastWait shorten a request's life when there
 // is another server to try (see above).
 const (
-	failoverAttempts = 4
-	failoverLastWait = 4
+	failoverAttempts = 3 // sent at 0, 0.5 and 1.5 s (RTO 500 ms, doubling)
+	failoverLastWait = 2 // given up 2 RTO = 1 s after the last
 )
 
 // resolveServers resolves Config.Server.
