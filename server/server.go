@@ -24,7 +24,10 @@
 // What is durable: registrations (ID, KEY, last BIND time), in the store.
 // What is memory-only: bindings, rate-limit tables and the REGISTER
 // retransmission cache; a restart forgets them and clients re-BIND within
-// their refresh interval.
+// their refresh interval. On a store shared between servers (store.Shared,
+// cluster.go) bindings are also shared, with their TTL, so that any server
+// finds a client bound at another and hands it what must leave from the
+// server it is bound at.
 package server
 
 import (

@@ -1,10 +1,11 @@
 // Package store defines where ewfd keeps registrations: the (ID, KEY) pairs
 // handed out by REGISTER and checked by every BIND and QUERY.
 //
-// The server codes against the small Store interface below so that the
-// embedded default (package store/bolt, one bbolt file per ewfd) can later be
-// joined by a backend shared between several servers without touching the
-// protocol code. The interface is shaped by the two paths that matter:
+// The server codes against the small Store interface below, so that the
+// embedded default (package store/bolt, one bbolt file per ewfd) and the
+// backend shared between several servers (package store/redis, which also
+// implements Shared: bindings and messages between servers) are
+// interchangeable without touching the protocol code. The interface is shaped by the two paths that matter:
 //
 //   - The write path, Register, must be durable before the client hears
 //     "success" (kill -9 at any moment loses no acknowledged registration),
