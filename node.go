@@ -236,15 +236,20 @@ func (n *Node) bindUDP(ctx context.Context, ident *client.Identity, path string,
 	}
 	err = n.rc.Bind(ctx, n.self, n.key, wire.Address{Transport: wire.TransportUDP, AddrPort: public})
 	if errors.Is(err, client.ErrNotRegistered) {
+		// The saved KEY is replaced only once the server has given a new
+		// one: "not registered" comes unsigned (docs/PROTOCOL.md §18.4),
+		// so anyone on the path can forge it, and a server that still
+		// holds the ID answers the REGISTER with ID conflict.
+		key, rerr := register(ctx, n.self)
+		if rerr != nil {
+			return false, serverErr(fmt.Errorf("ewf: the server said ID %v is not registered, but registering it again failed (KEY kept): %w", n.self, rerr))
+		}
 		rekeyed = true
-		delete(ident.Keys, n.cfg.Server)
+		ident.Keys[n.cfg.Server] = key
 		if err := ident.Save(path); err != nil {
 			return rekeyed, err
 		}
-		if ident, err = client.EnsureRegistered(ctx, path, n.cfg.Server, register); err != nil {
-			return rekeyed, serverErr(err)
-		}
-		n.self, n.key = ident.ID, ident.Keys[n.cfg.Server]
+		n.key = key
 		err = n.rc.Bind(ctx, n.self, n.key, wire.Address{Transport: wire.TransportUDP, AddrPort: public})
 	}
 	if err != nil {
@@ -295,16 +300,21 @@ func (n *Node) registerAgain(ctx context.Context) error {
 	if ident.ID != n.self {
 		return fmt.Errorf("ewf: identity file %s now holds ID %s, not %s", n.ident, ident.ID, n.self)
 	}
-	delete(ident.Keys, n.cfg.Server)
+	// As in bindUDP: the old KEY goes only when the server gives a new
+	// one, so a forged "not registered" cannot make the node lose it.
+	key, err := n.register(ctx, n.self)
+	if err != nil {
+		return serverErr(fmt.Errorf("ewf: registering ID %v again (KEY kept): %w", n.self, err))
+	}
+	if ident.Keys == nil {
+		ident.Keys = map[string]wire.Key{}
+	}
+	ident.Keys[n.cfg.Server] = key
 	if err := ident.Save(n.ident); err != nil {
 		return err
 	}
-	ident, err = client.EnsureRegistered(ctx, n.ident, n.cfg.Server, n.register)
-	if err != nil {
-		return serverErr(err)
-	}
 	n.keyMu.Lock()
-	n.key = ident.Keys[n.cfg.Server]
+	n.key = key
 	n.keyMu.Unlock()
 	return nil
 }
