@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/ewf-project/ewf/server"
+	redisstore "github.com/ewf-project/ewf/store/redis"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3";
@@ -233,6 +234,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	o.cfg.Logger = log
+	redisstore.RouteClientLogs(log) // only the -store redis client logs there
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	d, err := server.Start(o.cfg)

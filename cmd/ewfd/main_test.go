@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ewf-project/ewf/internal/redistest"
 	"github.com/ewf-project/ewf/wire"
 )
 
@@ -299,5 +300,35 @@ func TestRunsWithNoFlags(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(state, "ewfd", "ewfd.db")); err != nil {
 		t.Fatalf("store not in $XDG_STATE_HOME/ewfd: %v", err)
+	}
+}
+
+// TestStoreFlagUsesRedis: ewfd -store redis://… says at start-up what an
+// acknowledged REGISTER survives, and a registration acknowledged by one
+// ewfd, killed -9, binds at another ewfd on the same Redis.
+func TestStoreFlagUsesRedis(t *testing.T) {
+	bin := ewfdBinary(t)
+	r := redistest.Start(t, redistest.Options{AOF: true})
+	args := []string{"-listen", "127.0.0.1:0", "-store", r.URL()}
+	p := start(t, bin, nil, args...)
+	if !strings.Contains(p.logs.String(), "AOF appendfsync always") {
+		t.Fatalf("no durability report in the start-up logs:\n%s", p.logs)
+	}
+	m := request(wire.MethodRegister)
+	rand.Read(m.ID[:])
+	m.SetID(m.ID)
+	reg := exchange(t, dialUDP(t, p.addr), m)
+	if reg.Type.Class != wire.ClassSuccess {
+		t.Fatalf("REGISTER: %v %q", reg.Type, reg.Reason)
+	}
+	if st := p.stop(t, syscall.SIGKILL); st.Success() {
+		t.Fatal("ewfd survived SIGKILL?")
+	}
+	p2 := start(t, bin, nil, args...)
+	if a := bind(t, p2.addr, m.ID, reg.Key); a.Type.Class != wire.ClassSuccess {
+		t.Fatalf("BIND at another ewfd: %v %q", a.Type, a.Reason)
+	}
+	if st := p2.stop(t, syscall.SIGTERM); !st.Success() {
+		t.Fatalf("SIGTERM: %v\n%s", st, p2.logs)
 	}
 }

@@ -867,3 +867,19 @@ func decodeBinding(v []byte) (store.Binding, bool) {
 	x.Server = string(v[bindFixed:])
 	return x, true
 }
+
+// RouteClientLogs sends go-redis's own log lines (dial failures, pub/sub
+// reconnects: each attempt, while the store logs an outage once) to l at
+// Debug level instead of the standard logger. go-redis has one logger per
+// process, so this is for a main to call once, not for a library.
+func RouteClientLogs(l *slog.Logger) {
+	goredis.SetLogger(clientLog{l})
+}
+
+type clientLog struct{ l *slog.Logger }
+
+func (c clientLog) Printf(ctx context.Context, format string, v ...any) {
+	if c.l.Enabled(ctx, slog.LevelDebug) {
+		c.l.DebugContext(ctx, "go-redis", "msg", fmt.Sprintf(format, v...))
+	}
+}
