@@ -30,6 +30,16 @@
 // context bounds all of it: when ctx ends, the request returns at once with
 // an error wrapping ctx.Err().
 //
+// # Proving the KEY
+//
+// Requests that need a KEY (BIND, introductions, SIGNAL, RELAY) carry a
+// TIMESTAMP and a MAC keyed by the KEY instead of the KEY itself
+// (docs/PROTOCOL.md §18, Client.RequestWithKey), re-stamped on every
+// retransmission, and their answers are accepted only when the server's
+// MAC over them verifies; a forged or tampered answer is dropped like any
+// invalid one. DialTLS reaches the server's X-over-TLS listener (§19), for
+// the REGISTER whose answer carries a new KEY.
+//
 // Every response is validated before it is accepted (X: decode, the
 // per-method attribute rules, same method; STUN: Binding success with
 // XOR-MAPPED-ADDRESS, FINGERPRINT if present). An invalid response is
