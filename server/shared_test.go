@@ -203,6 +203,25 @@ func TestRedisOutage(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// A's subscription came back by itself: an introduction asked at B
+	// reaches c through A again.
+	qid, qkey := qb.register()
+	qb.bind(qid, qkey)
+	for {
+		resp := qb.roundTrip(introReq(id, qid, qkey))
+		if resp.Type.Class == wire.ClassSuccess {
+			if b, err := c.recvWithin(2 * time.Second); err == nil {
+				var ind wire.Message
+				if ind.Decode(b) == nil && ind.Type.Method == wire.MethodIntroduce && ind.SourceID == qid {
+					break
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("introduction across servers after the outage: %v %q", resp.Type, resp.Reason)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // Stop and restart Redis (AOF, fsync always) in the middle of a REGISTER
