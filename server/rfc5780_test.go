@@ -240,3 +240,37 @@ func TestRFC5780BadConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestRFC5780ServingDoesNotAllocate: the RFC 5780 answers, from the socket
+// asked and from another socket, cost no allocation in the whole round
+// trip (AllocsPerRun counts every goroutine, the readers included).
+func TestRFC5780ServingDoesNotAllocate(t *testing.T) {
+	if testing.Short() {
+		t.Skip("round trips on loopback")
+	}
+	d := startDaemon(t, server.Config{Listen: []string{"127.0.0.1:0"}, Alternate: "127.0.0.2:0", UDPReaders: 1})
+	alt, _ := d.AlternateAddrs()
+	p := newProbe5780(t, "127.0.0.1")
+	buf := make([]byte, 1500)
+	for _, change := range []byte{0, changeIP | changePort} {
+		m := stun.MustBuild(stun.TransactionID, stun.BindingRequest)
+		if change != 0 {
+			m.Add(stun.AttrChangeRequest, []byte{0, 0, 0, change})
+			m.WriteHeader()
+		}
+		req := m.Raw
+		rt := func() {
+			if _, err := p.c.WriteToUDPAddrPort(req, alt[0][0]); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := p.c.ReadFromUDPAddrPort(buf); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_ = p.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		rt()
+		if allocs := testing.AllocsPerRun(300, rt); allocs > 0.05 {
+			t.Errorf("change %x: %.2f allocations per round trip, want 0", change, allocs)
+		}
+	}
+}
