@@ -385,6 +385,10 @@ func (n *Node) keepTCP(t *tcpSide) {
 // ID returns this node's ID.
 func (n *Node) ID() ID { return n.self }
 
+// Server returns the rendezvous server the node is bound at now (one of
+// Config.Server's, which may change on failover).
+func (n *Node) Server() netip.AddrPort { return n.currentServer() }
+
 // PublicAddr returns this node's public UDP address as the server sees it.
 func (n *Node) PublicAddr() netip.AddrPort { return n.public.Load().(netip.AddrPort) }
 

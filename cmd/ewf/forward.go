@@ -55,7 +55,7 @@ func checkForwards(fws []forward.Forward, tr ewf.Transport) error {
 // ctx ends. actx bounds the wait for the first peer (--timeout). A peer's
 // end is a "disconnected peer=... reason=... msg=..." line; the listener
 // goes on.
-func serveExposed(ctx, actx context.Context, l *ewf.Listener, svcs []forward.Service) error {
+func serveExposed(ctx, actx context.Context, l *ewf.Listener, svcs []forward.Service, peers *peers) error {
 	for _, s := range svcs {
 		label := s.Label
 		if label == "" {
@@ -77,12 +77,16 @@ func serveExposed(ctx, actx context.Context, l *ewf.Listener, svcs []forward.Ser
 			}
 			return err
 		}
+		if !peers.admit(conn) { // --max-peers
+			continue
+		}
 		connected(conn)
 		ex := &forward.Exposer{Services: svcs, Events: status}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			err := ex.Serve(ctx, conn)
+			peers.done(conn, err)
 			if ctx.Err() == nil {
 				status("disconnected", "peer", conn.Peer().String(), "reason", reasonWord(err), "msg", strconv.Quote(errText(err)))
 			}

@@ -9,6 +9,7 @@
 //	ewf connect --server HOST:PORT PEERID  connect to a peer, then pipe stdin/stdout
 //	ewf listen  --expose [LABEL=]tcp:HOST:PORT ...       offer local services to peers
 //	ewf connect --forward HOST:PORT[=LABEL] ... PEERID   reach them from local ports
+//	ewf status                             print the running listeners' bindings and connections
 //	ewf demo                               run a server and two peers on loopback
 //	ewf bench   --server HOST:PORT         load-test a server
 //
@@ -18,6 +19,9 @@
 //	connected peer=<32 hex> transport=<udp|tcp> path=<direct|relay> [relay=<ip:port>] remote=<ip:port> rtt_ms=<n> auth=<key|secret>
 //	refused peer=<32 hex> reason=peer-auth msg="..."     (listen: a peer failed authentication or --allow)
 //	upgraded previous=<32 hex> id=<32 hex> auth=key      (id --upgrade)
+//	accepted peer=<32 hex> transport=<udp|tcp> path=<direct|relay> [relay=<ip:port>] remote=<ip:port> rtt_ms=<n>  (listen: every peer)
+//	refused peer=<32 hex> transport=<udp|tcp> reason=<max-peers|busy>  (listen)
+//	closed peer=<32 hex> transport=<udp|tcp> seconds=<n> [err="..."]  (listen)
 //	error reason=<word> msg="..."
 //
 // Forwarding adds:
@@ -54,6 +58,7 @@ Usage:
   ewf connect --server HOST:PORT [--identity FILE] [--transport udp|tcp] PEERID
   ewf listen  --server HOST:PORT --expose [LABEL=][tcp:|udp:]HOST:PORT ...   offer services
   ewf connect --server HOST:PORT --forward [tcp:|udp:]HOST:PORT[=LABEL] ... PEERID
+  ewf status  [--status-dir DIR]                     the running listeners: bindings, connections
   ewf demo                                           see it work on loopback
   ewf bench   --server HOST:PORT [--mode stun|bind|query]   load-test a server
 
@@ -83,6 +88,8 @@ func main() {
 		err = runListen(ctx, args)
 	case "connect":
 		err = runConnect(ctx, args)
+	case "status":
+		err = runStatus(args, os.Stdout)
 	case "demo":
 		err = runDemo(ctx, args)
 	case "bench":

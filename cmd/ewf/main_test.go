@@ -76,7 +76,8 @@ func TestListenConnect(t *testing.T) {
 			rand.Read(inL)
 			rand.Read(inC)
 
-			listen := exec.CommandContext(ctx, bin, "listen", "--server", srv, "--identity", filepath.Join(dir, "l.json"))
+			listen := exec.CommandContext(ctx, bin, "listen", "--server", srv, "--identity", filepath.Join(dir, "l.json"),
+				"--status-dir", dir)
 			listen.Stdin = bytes.NewReader(inL)
 			var outL bytes.Buffer
 			listen.Stdout = &outL

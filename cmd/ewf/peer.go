@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ewf-project/ewf"
@@ -185,11 +187,16 @@ func runListen(ctx context.Context, args []string) error {
 	timeout := fs.Duration("timeout", 0, "give up if no peer connected within this `duration` (0: wait forever)")
 	exposes := exposeFlag(fs)
 	allowFile := fs.String("allow", "", "accept only the peer IDs listed in `FILE` (one per line, # comments)")
+	maxPeers := fs.Int("max-peers", defaultMaxPeers, "serve at most `N` peers at once and refuse more (stdin/stdout serves one)")
+	statusDir := fs.String("status-dir", defaultStatusDir(), "`directory` for this listener's status file, read by ewf status (\"\": none)")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
 	if err := c.check(); err != nil {
 		return err
+	}
+	if *maxPeers < 1 {
+		return usageError("--max-peers must be at least 1")
 	}
 	cfg := c.config()
 	if *allowFile != "" {
@@ -208,6 +215,12 @@ func runListen(ctx context.Context, args []string) error {
 	}
 	defer l.Close()
 	status("ready", "id", l.ID().String(), "public", l.Node().PublicAddr().String())
+	peers := newPeers(l.Node(), *maxPeers, *statusDir)
+	lctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { stop(); wg.Wait() }()
+	wg.Go(func() { peers.keepWriting(lctx) })
+
 	actx := ctx
 	if *timeout > 0 {
 		var cancel context.CancelFunc
@@ -215,14 +228,50 @@ func runListen(ctx context.Context, args []string) error {
 		defer cancel()
 	}
 	if len(*exposes) > 0 {
-		return serveExposed(ctx, actx, l, *exposes)
+		return serveExposed(ctx, actx, l, *exposes, peers)
 	}
-	conn, err := l.AcceptContext(actx)
-	if err != nil {
+
+	// Accept every peer and report it; the first one gets stdin/stdout,
+	// and while it has them every other one is refused as busy.
+	accepted := make(chan *ewf.Conn)
+	acceptErr := make(chan error, 1)
+	var taken atomic.Bool
+	wg.Go(func() {
+		for {
+			conn, err := l.AcceptContext(lctx)
+			if err != nil {
+				acceptErr <- err
+				return
+			}
+			if taken.Load() {
+				status("refused", "peer", conn.Peer().String(), "transport", string(conn.Transport()), "reason", "busy")
+				wg.Go(func() { conn.Close() })
+				continue
+			}
+			if !peers.admit(conn) {
+				continue
+			}
+			taken.Store(true)
+			select {
+			case accepted <- conn:
+			case <-lctx.Done():
+				conn.Close()
+				return
+			}
+		}
+	})
+	var conn *ewf.Conn
+	select {
+	case conn = <-accepted:
+	case err := <-acceptErr:
 		return err
+	case <-actx.Done():
+		return actx.Err()
 	}
 	connected(conn)
-	return pipe(conn, os.Stdin, os.Stdout)
+	err = pipe(conn, os.Stdin, os.Stdout)
+	peers.done(conn, err)
+	return err
 }
 
 func runConnect(ctx context.Context, args []string) error {
