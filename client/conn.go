@@ -139,7 +139,12 @@ func DialTCP(ctx context.Context, server string, laddr netip.AddrPort, cfg Confi
 		return nil, err
 	}
 	cfg.populate()
-	d := net.Dialer{Timeout: cfg.Timeout, Control: ReusePortControl}
+	// Bind before connecting, also to a port of the kernel's choosing: a
+	// port that connect picks by itself may be shared with other
+	// outgoing connections (without SO_REUSEPORT) to other destinations,
+	// and then the node cannot listen or dial from it for a TCP
+	// simultaneous open (EADDRINUSE). A port taken by bind is not shared.
+	d := net.Dialer{Timeout: cfg.Timeout, Control: ReusePortControl, LocalAddr: &net.TCPAddr{}}
 	if laddr.IsValid() {
 		d.LocalAddr = net.TCPAddrFromAddrPort(laddr)
 	}
