@@ -73,7 +73,7 @@ func (n *Node) discoverNAT(key string) {
 	for {
 		ctx, cancel := context.WithTimeout(n.ctx, 30*time.Second)
 		res, err := natdisco.Classify(ctx, natdisco.Config{
-			Server:  n.server,
+			Server:  n.currentServer(), // the one answering now (failover.go)
 			Server6: n.server6(ctx),
 			Listen:  n.natListen,
 		})
@@ -121,8 +121,8 @@ func (n *Node) natListen(network string) (natdisco.Conn, error) {
 // server6 returns an IPv6 address of the server, if its name has one, to
 // test global IPv6 reachability.
 func (n *Node) server6(ctx context.Context) netip.AddrPort {
-	if !n.server.Addr().Is4() {
-		return n.server
+	if cur := n.currentServer(); !cur.Addr().Is4() {
+		return cur
 	}
 	host, _, err := net.SplitHostPort(n.cfg.Server)
 	if err != nil {
