@@ -120,7 +120,7 @@ func newCluster(s *Server, st store.Shared, reg *prometheus.Registry) (*cluster,
 		return nil, err
 	}
 	c.met.deferred = ev.WithLabelValues("deferred")        // went to a worker
-	c.met.dropped = ev.WithLabelValues("queue_full")       // dropped: workers behind
+	c.met.dropped = ev.WithLabelValues("queue_full")       // answered try-later: workers behind
 	c.met.tryLater = ev.WithLabelValues("try_later")       // store unreachable
 	c.met.forwarded = ev.WithLabelValues("forwarded")      // handed to another server
 	c.met.notListening = ev.WithLabelValues("peer_gone")   // the owner server does not listen
@@ -160,8 +160,11 @@ func (s *Server) Name() string {
 }
 
 // deferShared hands the request being handled to a worker, if the store is
-// shared and this is not already a replay. It reports whether it did (or
-// dropped it for a full queue): then the Handler answers nothing now.
+// shared and this is not already a replay. It reports whether it did: then
+// the Handler answers nothing now. When the queue is full (the workers or
+// Redis are behind) the request is answered "try again later" at once,
+// through the Replier, rather than dropped: a TCP client would otherwise
+// wait out its whole timeout.
 func (h *Handler) deferShared() bool {
 	c := h.s.cl
 	if c == nil || h.replay {
@@ -176,6 +179,9 @@ func (h *Handler) deferShared() bool {
 	default:
 		c.pool.Put(j)
 		c.met.dropped.Inc()
+		m := &h.req
+		h.s.met.count(kindFor(m), reasonOutcome(wire.ReasonTryLater))
+		h.r.Reply(appendError(&h.resp, m.Type.Method, &m.TransactionID, wire.ReasonTryLater, h.ind[:0]), h.src)
 	}
 	return true
 }

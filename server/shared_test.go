@@ -426,3 +426,30 @@ func TestSharedHotPathDoesNotAllocate(t *testing.T) {
 		t.Errorf("the first refresh of the next window was not shared (%d writes)", n)
 	}
 }
+
+// When the workers are behind (here: none started, so the queue of 4,096
+// fills), a request that needs the shared store is answered "try again
+// later" at once instead of silently dropped.
+func TestSharedQueueFullAnswersTryLater(t *testing.T) {
+	st := &sharedStub{Store: openStore(t, bolt.Options{})}
+	srv, err := server.New(st, server.Config{Rate: 1e12})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := newRecorder()
+	h := srv.NewHandler(wire.TransportUDP, rec)
+	src := netip.MustParseAddrPort("192.0.2.1:4000")
+	now := time.Now()
+	var last *wire.Message
+	for range 4097 {
+		last = bindReq(newID(), wire.Key{}, wire.TransportUDP, src)
+		if out := h.Handle(now, last.AppendTo(nil), src, nil); len(out) != 0 {
+			t.Fatal("a BIND of an uncached ID was answered at once while the queue had room")
+		}
+	}
+	s := rec.next(t)
+	var r wire.Message
+	if err := r.Decode(s.b); err != nil || r.TransactionID != last.TransactionID || r.Reason != wire.ReasonTryLater || s.to != src {
+		t.Fatalf("queue full: got %v %q to %v, want try again later for the last BIND", err, r.Reason, s.to)
+	}
+}
