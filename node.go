@@ -552,7 +552,7 @@ func (n *Node) onIntroduce(in client.Introduction) {
 			tg = newTCPTargets(targets...)
 		}
 	}
-	n.addSession(in.Peer, in.Secret, tg)
+	s := n.addSession(in.Peer, in.Secret, tg)
 	n.startRelay(in.Peer, in.Secret)
 	if _, err := n.startAttempt(in.Peer, in.Secret, in.Addresses, in.Candidates, false); err != nil {
 		n.log.Warn("punch", "peer", in.Peer, "err", err)
@@ -560,10 +560,15 @@ func (n *Node) onIntroduce(in client.Introduction) {
 	// INTRODUCE brought the querier's candidates; ours go back by SIGNAL.
 	n.signalBack(in.Peer, in.Secret, nil)
 	if tg != nil {
+		ctx, cancel := context.WithCancel(n.ctx)
+		n.mu.Lock()
+		s.stopTCP = cancel
+		n.mu.Unlock()
 		n.wg.Add(1)
 		go func() {
 			defer n.wg.Done()
-			c, err := n.dialTCP(n.ctx, in.Peer, in.Secret, tg, false)
+			defer cancel()
+			c, err := n.dialTCP(ctx, in.Peer, in.Secret, tg, false)
 			if err != nil {
 				n.log.Debug("tcp punch", "peer", in.Peer, "err", err)
 				return
@@ -646,6 +651,8 @@ func (n *Node) acceptStream(qc *quic.Conn) (*Conn, error) {
 	if a != nil {
 		_, rtt, _ = a.result()
 	}
+	// The dialer chose QUIC: the TCP race of this introduction is idle.
+	n.stopTCPRace(it.peer, it.secret)
 	c := newQUICConn(qc, st, it.peer, rtt)
 	c.auth = authOf(it.peer)
 	return c, nil

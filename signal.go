@@ -22,6 +22,11 @@ type session struct {
 	secret  wire.Secret
 	expires time.Time
 	tcp     *tcpTargets // nil unless a TCP race runs for this introduction
+	// stopTCP ends the accepting side's TCP race once the peer has
+	// connected over QUIC (it chose UDP) or a newer introduction replaced
+	// this one: an idle race would hold a listener on the shared
+	// (SO_REUSEPORT) port, where it could take the next race's SYNs.
+	stopTCP context.CancelFunc
 
 	// Guarded by Node.mu.
 	peerNAT    wire.NATClass // the peer's NAT_CLASS, when hasNAT
@@ -49,6 +54,9 @@ func (n *Node) addSession(peer wire.ID, secret wire.Secret, tcp *tcpTargets) *se
 			delete(n.sessions, id)
 		}
 	}
+	if old := n.sessions[peer]; old != nil && old.stopTCP != nil {
+		old.stopTCP()
+	}
 	n.sessions[peer] = s
 	pending, ok := n.pendingSignals[peer]
 	delete(n.pendingSignals, peer)
@@ -57,6 +65,16 @@ func (n *Node) addSession(peer wire.ID, secret wire.Secret, tcp *tcpTargets) *se
 		n.onSignal(pending)
 	}
 	return s
+}
+
+// stopTCPRace ends the TCP race of the introduction with peer whose SECRET
+// is secret, if one runs: the peer connected over QUIC instead.
+func (n *Node) stopTCPRace(peer wire.ID, secret wire.Secret) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if s := n.sessions[peer]; s != nil && s.secret == secret && s.stopTCP != nil {
+		s.stopTCP()
+	}
 }
 
 // onSignal handles a SIGNAL indication from the server: if it verifies
