@@ -144,6 +144,8 @@ func TestErrorLines(t *testing.T) {
 		{"no server", []string{"stun"}, "usage", 2},
 		{"unknown command", []string{"frobnicate"}, "usage", 2},
 		{"corrupt identity", []string{"id", "--identity", writeFile(t, dir, "bad.json", "garbage")}, "identity", 1},
+		{"legacy ID with the key-bound marker", []string{"connect", "--server", srv, "--identity",
+			writeFile(t, dir, "marked.json", `{"version": 1, "id": "ef01`+strings.Repeat("ab", 14)+`", "keys": {}}`), strings.Repeat("ab", 16)}, "identity", 1},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
