@@ -14,10 +14,12 @@
 // bind it, and the dialer asks the server to introduce it to the listener.
 // Both then punch through their NATs at the same time, and the dialer opens
 // an encrypted QUIC connection (TLS 1.3) on the first path that works, or,
-// with TransportTCP, a TLS connection over a TCP simultaneous open. Each
-// side's certificate key is derived from the introduction's secret and its
-// own ID, so each side knows it talks to the peer the server introduced
-// (docs/SECURITY.md). The server never carries the connection.
+// with TransportTCP, a TLS connection over a TCP simultaneous open. An ID
+// is the hash of the peer's Ed25519 key and each side's certificate holds
+// that key, so each side knows it talks to the ID it meant, whatever the
+// server says (Conn.Auth; identities from before key-bound IDs are proven
+// by the introduction's secret instead: docs/SECURITY.md). The server
+// never carries the connection.
 package ewf
 
 import (
