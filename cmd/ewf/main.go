@@ -19,6 +19,7 @@
 //	connected peer=<32 hex> transport=<udp|tcp> path=<direct|relay> [relay=<ip:port>] remote=<ip:port> rtt_ms=<n> auth=<key|secret>
 //	refused peer=<32 hex> reason=peer-auth msg="..."     (listen: a peer failed authentication or --allow)
 //	upgraded previous=<32 hex> id=<32 hex> auth=key      (id --upgrade)
+//	warning msg="..."                                    (legacy IDs in --allow, a legacy ID that must upgrade)
 //	accepted peer=<32 hex> transport=<udp|tcp> path=<direct|relay> [relay=<ip:port>] remote=<ip:port> rtt_ms=<n>  (listen: every peer)
 //	refused peer=<32 hex> transport=<udp|tcp> reason=<max-peers|busy>  (listen)
 //	closed peer=<32 hex> transport=<udp|tcp> seconds=<n> [err="..."]  (listen)

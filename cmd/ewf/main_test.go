@@ -253,6 +253,11 @@ func TestListenAllow(t *testing.T) {
 			}
 			defer listen.Process.Kill()
 			lsc := bufio.NewScanner(lerr)
+			// The one ID on the list is a legacy one: the listener says
+			// what that means.
+			if w := statusLine(t, lsc, "warning"); !strings.Contains(w["msg"], "1 of the 1 IDs") {
+				t.Errorf("warning line %v", w)
+			}
 			ready := statusLine(t, lsc, "ready")
 
 			connect := exec.CommandContext(ctx, bin, "connect", "--server", srv, "--identity", filepath.Join(dir, "c-"+tr+".json"),

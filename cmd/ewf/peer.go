@@ -205,6 +205,16 @@ func runListen(ctx context.Context, args []string) error {
 			return usageError(err.Error())
 		}
 		cfg.Allow = list.Allows
+		legacy := 0
+		for id := range list {
+			if !client.KeyBound(id) {
+				legacy++
+			}
+		}
+		if legacy > 0 {
+			status("warning", "msg", strconv.Quote(fmt.Sprintf("%d of the %d IDs in %s are legacy (not key-bound): "+
+				"only the rendezvous server's secret proves them, so that server could pass as them", legacy, len(list), *allowFile)))
+		}
 	}
 	cfg.OnRefused = func(peer ewf.ID, err error) {
 		status("refused", "peer", peer.String(), "reason", reasonWord(err), "msg", strconv.Quote(err.Error()))
