@@ -242,7 +242,7 @@ func (ps *portSet) take(port int) (net.PacketConn, bool) {
 	ps.mu.Lock()
 	early := ps.early[port]
 	ps.mu.Unlock()
-	return &replayConn{UDPConn: c, early: early}, true
+	return &replayConn{c: c, early: early}, true
 }
 
 // close closes every socket but the one taken and waits for the readers.
@@ -264,9 +264,11 @@ func (ps *portSet) close() {
 }
 
 // replayConn is a socket handed to QUIC that first returns the packets
-// its punch reader kept (the peer's first QUIC packets).
+// its punch reader kept (the peer's first QUIC packets). It is a plain
+// net.PacketConn on purpose: given the *net.UDPConn's own methods, quic-go
+// would read with ReadMsgUDP and never see the kept packets.
 type replayConn struct {
-	*net.UDPConn
+	c     *net.UDPConn
 	mu    sync.Mutex
 	early []dgram
 }
@@ -280,8 +282,15 @@ func (r *replayConn) ReadFrom(p []byte) (int, net.Addr, error) {
 		return copy(p, d.b), net.UDPAddrFromAddrPort(d.from), nil
 	}
 	r.mu.Unlock()
-	return r.UDPConn.ReadFrom(p)
+	return r.c.ReadFrom(p)
 }
+
+func (r *replayConn) WriteTo(p []byte, a net.Addr) (int, error) { return r.c.WriteTo(p, a) }
+func (r *replayConn) Close() error                              { return r.c.Close() }
+func (r *replayConn) LocalAddr() net.Addr                       { return r.c.LocalAddr() }
+func (r *replayConn) SetDeadline(t time.Time) error             { return r.c.SetDeadline(t) }
+func (r *replayConn) SetReadDeadline(t time.Time) error         { return r.c.SetReadDeadline(t) }
+func (r *replayConn) SetWriteDeadline(t time.Time) error        { return r.c.SetWriteDeadline(t) }
 
 // quicOn runs QUIC on a socket the path came up on: a transport of its own,
 // closed with the socket when the connection ends or the node closes.
