@@ -27,6 +27,7 @@ type attempt struct {
 	// Birthday probing (birthday.go); bdayDecided and ports are the
 	// driver's, ports also read under mu by send.
 	bdayDecided bool
+	natSent     bool // this side's NAT class went to the peer by SIGNAL
 	ports       *portSet
 	handed      net.PacketConn // the dialer's path socket, taken from ports
 
@@ -66,6 +67,10 @@ func (n *Node) startAttempt(peer wire.ID, secret wire.Secret, addrs, cands []wir
 		return nil, err
 	}
 	a.dialer, a.peerPublic, a.peerPorts = dialer, peerPublic, peerPorts
+	// Both sides SIGNAL at the start when discovery has answered (the
+	// target always does, the dialer then); otherwise the driver does once
+	// it answers.
+	_, a.natSent = n.NAT()
 	n.mu.Lock()
 	if old := n.attempts[peer]; old != nil {
 		old.stop()
@@ -174,6 +179,14 @@ func (a *attempt) drive() {
 		now := time.Now()
 		if !signalled {
 			a.considerBirthday(now)
+			if !a.natSent && a.peerPublic.IsValid() {
+				if _, ok := a.n.NAT(); ok {
+					// Discovery answered during the attempt: tell the peer,
+					// for its birthday decision and the diagnosis.
+					a.natSent = true
+					a.n.signalBack(a.peer, a.secret, nil)
+				}
+			}
 		}
 		a.mu.Lock()
 		a.send(a.m.Tick(now))
