@@ -62,7 +62,7 @@ func (n *Node) startAttempt(peer wire.ID, secret wire.Secret, addrs, cands []wir
 			peerPorts = append(peerPorts, c.AddrPort.Port())
 		}
 	}
-	a, err := n.newAttempt(peer, secret, targets, nil)
+	a, err := n.newAttempt(peer, secret, targets, nil, n.cfg.PunchTimeout)
 	if err != nil {
 		return nil, err
 	}
@@ -83,14 +83,14 @@ func (n *Node) startAttempt(peer wire.ID, secret wire.Secret, addrs, cands []wir
 }
 
 // newAttempt makes an attempt that sends with out (nil: the node's
-// socket) and is not yet driven or routed to: the relayed endpoint runs one
-// on its own socket (relay.go).
-func (n *Node) newAttempt(peer wire.ID, secret wire.Secret, targets []netip.AddrPort, out func([]byte, netip.AddrPort)) (*attempt, error) {
+// socket), gives up after timeout, and is not yet driven or routed to: the
+// relayed endpoint runs one on its own socket (relay.go).
+func (n *Node) newAttempt(peer wire.ID, secret wire.Secret, targets []netip.AddrPort, out func([]byte, netip.AddrPort), timeout time.Duration) (*attempt, error) {
 	now := time.Now()
 	m, err := punch.New(punch.Config{
 		Self: n.self, Peer: peer, Secret: secret,
 		Candidates: targets,
-		Timeout:    n.cfg.PunchTimeout,
+		Timeout:    timeout,
 	}, now)
 	if err != nil {
 		return nil, err
@@ -103,7 +103,7 @@ func (n *Node) newAttempt(peer wire.ID, secret wire.Secret, targets []netip.Addr
 		done:   make(chan struct{}),
 		poke:   make(chan struct{}, 1),
 		quit:   make(chan struct{}),
-		linger: now.Add(2*n.cfg.PunchTimeout + 30*time.Second),
+		linger: now.Add(2*timeout + 30*time.Second),
 	}, nil
 }
 

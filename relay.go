@@ -206,9 +206,11 @@ func (rp *relayPath) addTargets(addrs []netip.AddrPort) {
 		return
 	}
 	pc := rp.alloc.PacketConn()
+	// The relayed attempt is the last resort: it gets relayWait even
+	// when the punch timeout is shorter.
 	a, err := rp.n.newAttempt(rp.peer, rp.secret, addrs, func(b []byte, to netip.AddrPort) {
 		pc.WriteTo(b, net.UDPAddrFromAddrPort(to))
-	})
+	}, max(rp.n.cfg.PunchTimeout, relayWait))
 	if err != nil {
 		rp.n.log.Debug("relayed punch", "peer", rp.peer, "err", err)
 		return
