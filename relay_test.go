@@ -152,6 +152,11 @@ func TestFallbackPrefersDirect(t *testing.T) {
 	if _, ok := dc.Relay(); ok {
 		t.Fatal("a direct connection reports a relay")
 	}
+	// End both directions, so that closing need not wait for the peer.
+	dc.CloseWrite()
+	ac.CloseWrite()
+	readAll(t, dc)
+	readAll(t, ac)
 	deadline := time.Now().Add(10 * time.Second)
 	for d.Relay().Allocations() != 0 {
 		if time.Now().After(deadline) {
