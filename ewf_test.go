@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -37,7 +38,11 @@ func startServer(t *testing.T) string {
 }
 
 func config(t *testing.T, server, name string) ewf.Config {
-	return ewf.Config{Server: server, IdentityFile: filepath.Join(t.TempDir(), name+".json")}
+	c := ewf.Config{Server: server, IdentityFile: filepath.Join(t.TempDir(), name+".json")}
+	if os.Getenv("EWF_TEST_DEBUG") != "" {
+		c.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", name)
+	}
+	return c
 }
 
 // TestTransferBothWays proves the whole path on loopback: register, bind,
