@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os/exec"
 	"path/filepath"
@@ -98,4 +99,40 @@ func readID(t *testing.T, bin, identity string) string {
 		t.Fatal(err)
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// TestListenMaxPeers: a listener that exposes a service serves at most
+// --max-peers peers at once; the next one is refused with a "refused …
+// reason=max-peers" line, and `ewf status` lists exactly the peers served.
+func TestListenMaxPeers(t *testing.T) {
+	bin := buildEWF(t)
+	srv := startServer(t)
+	dir := t.TempDir()
+	statusDir := filepath.Join(dir, "state")
+	l := startProc(t, bin, "listen", "--server", srv, "--identity", filepath.Join(dir, "l.json"),
+		"--expose", "tcp:127.0.0.1:9", "--max-peers", "2", "--status-dir", statusDir)
+	ready := l.line(t, "ready", 20*time.Second)
+	var ids []string
+	for i := range 3 {
+		ident := filepath.Join(dir, fmt.Sprintf("c%d.json", i))
+		c := startProc(t, bin, "connect", "--server", srv, "--identity", ident, "--forward", "127.0.0.1:0", ready["id"])
+		c.line(t, "connected", 30*time.Second)
+		ids = append(ids, readID(t, bin, ident))
+		want := "accepted"
+		if i == 2 {
+			want = "refused"
+		}
+		got := l.line(t, want, 10*time.Second)
+		if got["peer"] != ids[i] || (i == 2 && got["reason"] != "max-peers") {
+			t.Errorf("peer %d: %s line %v", i, want, got)
+		}
+	}
+	out, err := exec.Command(bin, "status", "--status-dir", statusDir).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(out), "\nconn pid="); n != 2 || !strings.Contains(string(out), "peer="+ids[0]) ||
+		!strings.Contains(string(out), "peer="+ids[1]) || strings.Contains(string(out), "peer="+ids[2]) {
+		t.Errorf("ewf status shows %d connections, want the first two peers:\n%s", n, out)
+	}
 }
