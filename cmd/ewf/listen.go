@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -244,11 +245,23 @@ func runStatus(args []string, out io.Writer) error {
 	return nil
 }
 
-// alive reports whether process pid exists.
+// alive reports whether process pid exists and, where /proc tells, is
+// an ewf listen (a killed listener's pid may have been reused).
 func alive(pid int) bool {
 	if pid <= 0 {
 		return false
 	}
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
+	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
+		return false
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return !errors.Is(err, os.ErrNotExist) || !procMounted()
+	}
+	return bytes.Contains(cmdline, []byte("\x00listen\x00"))
+}
+
+func procMounted() bool {
+	_, err := os.Stat("/proc/self/cmdline")
+	return err == nil
 }
