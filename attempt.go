@@ -76,7 +76,12 @@ func (n *Node) startAttempt(peer wire.ID, secret wire.Secret, addrs, cands []wir
 		old.stop()
 	}
 	n.attempts[peer] = a
+	var early []netip.AddrPort
+	if s := n.sessions[peer]; s != nil && s.secret == secret {
+		early, s.udp = s.udp, nil
+	}
 	n.mu.Unlock()
+	a.addCandidates(early) // SIGNALled before the attempt existed
 	n.wg.Add(1)
 	go a.drive()
 	return a, nil

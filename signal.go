@@ -29,10 +29,14 @@ type session struct {
 	stopTCP context.CancelFunc
 
 	// Guarded by Node.mu.
-	peerNAT    wire.NATClass // the peer's NAT_CLASS, when hasNAT
-	hasNAT     bool
-	relayed    []wire.Address // the peer's relayed addresses, latest SIGNAL
-	nsignalled int            // valid SIGNALs received
+	peerNAT wire.NATClass // the peer's NAT_CLASS, when hasNAT
+	hasNAT  bool
+	relayed []wire.Address // the peer's relayed addresses, latest SIGNAL
+	// udp holds signalled UDP candidates that came before the attempt was
+	// started (a loaded host can take longer over the QUERY answer than
+	// the peer's SIGNAL takes to arrive); startAttempt adds them.
+	udp        []netip.AddrPort
+	nsignalled int // valid SIGNALs received
 }
 
 // errNoIntroduction: a SIGNAL needs the SECRET of a live introduction.
@@ -124,6 +128,10 @@ func (n *Node) onSignal(sig client.Signal) {
 	added := 0
 	if a != nil && a.secret == s.secret {
 		added = a.addCandidates(udp)
+	} else {
+		n.mu.Lock()
+		s.udp = append(s.udp, udp...)
+		n.mu.Unlock()
 	}
 	if s.tcp != nil {
 		s.tcp.add(tcp)

@@ -26,7 +26,9 @@ import (
 //
 // With 256 mappings among 64,512 ports, each request hits with probability
 // 1/252; 1,024 requests hit at least once with probability 98.3 %, 2,048
-// with 99.97 %. When discovery found a sequential allocation (the next
+// with 99.97 %; the budget is 4,096, so that a spray that began before the
+// hard side's mappings were all open, or was slowed by a loaded host,
+// still gets its chances. When discovery found a sequential allocation (the next
 // mapping is the last one plus Delta), the easy side first tries the
 // predicted ports.
 //
@@ -51,8 +53,9 @@ const (
 	DefaultPortInterval = 2 * time.Millisecond
 	// DefaultSprayInterval paces the easy side's requests.
 	DefaultSprayInterval = 2 * time.Millisecond
-	// DefaultSprayProbes is the easy side's budget per attempt.
-	DefaultSprayProbes = 2048
+	// DefaultSprayProbes is the easy side's budget per attempt: 8 s of
+	// spraying at the default pace, inside the 10 s punch timeout.
+	DefaultSprayProbes = 4096
 	// MaxSprayProbes caps the budget.
 	MaxSprayProbes = 4096
 	// maxBurst bounds the birthday requests of one Tick.

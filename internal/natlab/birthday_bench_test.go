@@ -64,6 +64,7 @@ func BenchmarkBirthday(b *testing.B) {
 					times = append(times, d)
 				case isNoPath(err):
 					misses++
+					b.Logf("miss: %v", err)
 				default:
 					b.Fatal(err)
 				}
