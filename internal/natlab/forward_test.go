@@ -138,4 +138,3 @@ func forwardedTransfer(ctx context.Context, lab *Lab, local netip.AddrPort, i in
 	}
 	return nil
 }
-
