@@ -203,7 +203,13 @@ func (c *Client) signedAnswer(t *txn, m *wire.Message, b []byte) bool {
 	case m.Type.Class == wire.ClassSuccess:
 		t.bad = errNoMAC
 		return false
-	case signedOnly(m.Reason):
+	case signedOnly(m.Reason) && !(c.cfg.Reliable && m.Reason == wire.ReasonRateLimited):
+		// Over TCP, ewfd also answers a request over its per-source rate
+		// with ReasonRateLimited, before it checks any MAC, so unsigned
+		// (docs/PROTOCOL.md §9). Only the connected server can inject
+		// into the connection; over UDP, where anyone could forge the
+		// source, ewfd drops such a request and this client ignores the
+		// unsigned answer.
 		t.bad = errUnsignedReason
 		return false
 	}

@@ -331,3 +331,51 @@ func TestRelayWithoutRelay(t *testing.T) {
 		t.Fatalf("Relay = %v, want ErrNoRelay", err)
 	}
 }
+
+// TestAgainstServerTCPRateLimited: over TCP, a request over ewfd's
+// per-source rate ends at once with ErrRateLimited, the signed BIND's too
+// (the answer is unsigned: the server checks no MAC over the rate), instead
+// of waiting out Timeout; one more request at once finds the connection
+// closed by the server, again without waiting.
+func TestAgainstServerTCPRateLimited(t *testing.T) {
+	d, err := server.Start(server.Config{
+		Listen:     []string{"127.0.0.1:0"},
+		DataDir:    t.TempDir(),
+		UDPReaders: 1,
+		Rate:       0.01, // the burst, then nothing for the test's duration
+		Burst:      3,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	srv := d.Addrs()[0].String()
+	ctx := t.Context()
+	// A failure waits out this Timeout instead of the default 39.5 s.
+	c, err := client.DialTCP(ctx, srv, netip.MustParseAddrPort("127.0.0.1:0"), client.Config{Timeout: 15 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	id := wire.ID{0x10, 9}
+	key, err := c.Register(ctx, id) // the burst of 3: REGISTER, STUN, BIND
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := c.PublicAddress(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := wire.Address{Transport: wire.TransportTCP, AddrPort: pub}
+	if err := c.Bind(ctx, id, key, addr); err != nil {
+		t.Fatal(err)
+	}
+	err = c.Bind(ctx, id, key, addr)
+	var re *client.ReasonError
+	if !errors.Is(err, client.ErrRateLimited) || !errors.As(err, &re) || re.Authenticated {
+		t.Fatalf("BIND over the rate: %v, want an unauthenticated ErrRateLimited", err)
+	}
+	if _, err := c.Query(ctx, id); !errors.Is(err, client.ErrClosed) {
+		t.Fatalf("QUERY right after: %v, want ErrClosed (the server closed the connection)", err)
+	}
+}

@@ -2,10 +2,12 @@ package server_test
 
 import (
 	"encoding/binary"
+	"errors"
 	"io"
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"syscall"
 	"testing"
 	"time"
 
@@ -199,5 +201,85 @@ func TestFloodOverRateLimitSparesOtherSources(t *testing.T) {
 	}
 	if dropped < 140 {
 		t.Fatalf("ewfd_dropped_total{reason=rate_limited} = %v after a flood of 200", dropped)
+	}
+}
+
+// TestTCPOverRateAnswered: over TCP, whose handshake verified the source, a
+// request over the per-source rate is answered ReasonRateLimited at once
+// (a TCP client does not retransmit, so a drop would cost it its whole
+// timeout); a second one within the answer interval closes the connection;
+// after the interval a request over the rate is answered again.
+func TestTCPOverRateAnswered(t *testing.T) {
+	clk := newFakeClock()
+	d := startDaemon(t, server.Config{Rate: 0.001, Burst: 2, Now: clk.Now})
+	c := dialTCP(t, addrFor(t, d, "127.0.0.1"))
+	id := newID()
+	for range 2 { // the burst: answered as usual
+		wantError(t, c.roundTrip(queryReq(id)), wire.MethodQuery, wire.ReasonNotRegistered)
+	}
+	wantError(t, c.roundTrip(queryReq(id)), wire.MethodQuery, wire.ReasonRateLimited)
+	// The interval has passed, the rate has not refilled a token: told again.
+	clk.Advance(1100 * time.Millisecond)
+	wantError(t, c.roundTrip(bindReq(id, wire.Key{}, wire.TransportTCP, c.local)), wire.MethodBind, wire.ReasonRateLimited)
+	// Within the interval: no answer, the connection closes.
+	c.send(queryReq(id).AppendTo(nil))
+	if b, err := c.recvWithin(replyTimeout); err != io.EOF {
+		t.Fatalf("after a second request over the rate within the interval: %v (% x), want the connection closed", err, b)
+	}
+	mfs, err := d.Server().Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var closed, answered float64
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			switch {
+			case mf.GetName() == "ewfd_tcp_closed_total" && labelIs(m, "reason", "rate_limited"):
+				closed = m.GetCounter().GetValue()
+			case mf.GetName() == "ewfd_requests_total" && labelIs(m, "outcome", "rate_limited"):
+				answered += m.GetCounter().GetValue()
+			}
+		}
+	}
+	if closed != 1 || answered != 2 {
+		t.Fatalf("ewfd_tcp_closed_total{reason=rate_limited} = %v, ewfd_requests_total{outcome=rate_limited} = %v; want 1 and 2", closed, answered)
+	}
+}
+
+// TestTCPOverRateFloodBounded: a flood over one TCP connection gets the
+// answers within the burst, one ReasonRateLimited and the end of the
+// connection, not an answer per request.
+func TestTCPOverRateFloodBounded(t *testing.T) {
+	d := startDaemon(t, server.Config{Rate: 1, Burst: 5})
+	c := dialTCP(t, addrFor(t, d, "127.0.0.1"))
+	id := newID()
+	var flood []byte
+	for range 200 {
+		flood = queryReq(id).AppendTo(flood)
+	}
+	c.send(flood)
+	var ok, limited int
+	for {
+		b, err := c.recvWithin(replyTimeout)
+		if err == io.EOF || errors.Is(err, syscall.ECONNRESET) {
+			// Reset when the server closed with the rest of the flood
+			// unread; the answers before may then be lost too.
+			break
+		}
+		if err != nil {
+			t.Fatalf("after %d answers and %d rate-limited: %v, want the connection closed", ok, limited, err)
+		}
+		var r wire.Message
+		if err := r.Decode(b); err != nil {
+			t.Fatal(err)
+		}
+		if r.Reason == wire.ReasonRateLimited {
+			limited++
+		} else {
+			ok++
+		}
+	}
+	if ok > 10 || limited > 1 {
+		t.Fatalf("%d answered and %d rate-limited of a flood of 200, want at most the burst of 5 and one", ok, limited)
 	}
 }

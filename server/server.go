@@ -195,6 +195,12 @@ type Handler struct {
 	now    time.Time
 	replay bool
 	rem    remote
+
+	// Over-rate answers on a TCP connection (overRate): the earliest time
+	// (ns since the epoch) the next may go out, and whether the connection
+	// should now be closed.
+	rateNext int64
+	hangUp   bool
 }
 
 // maxUDPRepliers is how many UDP sockets one Server can serve: a binding
@@ -255,6 +261,12 @@ func (h *Handler) Handle(now time.Time, req []byte, src netip.AddrPort, out []by
 	sec, ns := s.clock(now)
 	sk := sourceKey(src.Addr())
 	if !s.srcLim.allow(&sk, ns) {
+		if h.tr == wire.TransportTCP {
+			return h.overRate(kind, req, ns, out)
+		}
+		// UDP: dropped unanswered. The source address is not verified,
+		// so an answer could go to a spoofed victim, and a flood over
+		// the rate is exactly when answering would amplify (§9, §10).
 		s.met.drop(dropRateLimited)
 		return out
 	}
@@ -281,6 +293,46 @@ func (h *Handler) Handle(now time.Time, req []byte, src netip.AddrPort, out []by
 	}
 	return out
 }
+
+// rateAnswerEvery is how often one TCP connection may be told it is over
+// the per-source rate (overRate).
+const rateAnswerEvery = time.Second
+
+// overRate handles a request over the per-source rate that came over TCP.
+// The handshake verified the source, so unlike UDP it can be told: an X
+// request gets ReasonRateLimited at once instead of waiting out the
+// client's timeout (a TCP client does not retransmit). So that the answers
+// cannot become a flood of their own, a connection gets at most one per
+// rateAnswerEvery; another request over the rate within it (or a STUN
+// request over the rate, for which STUN has no answer a client would read
+// as "slow down") makes the connection close (HangUp), which also ends the
+// client's other requests at once.
+func (h *Handler) overRate(kind wire.Kind, req []byte, ns int64, out []byte) []byte {
+	s, m := h.s, &h.req
+	if kind != wire.KindX || ns < h.rateNext {
+		s.met.drop(dropRateLimited)
+		h.hangUp = true
+		return out
+	}
+	if err := m.Decode(req); errors.Is(err, wire.ErrInvalidHeader) || m.Type.Class != wire.ClassRequest {
+		s.met.drop(dropRateLimited) // nothing to answer, as within the rate
+		return out
+	}
+	h.rateNext = ns + int64(rateAnswerEvery)
+	k := kindOf(m.Type.Method)
+	if m.IsIntroduction() {
+		k = kindIntroduction
+	}
+	s.met.count(k, reasonOutcome(wire.ReasonRateLimited))
+	// Unsigned: the request's MAC is not checked over the rate. The
+	// client accepts an unsigned ReasonRateLimited over TCP only (§9).
+	return appendError(&h.resp, m.Type.Method, &m.TransactionID, wire.ReasonRateLimited, out)
+}
+
+// HangUp reports whether the connection the Handler serves should be
+// closed: its source went on sending over the per-source rate after being
+// told (overRate). Only TCP Handlers ever report true.
+func (h *Handler) HangUp() bool { return h.hangUp }
 
 // withinAmplification enforces docs/PROTOCOL.md §10 at run time: an X
 // answer is at most twice its request. A STUN answer is measured as a

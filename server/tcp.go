@@ -172,6 +172,12 @@ func (d *Daemon) serveConn(t *tcpConn) {
 				return
 			}
 		}
+		if h.HangUp() {
+			// Told it is over the rate, the source kept on (server.go,
+			// overRate): closing ends its waiting requests at once.
+			d.met.tcpClosed[closeRateLimited].Inc()
+			return
+		}
 		out = resp[:0]
 	}
 }
@@ -183,10 +189,11 @@ const (
 	closeBadFrame
 	closeWrite
 	closeOther
+	closeRateLimited
 	numCloses
 )
 
-var closeNames = [numCloses]string{"eof", "idle", "bad_frame", "write", "other"}
+var closeNames = [numCloses]string{"eof", "idle", "bad_frame", "write", "other", "rate_limited"}
 
 func (d *Daemon) countTCPClose(err error) {
 	switch {
