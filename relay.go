@@ -63,6 +63,7 @@ type relayPath struct {
 	ready    chan struct{} // closed once the allocation is up (or failed: err set)
 	err      error
 	punching chan struct{} // closed once the relayed attempt exists
+	done     chan struct{} // closed by close
 
 	// Set before ready is closed.
 	alloc *relayclient.Allocation
@@ -84,14 +85,15 @@ func (n *Node) startRelay(peer wire.ID, secret wire.Secret) *relayPath {
 	if n.cfg.Relay == RelayNever || n.noRelay.Load() {
 		return nil
 	}
-	rp := &relayPath{n: n, peer: peer, secret: secret, ready: make(chan struct{}), punching: make(chan struct{})}
+	rp := &relayPath{n: n, peer: peer, secret: secret, ready: make(chan struct{}), punching: make(chan struct{}), done: make(chan struct{})}
 	n.mu.Lock()
 	old := n.relays[peer]
 	n.relays[peer] = rp
 	n.mu.Unlock()
 	if old != nil {
 		n.wg.Add(1)
-		go func() { defer n.wg.Done(); old.close(true) }()
+		// Unless a connection runs on it: that one lives on until closed.
+		go func() { defer n.wg.Done(); old.close(false) }()
 	}
 	n.wg.Add(1)
 	go func() {
@@ -108,6 +110,15 @@ func (n *Node) startRelay(peer wire.ID, secret wire.Secret) *relayPath {
 		select {
 		case <-t.C:
 			rp.close(false)
+		case <-rp.done:
+			return
+		case <-n.ctx.Done():
+			rp.close(true)
+			return
+		}
+		// In use: the connection's Close ends it, or the node's.
+		select {
+		case <-rp.done:
 		case <-n.ctx.Done():
 			rp.close(true)
 		}
@@ -330,6 +341,7 @@ func (rp *relayPath) close(force bool) {
 		return
 	}
 	rp.closed = true
+	close(rp.done)
 	rp.mu.Unlock()
 	n := rp.n
 	n.mu.Lock()

@@ -168,3 +168,50 @@ func TestFallbackPrefersDirect(t *testing.T) {
 		t.Fatalf("%v RELAY requests, want 2: both sides ready a relay while punching", got)
 	}
 }
+
+// TestNodeCloseEndsRelayedConnections: closing the nodes, not the
+// connections, still releases the relayed endpoints (goleak in TestMain
+// checks their goroutines) and the allocations on the relay.
+func TestNodeCloseEndsRelayedConnections(t *testing.T) {
+	srv, d := startRelayServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ln, err := ewf.Open(ctx, config(t, srv, "listener"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := config(t, srv, "dialer")
+	cfg.Relay = ewf.RelayAlways
+	dn, err := ewf.Open(ctx, cfg)
+	if err != nil {
+		ln.Close()
+		t.Fatal(err)
+	}
+	dc, err := dn.Dial(ctx, ln.ID(), "")
+	if err != nil {
+		ln.Close()
+		dn.Close()
+		t.Fatal(err)
+	}
+	ac, err := ln.Accept(ctx)
+	if err != nil {
+		ln.Close()
+		dn.Close()
+		t.Fatal(err)
+	}
+	if dc.Path() != ewf.PathRelay || ac.Path() != ewf.PathRelay {
+		t.Errorf("paths %s / %s", dc.Path(), ac.Path())
+	}
+	if n := d.Relay().Allocations(); n != 2 {
+		t.Errorf("%d allocations, want 2 (one per side)", n)
+	}
+	dn.Close()
+	ln.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for d.Relay().Allocations() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d allocations left after both nodes closed", d.Relay().Allocations())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
