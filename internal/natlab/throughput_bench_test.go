@@ -55,7 +55,10 @@ func BenchmarkThroughput(b *testing.B) {
 		{"wan-20ms-1pct", Link{Delay: 20 * time.Millisecond, Loss: 0.01, Seed: 1}},
 		{"forwarder", Link{Delay: time.Microsecond}},
 	}
-	env := os.Getenv("NATLAB_XFER_ENV")
+	env := ""
+	if e := os.Getenv("NATLAB_XFER_ENV"); e != "" {
+		env = "env " + e
+	}
 	for _, lk := range links {
 		if only := os.Getenv("NATLAB_XFER_LINKS"); only != "" && !strings.Contains(only, lk.name) {
 			continue
@@ -100,7 +103,9 @@ func BenchmarkThroughput(b *testing.B) {
 // listener received every byte.
 func labTransfer(lab *Lab, ewf, transport, data, id string) (time.Duration, error) {
 	out := id + ".out"
-	l, err := lab.Start("l", "/bin/sh", "-c", fmt.Sprintf("exec %s listen --server %s --identity %s-l.json --timeout 1m >%s",
+	// The listener sends nothing (</dev/null): it ends its direction at
+	// once, so both exit when the connector's data is through.
+	l, err := lab.Start("l", "/bin/sh", "-c", fmt.Sprintf("exec %s listen --server %s --identity %s-l.json --timeout 1m </dev/null >%s",
 		ewf, matrixServer, id, out))
 	if err != nil {
 		return 0, err
