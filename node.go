@@ -464,7 +464,7 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 	n.addSession(peer, in.Secret, nil)
 	rp := n.startRelay(peer, in.Secret)
 	if n.cfg.Relay == RelayAlways && rp != nil {
-		return n.dialFallback(ctx, rp, ErrNoDirectPath)
+		return n.dialFallback(ctx, rp, ErrNoDirectPath, false)
 	}
 	a, err := n.startAttempt(peer, in.Secret, in.Addresses, nil, true)
 	if err != nil {
@@ -476,7 +476,7 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 	}
 	path, rtt, err := a.wait(ctx)
 	if err != nil {
-		return n.dialFallback(ctx, rp, err)
+		return n.dialFallback(ctx, rp, err, true)
 	}
 	conf, err := n.tlsConfig(in.Secret, peer, true)
 	if err != nil {

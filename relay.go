@@ -250,8 +250,12 @@ func (n *Node) relayedSignalled(peer wire.ID, relayed []wire.Address) {
 	rp.addTargets(addrs)
 }
 
-// wait blocks until the relayed attempt has a path, and returns it.
-func (rp *relayPath) wait(ctx context.Context) (netip.AddrPort, time.Duration, error) {
+// wait blocks until the relayed attempt has a path, and returns it. It
+// waits at most signalGrace for the peer's relayed address: after a punch
+// that gave up, the peer has had the punch timeout to allocate and signal,
+// and a peer that never relays never signals, so the dialer need not wait
+// the full relayWait for it.
+func (rp *relayPath) wait(ctx context.Context, signalGrace time.Duration) (netip.AddrPort, time.Duration, error) {
 	select {
 	case <-rp.ready:
 	case <-ctx.Done():
@@ -262,8 +266,12 @@ func (rp *relayPath) wait(ctx context.Context) (netip.AddrPort, time.Duration, e
 	}
 	ctx, cancel := context.WithTimeout(ctx, relayWait)
 	defer cancel()
+	grace := time.NewTimer(signalGrace)
+	defer grace.Stop()
 	select {
 	case <-rp.punching:
+	case <-grace.C:
+		return netip.AddrPort{}, 0, errors.New("the peer signalled no relayed address (it does not relay)")
 	case <-ctx.Done():
 		return netip.AddrPort{}, 0, fmt.Errorf("the peer signalled no relayed address: %w", ctx.Err())
 	}
@@ -453,13 +461,22 @@ func (n *Node) viaPeerRelay(c *Conn) {
 	}
 }
 
+// afterPunchGrace is how long a dialer whose punch gave up still waits
+// for the peer's relayed address (signalGrace of relayPath.wait).
+const afterPunchGrace = 5 * time.Second
+
 // dialFallback is Dial's relayed path after the direct attempt ended with
-// derr: over this node's relayed endpoint, if it has one.
-func (n *Node) dialFallback(ctx context.Context, rp *relayPath, derr error) (*Conn, error) {
+// derr (or, with RelayAlways, instead of one: punched false): over this
+// node's relayed endpoint, if it has one.
+func (n *Node) dialFallback(ctx context.Context, rp *relayPath, derr error, punched bool) (*Conn, error) {
 	if rp == nil || !errors.Is(derr, ErrNoDirectPath) {
 		return nil, derr
 	}
-	path, rtt, err := rp.wait(ctx)
+	grace := relayWait
+	if punched {
+		grace = afterPunchGrace
+	}
+	path, rtt, err := rp.wait(ctx, grace)
 	if err != nil {
 		rp.close(true)
 		return nil, fmt.Errorf("%w; no relayed path either: %w", derr, err)
