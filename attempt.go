@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -257,15 +258,28 @@ func (a *attempt) settlePorts(pathPort int) {
 	if a.ports == nil {
 		return
 	}
-	if pathPort > 0 {
+	if a.dialer {
 		if c, ok := a.ports.take(pathPort); ok {
-			if a.dialer {
-				a.mu.Lock()
-				a.handed = c
-				a.mu.Unlock()
-			} else {
-				a.n.serveOn(c)
+			a.mu.Lock()
+			a.handed = c
+			a.mu.Unlock()
+		}
+	} else {
+		// The dialer picks the path; serve every socket it may pick.
+		a.mu.Lock()
+		heard := a.m.HeardPorts(nil)
+		a.mu.Unlock()
+		if pathPort > 0 && !slices.Contains(heard, pathPort) {
+			heard = append(heard, pathPort)
+		}
+		var socks []net.PacketConn
+		for _, p := range heard {
+			if c, ok := a.ports.take(p); ok {
+				socks = append(socks, c)
 			}
+		}
+		if len(socks) > 0 {
+			a.n.serveOn(socks)
 		}
 	}
 	a.ports.close()

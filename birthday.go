@@ -107,7 +107,11 @@ func (a *attempt) considerBirthday(now time.Time) {
 		return
 	}
 	switch {
-	case self == roleHard && peer == roleEasy:
+	case (self == roleHard || self == roleSeq) && peer == roleEasy:
+		// A sequential NAT gets the extra sockets too: its class may be
+		// a misreading (a NAT that picks a hashed port per destination
+		// and then counts up looks sequential to discovery), and 256
+		// mappings in a row are as easy to hit as 256 scattered ones.
 		a.bdayDecided = true
 		ports, err := openPorts(a, punch.MaxPorts)
 		if err != nil && ports == nil {
@@ -142,7 +146,7 @@ type portSet struct {
 	done  []chan struct{}
 
 	mu     sync.Mutex
-	taken  int             // the port handed to QUIC, 0 if none
+	taken  map[int]bool    // ports handed to QUIC
 	closed bool            // close ran
 	early  map[int][]dgram // QUIC packets that came before the handover
 	wg     sync.WaitGroup
@@ -228,11 +232,14 @@ func (ps *portSet) send(port int, b []byte, to netip.AddrPort) {
 // packets that came early; close then leaves it open.
 func (ps *portSet) take(port int) (net.PacketConn, bool) {
 	ps.mu.Lock()
-	if ps.closed || ps.taken != 0 || port < 1 || port > len(ps.socks) {
+	if ps.closed || ps.taken[port] || port < 1 || port > len(ps.socks) {
 		ps.mu.Unlock()
 		return nil, false
 	}
-	ps.taken = port
+	if ps.taken == nil {
+		ps.taken = map[int]bool{}
+	}
+	ps.taken[port] = true
 	ps.mu.Unlock()
 	c := ps.socks[port-1]
 	ps.stops[port-1].Store(true)
@@ -245,7 +252,7 @@ func (ps *portSet) take(port int) (net.PacketConn, bool) {
 	return &replayConn{c: c, early: early}, true
 }
 
-// close closes every socket but the one taken and waits for the readers.
+// close closes every socket but those taken and waits for the readers.
 func (ps *portSet) close() {
 	ps.mu.Lock()
 	if ps.closed {
@@ -256,7 +263,7 @@ func (ps *portSet) close() {
 	taken := ps.taken
 	ps.mu.Unlock()
 	for i, c := range ps.socks {
-		if i+1 != taken {
+		if !taken[i+1] {
 			c.Close()
 		}
 	}
@@ -310,9 +317,25 @@ func (n *Node) closeWith(qc *quic.Conn, tr *quic.Transport, c net.PacketConn) {
 	})
 }
 
-// serveOn accepts the one QUIC connection the dialer makes over the path
-// that came up on an extra socket (this node listens and was the hard side).
-func (n *Node) serveOn(c net.PacketConn) {
+// serveOn accepts the one QUIC connection the dialer makes over a path
+// that came up on an extra socket (this node listens and was the hard
+// side). The dialer chose the path: when more than one guess hit, this
+// side cannot know which, so it serves QUIC on every socket the peer's
+// requests reached, and the first connection accepted ends the others.
+func (n *Node) serveOn(socks []net.PacketConn) {
+	ctx, cancel := context.WithTimeout(n.ctx, 30*time.Second)
+	var once sync.Once
+	for _, c := range socks {
+		n.serveOne(ctx, c, func() bool {
+			won := false
+			once.Do(func() { won = true; cancel() })
+			return won
+		})
+	}
+	n.wg.Go(func() { <-ctx.Done(); cancel() })
+}
+
+func (n *Node) serveOne(ctx context.Context, c net.PacketConn, win func() bool) {
 	tr := n.quicOn(c)
 	ln, err := tr.Listen(n.serverTLS(), n.quicConfig())
 	if err != nil {
@@ -321,10 +344,12 @@ func (n *Node) serveOn(c net.PacketConn) {
 		return
 	}
 	n.wg.Go(func() {
-		ctx, cancel := context.WithTimeout(n.ctx, 30*time.Second)
 		qc, err := ln.Accept(ctx)
-		cancel()
 		ln.Close()
+		if err == nil && !win() {
+			qc.CloseWithError(0, "")
+			err = net.ErrClosed
+		}
 		if err != nil {
 			tr.Close()
 			c.Close()

@@ -244,3 +244,16 @@ func TestBirthdaySimulated(t *testing.T) {
 		t.Errorf("connected with only the main socket's mapping (%v; a 3 %% chance that this seed does not draw)", d)
 	}
 }
+
+// TestHeardPorts: the extra sockets a peer's requests reached, each once.
+func TestHeardPorts(t *testing.T) {
+	m := newA(t, func(c *Config) { c.Candidates = []netip.AddrPort{easyPub} })
+	m.EnablePorts(8, easyPub, 0, t0)
+	m.ReceiveOn(fromB(t, wire.ClassRequest, txid(1)), easyPub, 3, t0)
+	m.ReceiveOn(fromB(t, wire.ClassRequest, txid(2)), easyPub, 5, t0)
+	m.ReceiveOn(fromB(t, wire.ClassRequest, txid(3)), easyPub, 3, t0)
+	m.Receive(fromB(t, wire.ClassRequest, txid(4)), easyPub, t0)
+	if got := m.HeardPorts(nil); !slices.Equal(got, []int{3, 5}) {
+		t.Errorf("HeardPorts = %v, want [3 5]", got)
+	}
+}

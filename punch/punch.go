@@ -458,6 +458,26 @@ func (m *Machine) PathPort() int {
 	return m.pathPort
 }
 
+// HeardPorts appends the extra sockets (Packet.Port > 0) on which a valid
+// request from the peer arrived: on the side that does not choose the
+// path, each may be the one the peer's connection comes to.
+func (m *Machine) HeardPorts(dst []int) []int {
+	for i := range m.cands[:m.ncands] {
+		c := &m.cands[i]
+		if !c.heard || c.port == 0 {
+			continue
+		}
+		dup := false
+		for _, p := range dst {
+			dup = dup || p == int(c.port)
+		}
+		if !dup {
+			dst = append(dst, int(c.port))
+		}
+	}
+	return dst
+}
+
 // LastHeard returns when the last valid message from the peer arrived
 // (zero if none): the caller can tell a live kept-alive path from a dead one.
 func (m *Machine) LastHeard() time.Time { return m.heard }
