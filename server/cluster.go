@@ -398,17 +398,21 @@ func (c *cluster) fetchBindings(ctx context.Context, h *Handler, id *wire.ID) er
 // server that holds it, which sends it from its own socket. It is the one
 // path for INTRODUCE and any later message of that kind (SIGNAL).
 //
-// Over UDP only: a TCP binding's connection belongs to the server it came
-// in on and has no Replier in the table. ok is true when sent or handed
+// Over TCP (a client whose UDP is blocked: deliveryTransport), the
+// message goes over the connection the TCP binding came in on, which the
+// server holding the binding keeps (tcpdeliver.go). ok is true when sent or handed
 // over; otherwise why is the reason for the requester: as Server.send's
 // here, ReasonNotBound when the binding's server is gone, ReasonTryLater
 // when the store is out of reach.
 func (h *Handler) deliverToBound(id *wire.ID, tr wire.Transport, e *bindEntry, srv *[2]string, msg []byte, ns int64) (bool, wire.Reason) {
 	s := h.s
-	if tr != wire.TransportUDP || !e[tr].valid() {
+	if !e[tr].valid() {
 		return false, wire.ReasonNotBound
 	}
 	if srv[tr] == "" {
+		if tr == wire.TransportTCP {
+			return s.sendTCP(id, e[tr], msg, ns) // tcpdeliver.go: the binding's connection
+		}
 		return s.send(e[tr], msg, ns) // signal.go: limit per target address, then the binding's socket
 	}
 	c := s.cl
@@ -434,10 +438,10 @@ func (h *Handler) deliverToBound(id *wire.ID, tr wire.Transport, e *bindEntry, s
 
 // onMessage receives a message another server handed over for a peer bound
 // here and sends it with Deliver (signal.go): from the socket the peer's
-// binding came in on, after the limit per target address, and only if it
+// binding came in on (or its TCP binding's connection), after the limit per target address, and only if it
 // is an X indication.
 func (c *cluster) onMessage(b []byte) {
-	if len(b) <= fwdHeader || wire.Transport(b[16]) != wire.TransportUDP {
+	if len(b) <= fwdHeader || wire.Transport(b[16]) > wire.TransportTCP {
 		c.met.recvDropped.Inc()
 		return
 	}

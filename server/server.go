@@ -86,6 +86,12 @@ type Server struct {
 	udpMu sync.Mutex
 	udp   atomic.Pointer[[]Replier] // UDP sockets by bindSlot.via, copy on write
 
+	// tcpR is, per ID bound over TCP here, the connection its binding
+	// came in on: INTRODUCE and SIGNAL reach a client whose UDP is
+	// blocked over it (tcpdeliver.go). A slow path: a map and a lock.
+	tcpMu sync.Mutex
+	tcpR  map[wire.ID]Replier
+
 	logMu      sync.Mutex
 	lastErrLog time.Time // store failures are logged at most once a second
 }
@@ -127,6 +133,7 @@ func New(st store.Store, cfg Config) (*Server, error) {
 	// and a zero expiry is always in the past.
 	s.epoch = s.now().Add(-time.Second)
 	s.udp.Store(&[]Replier{})
+	s.tcpR = make(map[wire.ID]Replier)
 	for _, u := range cfg.Relay.URLs {
 		s.relayURLs = append(s.relayURLs, []byte(u))
 	}
@@ -160,6 +167,7 @@ func (s *Server) Sweep(now time.Time) {
 	sec, _ := s.clock(now)
 	s.bind.sweep(sec)
 	s.tx.expire(sec)
+	s.sweepTCP(sec)
 }
 
 // Handler handles the packets of one reader goroutine (a UDP socket's reader
@@ -445,6 +453,9 @@ func (h *Handler) bindReq(src netip.AddrPort, now time.Time, sec uint32, out []b
 		return h.fail(out, kindBind, wire.ReasonAddressMismatch)
 	}
 	old := s.bind.set(&m.ID, h.tr, src, h.via, sec+s.ttl)
+	if h.tr == wire.TransportTCP && h.r != nil {
+		s.setTCPReplier(&m.ID, h.r)
+	}
 	h.shareBinding(&m.ID, src, &old, sec)
 	s.st.Touch(m.ID, now)
 	s.met.count(kindBind, outOK)
@@ -510,11 +521,11 @@ func (h *Handler) introduce(src netip.AddrPort, now time.Time, sec uint32, ns in
 		return h.fail(out, kindIntroduction, wire.ReasonNotRegistered)
 	}
 	te, _, tsrv := h.bound(&m.ID, sec)
-	if !te[wire.TransportUDP].valid() {
+	ttr, ok := deliveryTransport(&te)
+	if !ok {
 		if h.deferShared() {
 			return out
 		}
-		// The INTRODUCE can only travel over UDP.
 		return h.fail(out, kindIntroduction, wire.ReasonNotBound)
 	}
 	qe, qn, _ := h.bound(&m.SourceID, sec)
@@ -547,7 +558,7 @@ func (h *Handler) introduce(src netip.AddrPort, now time.Time, sec uint32, ns in
 	// so that a popular peer's own requests are not charged for the
 	// introductions it receives). It sends from the socket the target's
 	// binding came in on, here or at the server that holds it.
-	if ok, reason := h.deliverToBound(&m.ID, wire.TransportUDP, &te, &tsrv, ind.AppendTo(h.ind[:0]), ns); !ok {
+	if ok, reason := h.deliverToBound(&m.ID, ttr, &te, &tsrv, ind.AppendTo(h.ind[:0]), ns); !ok {
 		return h.fail(out, kindIntroduction, reason)
 	}
 

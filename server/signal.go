@@ -43,7 +43,8 @@ func (h *Handler) signal(src netip.AddrPort, now time.Time, sec uint32, ns int64
 		return h.fail(out, kindSignal, wire.ReasonNotBound)
 	}
 	te, _, tsrv := h.bound(&m.ID, sec)
-	if !te[wire.TransportUDP].valid() {
+	ttr, ok := deliveryTransport(&te)
+	if !ok {
 		if h.deferShared() {
 			return out
 		}
@@ -62,7 +63,7 @@ func (h *Handler) signal(src netip.AddrPort, now time.Time, sec uint32, ns int64
 	ind.SetSourceID(m.SourceID)
 	ind.CopySignalled(m)
 	ind.SetSignalMAC(m.SignalMAC)
-	if ok, why := h.deliverToBound(&m.ID, wire.TransportUDP, &te, &tsrv, ind.AppendTo(h.ind[:0]), ns); !ok {
+	if ok, why := h.deliverToBound(&m.ID, ttr, &te, &tsrv, ind.AppendTo(h.ind[:0]), ns); !ok {
 		return h.fail(out, kindSignal, why)
 	}
 	s.met.count(kindSignal, outOK)
@@ -70,7 +71,8 @@ func (h *Handler) signal(src netip.AddrPort, now time.Time, sec uint32, ns int64
 }
 
 // Deliver sends the indication b to the client bound under peer, over the
-// peer's UDP binding and from the socket that binding came in on, as an
+// peer's UDP binding and from the socket that binding came in on (or,
+// without one, over the connection of its TCP binding), as an
 // INTRODUCE or SIGNAL indication is sent. It is the one place where the
 // server talks to a client that did not just ask: every delivery is charged
 // to the peer's address at the per-source rate (so that however many IDs
@@ -92,6 +94,11 @@ func (s *Server) Deliver(now time.Time, peer wire.ID, b []byte) (ok bool, why wi
 	sec, ns := s.clock(now)
 	dst, ok, why := s.lookupUDP(&peer, sec)
 	if !ok {
+		// A client whose UDP is blocked is reached over the connection
+		// of its TCP binding (tcpdeliver.go).
+		if te, _ := s.bind.get(&peer, sec); why == wire.ReasonNotBound && te[wire.TransportTCP].valid() {
+			return s.sendTCP(&peer, te[wire.TransportTCP], b, ns)
+		}
 		return false, why
 	}
 	return s.send(dst, b, ns)

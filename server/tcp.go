@@ -30,9 +30,18 @@ type tcpConn struct {
 	async  chan []byte // nil until the first Reply
 }
 
-// asyncQueue is how many late answers may wait for one connection. A client
-// has at most a few REGISTERs in flight; more are dropped, as over UDP.
-const asyncQueue = 4
+// asyncQueue is how many late answers and indications may wait for one
+// connection. A client has at most a few REGISTERs in flight; a client
+// reached over TCP (tcpdeliver.go) also gets an INTRODUCE and a few
+// SIGNALs per introduction. More are dropped, as over UDP.
+const asyncQueue = 16
+
+// isClosed reports whether the connection ended (closedReplier).
+func (t *tcpConn) isClosed() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.closed
+}
 
 // Reply queues b for the connection's writer goroutine.
 func (t *tcpConn) Reply(b []byte, _ netip.AddrPort) {
