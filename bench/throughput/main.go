@@ -97,7 +97,6 @@ type bench struct {
 	chunk  int
 	server string
 	dir    string
-	n      int
 }
 
 type result struct{ connect, xfer time.Duration }
@@ -183,10 +182,12 @@ func (b *bench) transfer(p pair) (result, error) {
 }
 
 func (b *bench) ewfPair(ctx context.Context, tr ewf.Transport) (pair, error) {
-	b.n++
+	// The same identities every round: the server limits REGISTERs per
+	// source address (20 an hour), and a host that has run ewf before
+	// does not register again either.
 	cfg := func(name string) ewf.Config {
 		return ewf.Config{Server: b.server, Transport: tr,
-			IdentityFile: filepath.Join(b.dir, fmt.Sprintf("%s-%d.json", name, b.n))}
+			IdentityFile: filepath.Join(b.dir, fmt.Sprintf("%s-%s.json", name, tr))}
 	}
 	l, err := ewf.Listen(ctx, cfg("listener"))
 	if err != nil {
