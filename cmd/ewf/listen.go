@@ -109,7 +109,9 @@ func (p *peers) admit(c *ewf.Conn) bool {
 	p.mu.Unlock()
 	if full {
 		status("refused", "peer", cs.Peer, "transport", cs.Transport, "reason", "max-peers")
-		c.Close()
+		// Close lingers up to a few seconds for the peer's acknowledgement;
+		// the accept loop must not wait for it.
+		go c.Close()
 		return false
 	}
 	kv := []string{"peer", cs.Peer, "transport", cs.Transport, "path", cs.Path}
