@@ -283,8 +283,11 @@ func TestMatrix(t *testing.T) {
 	}
 	t.Logf("binaries built, lab built and verified in %v", time.Since(start).Round(time.Millisecond))
 
+	// -require-integrity: the ewf client never sends a KEY in clear
+	// (docs/PROTOCOL.md §18), so every pair works against a server that
+	// refuses it.
 	srv, err := lab.Start(ServerHost, ewfd, "-listen", matrixServer+","+matrixServer6, "-alternate", discoAlternate, "-data", t.TempDir(),
-		"-metrics", matrixMetrics, "-log-level", "warn")
+		"-metrics", matrixMetrics, "-log-level", "warn", "-require-integrity")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -420,6 +423,9 @@ func TestMatrix(t *testing.T) {
 			total += v
 		}
 	}
+	if n := sumSuffix(m, `outcome="integrity_required"}`); n > 0 {
+		t.Errorf("ewfd refused %.0f requests that carried the KEY in clear", n)
+	}
 	t.Logf("ewfd: %.0f requests for %d pairs; malformed %.0f, ignored %.0f, other %.0f, introductions ok %.0f",
 		total, len(cases)+len(keepCases), m[`ewfd_dropped_total{reason="malformed"}`], m[`ewfd_dropped_total{reason="ignored"}`],
 		sumPrefix(m, `ewfd_requests_total{kind="other"`), m[`ewfd_requests_total{kind="introduction",outcome="ok"}`])
@@ -478,6 +484,16 @@ func sumPrefix(m map[string]float64, prefix string) float64 {
 	var s float64
 	for k, v := range m {
 		if strings.HasPrefix(k, prefix) {
+			s += v
+		}
+	}
+	return s
+}
+
+func sumSuffix(m map[string]float64, suffix string) float64 {
+	var s float64
+	for k, v := range m {
+		if strings.HasSuffix(k, suffix) {
 			s += v
 		}
 	}
