@@ -67,7 +67,7 @@ func (n *Node) startAttempt(peer wire.ID, secret wire.Secret, addrs, cands []wir
 	if err != nil {
 		return nil, err
 	}
-	a.dialer, a.peerPublic, a.peerPorts = dialer, peerPublic, peerPorts
+	a.dialer, a.peerPublic, a.peerPorts, a.start = dialer, peerPublic, peerPorts, time.Now()
 	// Both sides SIGNAL at the start when discovery has answered (the
 	// target always does, the dialer then); otherwise the driver does once
 	// it answers.

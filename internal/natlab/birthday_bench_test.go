@@ -58,13 +58,13 @@ func BenchmarkBirthday(b *testing.B) {
 			misses := 0
 			b.ResetTimer()
 			for range b.N {
-				d, _, err := bc.once(b)
+				d, lines, err := bc.onceLogged(b)
 				switch {
 				case err == nil:
 					times = append(times, d)
 				case isNoPath(err):
 					misses++
-					b.Logf("miss: %v", err)
+					b.Logf("miss: %v\nlistener:\n%s", err, strings.Join(lines, "\n"))
 				default:
 					b.Fatal(err)
 				}
@@ -91,4 +91,46 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 	slices.Sort(s)
 	i := int(p*float64(len(s))+0.5) - 1
 	return s[min(max(i, 0), len(s)-1)]
+}
+
+// onceLogged is benchConn.once with the listener at -v, returning the
+// listener's stderr when the connector reports an error, so that a miss
+// can be told apart: no extra sockets opened, or no guess landed.
+func (bc *benchConn) onceLogged(b *testing.B) (time.Duration, []string, error) {
+	b.StopTimer()
+	l, err := bc.lab.Start(bc.listener, bc.ewf, "listen", "--server", matrixServer, "--identity", bc.lid,
+		"--punch-timeout", matrixPunch.String(), "--timeout", "1m", "-v")
+	if err != nil {
+		return 0, nil, err
+	}
+	defer l.Kill()
+	ready, err := l.WaitLine("ready", 30*time.Second)
+	if err != nil {
+		return 0, nil, err
+	}
+	b.StartTimer()
+	start := time.Now()
+	c, err := bc.lab.Start(bc.connector, bc.ewf, "connect", "--server", matrixServer, "--identity", bc.cid,
+		"--punch-timeout", matrixPunch.String(), "--transport", bc.transport, "--timeout", "30s", ready["id"])
+	if err != nil {
+		return 0, nil, err
+	}
+	defer c.Kill()
+	_, err = c.WaitLine("connected", 40*time.Second)
+	d := time.Since(start)
+	b.StopTimer()
+	if err != nil {
+		var keep []string
+		for _, line := range l.Lines() {
+			if strings.Contains(line, "birthday") || strings.Contains(line, "NAT discovery") ||
+				strings.Contains(line, "introduced") || strings.Contains(line, "signalled") || strings.Contains(line, "connected") {
+				keep = append(keep, line)
+			}
+		}
+		return d, keep, err
+	}
+	if _, err := l.WaitLine("connected", 20*time.Second); err != nil {
+		return 0, nil, err
+	}
+	return d, nil, nil
 }
