@@ -124,6 +124,9 @@ type Config struct {
 	// identity file: it lets a test play an impostor that holds another
 	// ID's KEY but not its private key, which no identity file can hold.
 	forged *client.Identity
+	// blockUDP, in tests only, drops every UDP datagram the node sends
+	// to the server, as a network that blocks UDP does (blocked_test.go).
+	blockUDP bool
 }
 
 func (c *Config) populate() error {

@@ -42,7 +42,8 @@ type Node struct {
 	tr     *quic.Transport
 	ql     *quic.Listener
 	bound  bool                    // start got past binding (Open's failover loop)
-	tcp    atomic.Pointer[tcpSide] // nil unless EnableTCP and bound
+	tcp    atomic.Pointer[tcpSide] // nil unless EnableTCP and bound, or UDP is blocked (blocked.go)
+	udpUp  atomic.Bool             // the UDP binding is made; false: UDP is blocked (blocked.go)
 	public atomic.Value
 
 	mu       sync.Mutex
@@ -105,9 +106,13 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		accepted:       make(chan *Conn, 16),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.public.Store(netip.AddrPort{}) // until the UDP binding is made
 	rcfg := client.Config{
 		Server: server, // names the first server in errors (failover.go)
 		Send: func(b []byte) error {
+			if cfg.blockUDP {
+				return nil // tests: a network that drops UDP (blocked_test.go)
+			}
 			_, err := n.tr.WriteTo(b, net.UDPAddrFromAddrPort(n.currentServer()))
 			return err
 		},
@@ -160,7 +165,7 @@ func (n *Node) start(ctx context.Context) error {
 		path = p
 	}
 	n.ident = path
-	register := n.register // over TLS when Config.ServerTLS is set (servertls.go)
+	register := n.registerOpen // over TLS when Config.ServerTLS is set (servertls.go), over TCP when UDP is blocked (blocked.go)
 	if err := adoptListKey(path, n.cfg.Server); err != nil {
 		return err
 	}
@@ -175,35 +180,22 @@ func (n *Node) start(ctx context.Context) error {
 	n.self, n.key = ident.ID, ident.Keys[n.cfg.Server]
 
 	// The TCP binding needs its own connection and three round trips;
-	// make them while the UDP binding is made.
-	tcpc := make(chan tcpResult, 1)
-	if n.cfg.EnableTCP {
-		self, key := n.self, n.key
-		go func() {
-			t, err := n.bindTCP(ctx, self, key)
-			tcpc <- tcpResult{t, err}
-		}()
-	} else {
-		tcpc <- tcpResult{}
-	}
-	rekeyed, err := n.bindUDP(ctx, ident, path, register)
-	tr := <-tcpc
+	// make them while the UDP binding is made. Without EnableTCP, it is
+	// made only if UDP has no answer within udpGrace (blocked.go).
+	tr, udp, err := n.bindBoth(ctx, ident, path, register)
 	if err != nil {
-		if tr.side != nil {
-			tr.side.close()
-		}
 		return err
-	}
-	if rekeyed && tr.err != nil {
-		tr = tcpResult{}
-		tr.side, tr.err = n.bindTCP(ctx, n.self, n.key)
 	}
 
 	n.bound = true
-	n.wg.Add(2)
-	go n.keepUDP()
+	n.wg.Add(1)
 	go n.acceptQUIC()
-	n.checkNAT()
+	if udp.err == nil {
+		n.udpUp.Store(true)
+		n.wg.Add(1)
+		go n.keepUDP()
+		n.checkNAT()
+	}
 
 	switch {
 	case tr.side != nil:
@@ -216,6 +208,12 @@ func (n *Node) start(ctx context.Context) error {
 		// A listener still serves UDP peers when the server's TCP port
 		// is out of reach.
 		n.log.Warn("TCP binding failed; accepting UDP peers only", "err", tr.err)
+	}
+	if udp.err != nil {
+		n.log.Warn("UDP to the server has no answer: bound over TCP only; peers connect through the relay",
+			"udp", "blocked", "err", udp.err)
+		n.wg.Add(1)
+		go n.udpLater(udp.later, ident, path, register)
 	}
 	return nil
 }
@@ -249,8 +247,10 @@ func (n *Node) bindUDP(ctx context.Context, ident *client.Identity, path string,
 		if err := ident.Save(path); err != nil {
 			return rekeyed, err
 		}
+		n.keyMu.Lock() // bindUDP may run in the background (udpLater)
 		n.key = key
-		err = n.rc.Bind(ctx, n.self, n.key, wire.Address{Transport: wire.TransportUDP, AddrPort: public})
+		n.keyMu.Unlock()
+		err = n.rc.Bind(ctx, n.self, key, wire.Address{Transport: wire.TransportUDP, AddrPort: public})
 	}
 	if err != nil {
 		return rekeyed, serverErr(err)
@@ -446,7 +446,7 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 	if tr == TransportTCP && n.tcp.Load() == nil {
 		return nil, errors.New("ewf: TCP dial needs Config.EnableTCP")
 	}
-	in, err := n.rc.Introduce(ctx, n.self, n.currentKey(), peer, n.candidates())
+	in, err := n.ctl().Introduce(ctx, n.self, n.currentKey(), peer, n.candidates())
 	if err != nil {
 		return nil, peerErr(err)
 	}
@@ -463,7 +463,10 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 	}
 	n.addSession(peer, in.Secret, nil)
 	rp := n.startRelay(peer, in.Secret)
-	if n.cfg.Relay == RelayAlways && rp != nil {
+	// Without UDP on either side no punch can succeed: straight to the
+	// relay (blocked.go).
+	_, peerUDP := addressOf(in.Addresses, wire.TransportUDP)
+	if rp != nil && (n.cfg.Relay == RelayAlways || n.UDPBlocked() || !peerUDP) {
 		return n.dialFallback(ctx, rp, ErrNoDirectPath, false)
 	}
 	a, err := n.startAttempt(peer, in.Secret, in.Addresses, nil, true)
@@ -554,7 +557,9 @@ func (n *Node) onIntroduce(in client.Introduction) {
 	}
 	s := n.addSession(in.Peer, in.Secret, tg)
 	n.startRelay(in.Peer, in.Secret)
-	if _, err := n.startAttempt(in.Peer, in.Secret, in.Addresses, in.Candidates, false); err != nil {
+	if n.UDPBlocked() {
+		// No UDP punch from here: the relay (blocked.go).
+	} else if _, err := n.startAttempt(in.Peer, in.Secret, in.Addresses, in.Candidates, false); err != nil {
 		n.log.Warn("punch", "peer", in.Peer, "err", err)
 	}
 	// INTRODUCE brought the querier's candidates; ours go back by SIGNAL.

@@ -130,7 +130,7 @@ func (rp *relayPath) setUp() error {
 	n := rp.n
 	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.PunchTimeout)
 	defer cancel()
-	creds, err := n.rc.Relay(ctx, n.self, n.key)
+	creds, err := n.ctl().Relay(ctx, n.self, n.currentKey())
 	if errors.Is(err, client.ErrNoRelay) {
 		n.noRelay.Store(true) // the server offers none: stop asking
 		return err
@@ -138,8 +138,13 @@ func (rp *relayPath) setUp() error {
 	if err != nil {
 		return fmt.Errorf("relay credentials: %w", err)
 	}
+	urls := creds.URLs
+	if n.UDPBlocked() {
+		// TURN over TCP at once: over UDP it would only time out.
+		urls = tcpURLs(urls)
+	}
 	alloc, err := relayclient.Allocate(ctx, relayclient.Config{
-		URLs: creds.URLs, Username: creds.Username, Password: creds.Password, Logger: n.log,
+		URLs: urls, Username: creds.Username, Password: creds.Password, Logger: n.log,
 	})
 	if err != nil {
 		return err

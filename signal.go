@@ -102,6 +102,15 @@ func (n *Node) onSignal(sig client.Signal) {
 	a := n.attempts[sig.Peer]
 	n.mu.Unlock()
 	if !sig.Verify(n.self, s.secret) {
+		// Perhaps it belongs to a newer introduction with the same peer
+		// whose answer is still on its way to Dial (the SIGNAL overtook
+		// it on this node's goroutines): kept like one for no
+		// introduction; addSession tries it under the new SECRET.
+		n.mu.Lock()
+		if _, ok := n.pendingSignals[sig.Peer]; ok || len(n.pendingSignals) < maxPendingSignals {
+			n.pendingSignals[sig.Peer] = sig
+		}
+		n.mu.Unlock()
 		n.log.Debug("SIGNAL dropped: SIGNAL_MAC does not verify", "peer", sig.Peer)
 		return
 	}
@@ -161,7 +170,7 @@ func (n *Node) signal(ctx context.Context, peer wire.ID, secret wire.Secret, rel
 	if c, ok := n.NAT(); ok && c.Known() {
 		sig.NATClass, sig.HasNAT = c.Wire(), true
 	}
-	return n.rc.Signal(ctx, n.self, n.currentKey(), peer, secret, sig)
+	return n.ctl().Signal(ctx, n.self, n.currentKey(), peer, secret, sig)
 }
 
 // SignalRelayed tells peer, through the server, this node's candidates

@@ -33,6 +33,7 @@ func (n *Node) bindTCP(ctx context.Context, self wire.ID, key wire.Key) (*tcpSid
 	c, err := client.DialTCP(ctx, n.currentServer().String(), netip.AddrPort{}, client.Config{
 		Logger:      n.log,
 		OnIntroduce: n.onIntroduce,
+		OnSignal:    n.onSignal, // a node whose UDP is blocked gets SIGNALs here (blocked.go)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("ewf: TCP to server: %w", serverErr(err))

@@ -148,7 +148,9 @@ func (p *peers) write() {
 	st := listenStatus{
 		PID: os.Getpid(), ID: p.n.ID().String(), Server: p.n.Server().String(),
 		Started: p.started, Updated: time.Now(),
-		Bindings: []bindStatus{{Transport: "udp", Public: p.n.PublicAddr().String()}},
+	}
+	if !p.n.UDPBlocked() {
+		st.Bindings = append(st.Bindings, bindStatus{Transport: "udp", Public: p.n.PublicAddr().String()})
 	}
 	if a, ok := p.n.PublicTCPAddr(); ok {
 		st.Bindings = append(st.Bindings, bindStatus{Transport: "tcp", Public: a.String()})

@@ -15,7 +15,7 @@
 //
 // Status goes to stderr as one key=value line per event, for scripts:
 //
-//	ready id=<32 hex> public=<ip:port>
+//	ready id=<32 hex> public=<ip:port> [udp=blocked]
 //	connected peer=<32 hex> transport=<udp|tcp> path=<direct|relay> [relay=<ip:port>] remote=<ip:port> rtt_ms=<n> auth=<key|secret>
 //	refused peer=<32 hex> reason=peer-auth msg="..."     (listen: a peer failed authentication or --allow)
 //	upgraded previous=<32 hex> id=<32 hex> auth=key      (id --upgrade)
@@ -46,6 +46,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/ewf-project/ewf"
 )
 
 const usage = `ewf connects two hosts directly, through their NATs.
@@ -141,6 +143,20 @@ func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 
 // status prints one key=value status line on stderr. Values are printed
 // as given; callers quote those that may hold spaces.
+// readyKV is the ready line's fields: the ID and the public address, the
+// TCP one with udp=blocked when UDP to the server has no answer (then
+// every connection goes through the relay, docs/PROTOCOL.md §23).
+func readyKV(n *ewf.Node) []string {
+	if n.UDPBlocked() {
+		pub := "none"
+		if a, ok := n.PublicTCPAddr(); ok {
+			pub = a.String()
+		}
+		return []string{"id", n.ID().String(), "public", pub, "udp", "blocked"}
+	}
+	return []string{"id", n.ID().String(), "public", n.PublicAddr().String()}
+}
+
 func status(event string, kv ...string) {
 	var b strings.Builder
 	b.WriteString(event)

@@ -224,7 +224,7 @@ func runListen(ctx context.Context, args []string) error {
 		return err
 	}
 	defer l.Close()
-	status("ready", "id", l.ID().String(), "public", l.Node().PublicAddr().String())
+	status("ready", readyKV(l.Node())...)
 	peers := newPeers(l.Node(), *maxPeers, *statusDir)
 	lctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -315,7 +315,7 @@ func runConnect(ctx context.Context, args []string) error {
 		return err
 	}
 	defer n.Close()
-	status("ready", "id", n.ID().String(), "public", n.PublicAddr().String())
+	status("ready", readyKV(n)...)
 	stop := progress("punching")
 	conn, err := n.Dial(dctx, peer, "")
 	stop()
