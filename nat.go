@@ -26,9 +26,13 @@ type natState struct {
 }
 
 // NAT returns what discovery learned about this node's NAT (package
-// natdisco) and true, or false while the first check is still running or
-// when discovery is off (Config.DisableNATDiscovery). A server without RFC
-// 5780 (ewfd --alternate) leaves mapping and filtering unknown.
+// natdisco) and true, or false while the first check has not yet learned
+// the mapping or when discovery is off (Config.DisableNATDiscovery). It is
+// true a few round trips after start, as soon as the mapping and the port
+// pattern are known (what a punch needs); Filtering stays unknown, and
+// Hairpin and IPv6 false, until the rest of the check ends, seconds later
+// behind a strict NAT. A server without RFC 5780 (ewfd --alternate)
+// leaves mapping and filtering unknown.
 func (n *Node) NAT() (natdisco.Class, bool) {
 	n.nat.mu.Lock()
 	defer n.nat.mu.Unlock()
@@ -72,10 +76,21 @@ func (n *Node) discoverNAT(key string) {
 	defer n.wg.Done()
 	for {
 		ctx, cancel := context.WithTimeout(n.ctx, 30*time.Second)
+		s := &n.nat
 		res, err := natdisco.Classify(ctx, natdisco.Config{
 			Server:  n.currentServer(), // the one answering now (failover.go)
 			Server6: n.server6(ctx),
 			Listen:  n.natListen,
+			Partial: func(c natdisco.Class) {
+				if !c.Known() {
+					return
+				}
+				s.mu.Lock()
+				if key == s.cur && !s.known {
+					s.class, s.known = c, true
+				}
+				s.mu.Unlock()
+			},
 		})
 		cancel()
 		if err != nil {
@@ -83,7 +98,6 @@ func (n *Node) discoverNAT(key string) {
 		} else {
 			n.log.Debug("NAT discovery", "class", res.Class.String(), "mapped", res.Mapped, "ports", res.Ports)
 		}
-		s := &n.nat
 		s.mu.Lock()
 		if err == nil || res.Class.IPv6 {
 			s.cache[key] = res.Class

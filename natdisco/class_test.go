@@ -111,3 +111,28 @@ func TestExplainMentionsTheFix(t *testing.T) {
 		t.Errorf("Explain(unknown) = %q", s)
 	}
 }
+
+func TestPortPattern(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		ports []uint16
+		want  Ports
+		delta int8
+	}{
+		{"plus-one", []uint16{20000, 20001, 20002, 20003, 20004}, PortsSequential, 1},
+		{"minus-two", []uint16{30010, 30008, 30006, 30004}, PortsSequential, -2},
+		{"wraps", []uint16{65534, 65535, 0, 1}, PortsSequential, 1},
+		// Seen in the lab: a punch opened 238 sockets between two samples.
+		{"one-jump-forgiven", []uint16{20601, 20602, 20603, 20604, 20842, 20843, 20844, 20845}, PortsSequential, 1},
+		{"jump-backwards", []uint16{20601, 20602, 20603, 20100, 20101, 20102}, PortsRandom, 0},
+		{"two-jumps", []uint16{20000, 20001, 20300, 20301, 20700, 20701}, PortsRandom, 0},
+		{"random", []uint16{1059, 60973, 1868, 49072, 27111, 28126}, PortsRandom, 0},
+		{"same-port", []uint16{5000, 5000, 5000, 5000}, PortsRandom, 0},
+		{"big-step", []uint16{1000, 1100, 1200, 1300}, PortsRandom, 0},
+		{"too-few", []uint16{1000, 1001}, PortsRandom, 0},
+	} {
+		if p, d := portPattern(tc.ports); p != tc.want || d != tc.delta {
+			t.Errorf("%s: portPattern(%v) = %v %d, want %v %d", tc.name, tc.ports, p, d, tc.want, tc.delta)
+		}
+	}
+}

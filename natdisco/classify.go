@@ -58,6 +58,13 @@ type Config struct {
 	// PortSamples is how many extra sockets make one new mapping each, in
 	// sequence, to learn the port allocation pattern. Zero means 4.
 	PortSamples int
+
+	// Partial, if set, is called once the mapping and the port pattern are
+	// known, before the filtering and hairpin tests, which wait seconds for
+	// answers that a strict NAT never lets in: a punch that only needs the
+	// mapping role can start from it. Filtering is unknown and Hairpin and
+	// IPv6 false in that Class.
+	Partial func(Class)
 }
 
 // Result is a Class with the evidence behind it, for `ewf nat -v` and logs.
@@ -300,40 +307,6 @@ func (c *classifier) run(res *Result) error {
 		}
 	}
 
-	// Filtering, RFC 5780 §4.4, from a socket that has talked to P only.
-	s1, err := c.open(network)
-	if err != nil {
-		return err
-	}
-	b1, ok, err := c.roundTrip(s1, P, 0)
-	if err != nil {
-		return err
-	}
-	if ok {
-		add(s1, b1)
-	}
-	if rfc && ok {
-		cl.Filtering = FilteringAPDF
-		if twoIPs {
-			bb, okb, err := c.roundTrip(s1, P, changeIP|changePort)
-			if err != nil {
-				return err
-			}
-			if okb && bb.from.Addr() != P.Addr() {
-				cl.Filtering = FilteringEIF
-			}
-		}
-		if cl.Filtering == FilteringAPDF {
-			bc, okc, err := c.roundTrip(s1, P, changePort)
-			if err != nil {
-				return err
-			}
-			if okc && bc.from.Port() != P.Port() {
-				cl.Filtering = FilteringADF
-			}
-		}
-	}
-
 	// Port pattern: more fresh sockets, one new mapping each, in sequence.
 	for range cfg.PortSamples {
 		s, err := c.open(network)
@@ -364,6 +337,44 @@ func (c *classifier) run(res *Result) error {
 		cl.Ports, cl.Delta = portPattern(res.Ports)
 	}
 
+	// Mapping and ports are what a punch needs to pick its strategy; the
+	// filtering and hairpin tests below wait for answers that may never
+	// come (seconds), so report what is known now.
+	if cfg.Partial != nil {
+		cfg.Partial(*cl)
+	}
+
+	// Filtering, RFC 5780 §4.4, from a socket that has talked to P only.
+	s1, err := c.open(network)
+	if err != nil {
+		return err
+	}
+	_, ok, err = c.roundTrip(s1, P, 0)
+	if err != nil {
+		return err
+	}
+	if rfc && ok {
+		cl.Filtering = FilteringAPDF
+		if twoIPs {
+			bb, okb, err := c.roundTrip(s1, P, changeIP|changePort)
+			if err != nil {
+				return err
+			}
+			if okb && bb.from.Addr() != P.Addr() {
+				cl.Filtering = FilteringEIF
+			}
+		}
+		if cl.Filtering == FilteringAPDF {
+			bc, okc, err := c.roundTrip(s1, P, changePort)
+			if err != nil {
+				return err
+			}
+			if okc && bc.from.Port() != P.Port() {
+				cl.Filtering = FilteringADF
+			}
+		}
+	}
+
 	// Hairpinning, RFC 5780 §4.5: from another socket to s0's mapping.
 	if cl.Public {
 		cl.Hairpin = true // delivered by the host itself
@@ -377,9 +388,12 @@ func (c *classifier) run(res *Result) error {
 	return nil
 }
 
-// portPattern finds a constant small step between consecutive ports. One
-// odd step is forgiven (another host's flow took a port in between), as
-// long as the rest agree and the odd one is in the same direction.
+// portPattern finds a constant small step between consecutive ports. A
+// sequential NAT is shared: another host's flows (or this host's own, a
+// punch opening sockets meanwhile) take ports in between, which shows as a
+// bigger step in the same direction. So one such step of any size is
+// forgiven as long as all the others agree; random ports do not agree on
+// five steps out of six by chance.
 func portPattern(ports []uint16) (Ports, int8) {
 	diffs := make([]int, 0, len(ports)-1)
 	for i := 1; i < len(ports); i++ {
@@ -400,7 +414,7 @@ func portPattern(ports []uint16) (Ports, int8) {
 		return PortsRandom, 0
 	}
 	for _, d := range diffs {
-		if d == 0 || (d > 0) != (best > 0) || abs(d) > 4*maxStep {
+		if d == 0 || (d > 0) != (best > 0) {
 			return PortsRandom, 0
 		}
 	}

@@ -201,3 +201,36 @@ func TestGlobalIPv6(t *testing.T) {
 		}
 	}
 }
+
+// TestClassifyReportsPartialFirst: the mapping and port pattern reach
+// Config.Partial before the filtering tests wait out their timeouts, so a
+// punch does not have to wait for them.
+func TestClassifyReportsPartialFirst(t *testing.T) {
+	srv := startEwfd(t, "127.0.0.2:0")
+	nat := newSimNAT(t, natdisco.MappingAPDM, natdisco.FilteringAPDF, natdisco.PortsSequential, false)
+	var partial natdisco.Class
+	var partialAt time.Time
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	const timeout, tries = 100 * time.Millisecond, 2
+	res, err := natdisco.Classify(ctx, natdisco.Config{
+		Server: srv, Listen: nat.listen, LocalAddrs: nat.localAddrs, Timeout: timeout, Tries: tries,
+		Partial: func(c natdisco.Class) { partial, partialAt = c, time.Now() },
+	})
+	done := time.Now()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := natdisco.Class{Mapping: natdisco.MappingAPDM, Ports: natdisco.PortsSequential, Delta: 1}
+	if partial != want {
+		t.Fatalf("partial class %v, want %v", partial, want)
+	}
+	if res.Class.Filtering != natdisco.FilteringAPDF {
+		t.Fatalf("final class %v", res.Class)
+	}
+	// Behind APDF both filtering tests and the hairpin test go
+	// unanswered: at least three rounds of tries × timeout come after.
+	if gap := done.Sub(partialAt); gap < 3*tries*timeout {
+		t.Fatalf("partial reported only %v before the end", gap)
+	}
+}
