@@ -61,27 +61,30 @@ const matrixParallel = 8
 // one matches. Two symmetric NATs cannot meet at all. TCP has no birthday
 // probing (docs/PROTOCOL.md §20.6), so TCP keeps the old limits.
 const wantMatrix = `
-udp    none   full   restr  port   sym    cgnat
-none   ok     ok     ok     ok     ok     ok
-full   ok     ok     ok     ok     ok     ok
-restr  ok     ok     ok     ok     ok     ok
-port   ok     ok     ok     ok     ok     ok
-sym    ok     ok     ok     ok     nopath ok
-cgnat  ok     ok     ok     ok     ok     ok
+udp    none   full   restr  port   sym    cgnat  symseq
+none   ok     ok     ok     ok     ok     ok     ok
+full   ok     ok     ok     ok     ok     ok     ok
+restr  ok     ok     ok     ok     ok     ok     ok
+port   ok     ok     ok     ok     ok     ok     ok
+sym    ok     ok     ok     ok     nopath ok     nopath
+cgnat  ok     ok     ok     ok     ok     ok     ok
+symseq ok     ok     ok     ok     nopath ok     nopath
 
-tcp    none   full   restr  port   sym    cgnat
-none   ok     ok     ok     ok     ok     ok
-full   ok     ok     ok     ok     ok     ok
-restr  ok     ok     ok     ok     ok     ok
-port   ok     ok     ok     ok     nopath ok
-sym    ok     ok     ok     nopath nopath nopath
-cgnat  ok     ok     ok     ok     nopath ok
+tcp    none   full   restr  port   sym    cgnat  symseq
+none   ok     ok     ok     ok     ok     ok     ok
+full   ok     ok     ok     ok     ok     ok     ok
+restr  ok     ok     ok     ok     ok     ok     ok
+port   ok     ok     ok     ok     nopath ok     nopath
+sym    ok     ok     ok     nopath nopath nopath nopath
+cgnat  ok     ok     ok     ok     nopath ok     nopath
+symseq ok     ok     ok     nopath nopath nopath nopath
 `
 
 // Short names of the NAT types in wantMatrix, in NATs order.
 var natShort = map[NAT]string{
 	None: "none", FullCone: "full", Restricted: "restr",
 	PortRestricted: "port", Symmetric: "sym", CGNAT: "cgnat",
+	SymmetricSequential: "symseq",
 }
 
 // outcome words of wantMatrix other than the error reasons of ewf.
@@ -232,7 +235,7 @@ func (e *matrixEnv) natRemote(l, c, transport string) func(string, netip.AddrPor
 		}
 		want := e.peerAddr(peer)
 		samePort := transport == "udp"
-		if r, ok := e.lab.RouterOf(peer); ok && r.NAT == Symmetric {
+		if r, ok := e.lab.RouterOf(peer); ok && (r.NAT == Symmetric || r.NAT == SymmetricSequential) {
 			samePort = false
 		}
 		if samePort {
