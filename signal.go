@@ -325,6 +325,13 @@ func (t *tcpTargets) snapshot() ([]netip.AddrPort, <-chan struct{}) {
 	return slices.Clone(t.addrs), t.changed
 }
 
+// has reports whether a is one of the targets.
+func (t *tcpTargets) has(a netip.AddrPort) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return slices.Contains(t.addrs, unmapped(a))
+}
+
 // hasIP reports whether a connection from ip may belong to the race.
 func (t *tcpTargets) hasIP(ip netip.Addr) bool {
 	t.mu.Lock()

@@ -19,13 +19,23 @@ import (
 // local port, which holds the NAT's TCP mapping and the TCP binding, and
 // from which the node later dials peers (RFC 5128 §3.4: the simultaneous
 // open must leave from the port whose mapping the peer was told).
+//
+// The acceptor listens on that port for the whole life of the binding and
+// hands each connection to the race it belongs to (tcpaccept.go); nil if
+// the port could not be listened on, and then races only dial.
 type tcpSide struct {
 	conn   *client.Conn
 	local  netip.AddrPort
 	public atomic.Value
+	acc    *tcpAcceptor
 }
 
-func (t *tcpSide) close() { t.conn.Close() }
+func (t *tcpSide) close() {
+	t.conn.Close()
+	if t.acc != nil {
+		t.acc.close()
+	}
+}
 
 // bindTCP connects to the server over TCP, learns the public TCP address
 // and binds it.
@@ -48,6 +58,9 @@ func (n *Node) bindTCP(ctx context.Context, self wire.ID, key wire.Key) (*tcpSid
 	}
 	t := &tcpSide{conn: c, local: c.LocalAddr()}
 	t.public.Store(public)
+	if t.acc, err = listenTCP(t.local, n.log); err != nil {
+		n.log.Warn("cannot listen on the TCP binding's port; TCP races will only dial", "port", t.local, "err", err)
+	}
 	return t, nil
 }
 
@@ -59,8 +72,9 @@ const tcpRetry = 200 * time.Millisecond
 // dialTCP makes a TCP connection with peer by simultaneous open: from the
 // bound port it connects again and again to every target (the peer's public
 // TCP address, and the LAN candidates the peer signals, which join while
-// the race runs), and at the same time accepts on that port from the
-// targets' addresses. Then TLS, with the dialer as the TLS client.
+// the race runs), and at the same time takes the connections the node's
+// acceptor routes to this race (tcpaccept.go). Then TLS, with the dialer as
+// the TLS client.
 //
 // With several targets two different connections can form (one through
 // the router's hairpin, one on the LAN), and each side might pick another.
@@ -75,7 +89,8 @@ func (n *Node) dialTCP(ctx context.Context, peer wire.ID, secret wire.Secret, tg
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.PunchTimeout)
 	defer cancel()
 	start := time.Now()
-	local := n.tcp.Load().local
+	side := n.tcp.Load()
+	local := side.local
 
 	raws := make(chan net.Conn)
 	send := func(c net.Conn) {
@@ -86,44 +101,43 @@ func (n *Node) dialTCP(ctx context.Context, peer wire.ID, secret wire.Secret, tg
 		}
 	}
 	var wg sync.WaitGroup
-	lc := net.ListenConfig{Control: client.ReusePortControl}
-	ln, err := lc.Listen(ctx, "tcp", local.String())
-	// The listener is closed as soon as this side has decided about the
-	// peer, before the peer can learn the decision: on the loopback or
-	// behind one NAT, the next introduction's peer has the same IP, and
-	// this listener (on the same port, SO_REUSEPORT) could otherwise take
-	// the connection meant for the next attempt.
-	var lnOnce sync.Once
-	closeLn := func() {
-		lnOnce.Do(func() {
-			if ln != nil {
-				ln.Close()
-			}
-		})
+	// The acceptor routes this race's connections to reg: by address, or
+	// (as the TLS server) by the SNI of this introduction.
+	var reg *tcpWaiter
+	if side.acc != nil {
+		sni := ""
+		if !isClient {
+			sni = serverName(secret)
+		}
+		reg = side.acc.register(tg, sni)
 	}
+	// The registration ends as soon as this side has decided about the
+	// peer, so that nothing more is routed to a race that is over.
+	unregister := func() {
+		if reg != nil {
+			side.acc.unregister(reg)
+		}
+	}
+	defer unregister()
 	if !isClient {
 		verify := conf.VerifyPeerCertificate
 		conf.VerifyPeerCertificate = func(raw [][]byte, chains [][]*x509.Certificate) error {
 			err := verify(raw, chains)
 			if err != nil {
-				closeLn() // before the alert goes out
+				unregister() // before the alert goes out
 			}
 			return err
 		}
 	}
-	if err == nil {
+	if reg != nil {
 		wg.Go(func() {
-			for range 2 * maxTCPTargets {
-				c, err := ln.Accept()
-				if err != nil {
-					return // ln closed
+			for {
+				select {
+				case c := <-reg.ch:
+					send(c)
+				case <-ctx.Done():
+					return
 				}
-				ra, _ := netip.ParseAddrPort(c.RemoteAddr().String())
-				if !tg.hasIP(ra.Addr()) {
-					c.Close() // not the introduced peer's address
-					continue
-				}
-				send(c)
 			}
 		})
 	}
@@ -150,6 +164,9 @@ func (n *Node) dialTCP(ctx context.Context, peer wire.ID, secret wire.Secret, tg
 					started[a] = true
 					wg.Go(func() { dial(a) })
 				}
+			}
+			if reg != nil {
+				side.acc.rematch(reg) // parked connections from the new targets
 			}
 			select {
 			case <-changed:
@@ -182,7 +199,7 @@ func (n *Node) dialTCP(ctx context.Context, peer wire.ID, secret wire.Secret, tg
 			if err == nil && isClient {
 				err = awaitWelcome(c, tc)
 			} else if err == nil {
-				closeLn() // before the welcome goes out
+				unregister() // before the welcome goes out
 				tc.SetWriteDeadline(time.Now().Add(10 * time.Second))
 				_, err = tc.Write(welcome[:])
 				tc.SetWriteDeadline(time.Time{})
@@ -237,8 +254,6 @@ wait:
 			lastErr = h.err
 			// A peer refused in the handshake gets no second try on
 			// another connection: it would present the same certificate.
-			// Stopping also closes this attempt's listener at once, so
-			// that it takes no connection meant for a later introduction.
 			if isClient || isAuthFailure(h.err) || (raceDone == nil && pending == 0) {
 				break wait
 			}
@@ -251,7 +266,7 @@ wait:
 	}
 	// Stop the race and every other handshake; close what they made.
 	cancel()
-	closeLn()
+	unregister()
 	wg.Wait()
 	hcancel()
 	close(stop)
