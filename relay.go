@@ -422,6 +422,12 @@ func openConn(ctx context.Context, qc *quic.Conn, peer wire.ID, rtt time.Duratio
 	}
 	if err != nil {
 		qc.CloseWithError(0, "")
+		if isAuthFailure(err) {
+			// The acceptor's refusal (CRYPTO_ERROR) can end the
+			// connection before the stream opens, not only while the
+			// welcome is awaited.
+			return nil, handshakeErr("QUIC", qc.RemoteAddr(), err)
+		}
 		return nil, fmt.Errorf("ewf: open stream to %s: %w", qc.RemoteAddr(), err)
 	}
 	if err := awaitWelcome(ctx, st); err != nil {
