@@ -24,8 +24,8 @@ type session struct {
 	tcp     *tcpTargets // nil unless a TCP race runs for this introduction
 	// stopTCP ends the accepting side's TCP race once the peer has
 	// connected over QUIC (it chose UDP) or a newer introduction replaced
-	// this one: an idle race would hold a listener on the shared
-	// (SO_REUSEPORT) port, where it could take the next race's SYNs.
+	// this one: an idle race would go on dialling the peer and hold its
+	// registration with the node's TCP acceptor (tcpaccept.go).
 	stopTCP context.CancelFunc
 
 	// Guarded by Node.mu.
