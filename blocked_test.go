@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -39,7 +40,8 @@ func blockedServer(t *testing.T) string {
 
 func openNode(t *testing.T, ctx context.Context, srv, name string, blocked bool) *Node {
 	t.Helper()
-	cfg := Config{Server: srv, IdentityFile: filepath.Join(t.TempDir(), name+".json"), blockUDP: blocked}
+	cfg := Config{Server: srv, IdentityFile: filepath.Join(t.TempDir(), name+".json"), blockUDP: new(atomic.Bool)}
+	cfg.blockUDP.Store(blocked)
 	if os.Getenv("EWF_TEST_DEBUG") != "" {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", name)
 	}
@@ -174,5 +176,31 @@ func exchange(t *testing.T, dc, ac *Conn, size int) {
 	}
 	if sha256.Sum256(g.b) != sha256.Sum256(x) || !bytes.Equal(gotY, y) {
 		t.Fatalf("data corrupted: got %d and %d bytes, want %d each way", len(g.b), len(gotY), size)
+	}
+}
+
+// TestUDPBlockedRecovers: once the network lets UDP through again, a node
+// that opened UDP-blocked binds over UDP by itself and says so.
+func TestUDPBlockedRecovers(t *testing.T) {
+	srv := blockedServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	n := openNode(t, ctx, srv, "blocked", true)
+	if !n.UDPBlocked() {
+		t.Fatal("UDPBlocked() = false for a node whose UDP gets no answer")
+	}
+	n.cfg.blockUDP.Store(false)
+	for n.UDPBlocked() {
+		select {
+		case <-ctx.Done():
+			t.Fatal("the node never bound over UDP once UDP answered")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if !n.PublicAddr().IsValid() {
+		t.Fatal("bound over UDP but no public UDP address")
+	}
+	if n.ctl() != n.rc {
+		t.Error("requests still go over TCP once UDP answers")
 	}
 }

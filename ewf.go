@@ -25,6 +25,7 @@ package ewf
 import (
 	"errors"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/ewf-project/ewf/client"
@@ -125,8 +126,9 @@ type Config struct {
 	// ID's KEY but not its private key, which no identity file can hold.
 	forged *client.Identity
 	// blockUDP, in tests only, drops every UDP datagram the node sends
-	// to the server, as a network that blocks UDP does (blocked_test.go).
-	blockUDP bool
+	// to the server while set, as a network that blocks UDP does
+	// (blocked_test.go).
+	blockUDP *atomic.Bool
 }
 
 func (c *Config) populate() error {

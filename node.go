@@ -110,7 +110,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	rcfg := client.Config{
 		Server: server, // names the first server in errors (failover.go)
 		Send: func(b []byte) error {
-			if cfg.blockUDP {
+			if cfg.blockUDP != nil && cfg.blockUDP.Load() {
 				return nil // tests: a network that drops UDP (blocked_test.go)
 			}
 			_, err := n.tr.WriteTo(b, net.UDPAddrFromAddrPort(n.currentServer()))
