@@ -251,3 +251,38 @@ func TestAcceptorUnclaimedClosed(t *testing.T) {
 	wantClosed(t, dialFrom(t, p, addr), 5*time.Second)
 	noConn(t, w)
 }
+
+// TestAcceptorCrossing: this side runs two races with the same peer
+// address, one as TLS server and one as TLS client (the two peers dialled
+// each other at once). A connection bringing a ClientHello goes to the TLS
+// server race it names; one that brings nothing, once parkTimeout has
+// passed, to the TLS client race.
+func TestAcceptorCrossing(t *testing.T) {
+	old := parkTimeout
+	parkTimeout = 300 * time.Millisecond
+	t.Cleanup(func() { parkTimeout = old }) // after the acceptor's close
+	a, addr := startAcceptor(t)
+	p := freePort(t)
+	ws := a.register(newTCPTargets(p), "px.ewf")
+	wc := a.register(newTCPTargets(p), "")
+	c := dialFrom(t, p, addr)
+	go tls.Client(c, &tls.Config{ServerName: "px.ewf", InsecureSkipVerify: true}).Handshake()
+	g := recvConn(t, ws)
+	ts := tls.Server(g, &tls.Config{Certificates: []tls.Certificate{testCert(t)}})
+	ts.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := ts.Handshake(); err != nil || ts.ConnectionState().ServerName != "px.ewf" {
+		t.Fatalf("TLS server race: SNI %q, %v", ts.ConnectionState().ServerName, err)
+	}
+	noConn(t, wc)
+
+	// Silent, from another port both races now target.
+	c2 := dialFrom(t, netip.AddrPort{}, addr)
+	q := c2.LocalAddr().(*net.TCPAddr).AddrPort()
+	ws.tg.add([]netip.AddrPort{q})
+	wc.tg.add([]netip.AddrPort{q})
+	g = recvConn(t, wc)
+	if g.RemoteAddr().String() != c2.LocalAddr().String() {
+		t.Fatalf("TLS client race got %v, want %v", g.RemoteAddr(), c2.LocalAddr())
+	}
+	noConn(t, ws)
+}

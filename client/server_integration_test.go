@@ -370,7 +370,9 @@ func TestAgainstServerTCPRateLimited(t *testing.T) {
 	if err := c.Bind(ctx, id, key, addr); err != nil {
 		t.Fatal(err)
 	}
+	t0 := time.Now()
 	err = c.Bind(ctx, id, key, addr)
+	t.Logf("BIND over the rate ended in %v: %v", time.Since(t0), err)
 	var re *client.ReasonError
 	if !errors.Is(err, client.ErrRateLimited) || !errors.As(err, &re) || re.Authenticated {
 		t.Fatalf("BIND over the rate: %v, want an unauthenticated ErrRateLimited", err)
