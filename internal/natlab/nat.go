@@ -34,14 +34,18 @@ const (
 	// mapping (any inside host, UDP or TCP) gets the next port of a
 	// counter, as many carrier and corporate NATs do.
 	SymmetricSequential NAT = "symmetric-sequential"
+	// UDPBlocked is a port-restricted NAT for TCP whose firewall drops
+	// all UDP from the inside: a corporate or guest network where only
+	// TCP gets out (docs/PROTOCOL.md §23).
+	UDPBlocked NAT = "udp-blocked"
 )
 
 // NATs lists the NAT types of the connection matrix, public host first.
 var NATs = []NAT{None, FullCone, Restricted, PortRestricted, Symmetric, CGNAT, SymmetricSequential}
 
-// AllNATs lists every NAT type the lab can build (today the matrix has
-// them all).
-var AllNATs = NATs
+// AllNATs lists every NAT type the lab can build: NATs and the ones not
+// (yet) in the matrix.
+var AllNATs = append(append([]NAT(nil), NATs...), UDPBlocked)
 
 // Mapping is an RFC 4787 section 4.1 mapping behaviour.
 type Mapping string
@@ -90,9 +94,15 @@ type Behavior struct {
 	Hairpin bool
 	// Ports is the UDP port allocation of consecutive new mappings.
 	Ports PortAlloc
+	// UDPBlocked is true when no UDP request gets an answer: then only
+	// TCPMapping (and Translated, from TCP) is measured.
+	UDPBlocked bool
 }
 
 func (b Behavior) String() string {
+	if b.UDPBlocked {
+		return fmt.Sprintf("translated=%t udp=blocked tcp=%s", b.Translated, b.TCPMapping)
+	}
 	return fmt.Sprintf("translated=%t udp=%s/%s tcp=%s hairpin=%t ports=%s",
 		b.Translated, b.Mapping, b.Filtering, b.TCPMapping, b.Hairpin, b.Ports)
 }
@@ -115,6 +125,8 @@ func (n NAT) Expected(hairpin bool) Behavior {
 		return Behavior{Translated: true, Mapping: APDM, Filtering: APDF, TCPMapping: APDM, Hairpin: hairpin, Ports: PortsSequential}
 	case CGNAT:
 		return Behavior{Translated: true, Mapping: EIM, Filtering: APDF, TCPMapping: EIM, Hairpin: false, Ports: PortsPreserved}
+	case UDPBlocked:
+		return Behavior{Translated: true, TCPMapping: EIM, UDPBlocked: true}
 	}
 	panic("natlab: unknown NAT type " + string(n))
 }
@@ -211,6 +223,10 @@ func (r natRules) text() string {
 	// A packet conntrack cannot place would leave without NAT, leaking an
 	// inside address; home routers drop those.
 	p("    iifname \"lan0\" ct state invalid drop")
+	if r.nat == UDPBlocked {
+		// The firewall: no UDP leaves, to anywhere (the router itself too).
+		p("    iifname \"lan0\" meta l4proto udp drop")
+	}
 	if r.hairpin {
 		p("    iifname \"lan0\" ip daddr %s ct state new meta l4proto { udp, tcp } meta l4proto . th dport @mapping accept", w)
 		p("    iifname \"lan0\" ip daddr %s ct state new drop", w)

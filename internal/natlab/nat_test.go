@@ -25,6 +25,7 @@ func TestNATTypes(t *testing.T) {
 		{RouterSpec{NAT: SymmetricSequential, Hairpin: true}, Behavior{Translated: true, Mapping: APDM, Filtering: APDF, TCPMapping: APDM, Hairpin: true, Ports: PortsSequential}},
 		{RouterSpec{NAT: CGNAT}, Behavior{Translated: true, Mapping: EIM, Filtering: APDF, TCPMapping: EIM, Hairpin: false, Ports: PortsPreserved}},
 		{RouterSpec{NAT: CGNAT, Hairpin: true}, Behavior{Translated: true, Mapping: EIM, Filtering: APDF, TCPMapping: EIM, Hairpin: false, Ports: PortsPreserved}},
+		{RouterSpec{NAT: UDPBlocked}, Behavior{Translated: true, TCPMapping: EIM, UDPBlocked: true}},
 		{RouterSpec{NAT: PortRestricted, UDPTimeout: 30 * time.Second}, Behavior{Translated: true, Mapping: EIM, Filtering: APDF, TCPMapping: EIM, Hairpin: false, Ports: PortsPreserved}},
 	}
 	var spec Spec

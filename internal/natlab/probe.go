@@ -362,6 +362,19 @@ func (l *Lab) Probe(hostName string) (Behavior, error) {
 		if err != nil {
 			return fail("%v", err)
 		}
+		if !ok && i == 0 {
+			// No UDP answer at all: a UDP-blocking network, if TCP
+			// gets through (a broken lab fails there).
+			m, _, err := l.tcpMapped(hostName, 0, responderEndpoints[0])
+			if err != nil {
+				return fail("no UDP answer from %v, and %v", ep, err)
+			}
+			b.UDPBlocked, b.Translated = true, m.Addr() != h.addr
+			if b.TCPMapping, err = l.probeTCP(hostName); err != nil {
+				return fail("%v", err)
+			}
+			return b, nil
+		}
 		if !ok {
 			return fail("no answer from %v", ep)
 		}
