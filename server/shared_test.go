@@ -453,3 +453,27 @@ func TestSharedQueueFullAnswersTryLater(t *testing.T) {
 		t.Fatalf("queue full: got %v %q to %v, want try again later for the last BIND", err, r.Reason, s.to)
 	}
 }
+
+// A target bound over TCP only at A (its network drops UDP) gets an
+// introduction asked at B over its TCP connection to A: B hands it to A,
+// which falls back to the TCP binding (PROTOCOL.md §23).
+func TestAcrossServersTCPOnlyTarget(t *testing.T) {
+	srv := startShared(t, redistest.Start(t, redistest.Options{}).URL(), 2)
+	a, b := srv[0], srv[1]
+	target := dialTCP(t, a)
+	tid, tkey := target.register()
+	target.bind(tid, tkey)
+	q := dialUDP(t, b)
+	qid, qkey := q.register()
+	q.bind(qid, qkey)
+	time.Sleep(100 * time.Millisecond) // the bindings are shared in the background
+	r := q.roundTrip(introReq(tid, qid, qkey))
+	wantSuccess(t, r, wire.MethodQuery)
+	ind := recvInd(t, target, wire.MethodIntroduce, qid)
+	if ind.Secret != r.Secret {
+		t.Fatal("INTRODUCE across servers over TCP: wrong SECRET")
+	}
+	mac := [wire.MACSize]byte{5}
+	wantSuccess(t, q.roundTrip(signalReq(tid, qid, qkey, mac, nil, nil)), wire.MethodSignal)
+	recvInd(t, target, wire.MethodSignal, qid)
+}
