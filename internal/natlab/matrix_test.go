@@ -43,6 +43,15 @@ const keepIdle = 45 * time.Second
 // payloadSize goes each way over every connection.
 const payloadSize = 256 << 10
 
+// birthdayPair says whether a UDP connection between these NATs rests on
+// birthday probing: one side maps each destination to a new port, the
+// other filters by address and port.
+func birthdayPair(a, b NAT) bool {
+	hard := func(n NAT) bool { return n == Symmetric || n == SymmetricSequential }
+	apdf := func(n NAT) bool { return n == PortRestricted || n == CGNAT }
+	return hard(a) && apdf(b) || hard(b) && apdf(a)
+}
+
 // matrixParallel is how many pairs run at once. Pairs never share a host.
 const matrixParallel = 8
 
@@ -183,6 +192,13 @@ type pairCase struct {
 	// ready line.
 	idle   time.Duration
 	frozen bool
+	// tries is how many runs the pair gets to reach want (0 means 1). Only
+	// birthday pairs get a second: their search succeeds 95–100 % of the
+	// time per attempt (BenchmarkBirthday measures the rate; NATLAB.md has
+	// it), so one try would fail CI about one run in fifteen without
+	// anything having changed. The matrix proves the mechanism works; the
+	// benchmark says how often.
+	tries int
 	// remote returns whether addr is an acceptable `remote` for the
 	// side on host (the address of the other side, as seen from there),
 	// and a description of what is.
@@ -199,6 +215,7 @@ type pairResult struct {
 	// INTRODUCE reached it.
 	introduced bool
 	errs       []string // failed checks
+	retried    int      // extra runs a birthday pair needed (pairCase.tries)
 	logs       []string // stderr of both sides when something failed
 }
 
@@ -305,12 +322,16 @@ func TestMatrix(t *testing.T) {
 		for _, ln := range NATs {
 			for _, cn := range NATs {
 				l, c := MatrixHost("a", ln), MatrixHost("b", cn)
-				cases = append(cases, pairCase{
+				pc := pairCase{
 					name:     fmt.Sprintf("%s/%s-%s", tr, ln, cn),
 					listener: l, connector: c, transport: tr,
 					want:   want[tr][natShort[ln]+"/"+natShort[cn]],
 					remote: env.natRemote(l, c, tr),
-				})
+				}
+				if tr == "udp" && pc.want == outOK && birthdayPair(ln, cn) {
+					pc.tries = 2
+				}
+				cases = append(cases, pc)
 			}
 		}
 	}
@@ -375,7 +396,17 @@ func TestMatrix(t *testing.T) {
 
 	results := make([]pairResult, len(cases))
 	matrixStart := time.Now()
-	schedule(cases, matrixParallel, func(i int) { results[i] = env.run(cases[i]) })
+	schedule(cases, matrixParallel, func(i int) {
+		for try := 1; ; try++ {
+			results[i] = env.run(cases[i])
+			if results[i].outcome == cases[i].want && len(results[i].errs) == 0 || try >= cases[i].tries {
+				if try > 1 {
+					results[i].retried = try - 1
+				}
+				return
+			}
+		}
+	})
 	t.Logf("matrix: %d pairs in %v", len(cases), time.Since(matrixStart).Round(time.Millisecond))
 	keepWG.Wait()
 	t.Logf("keepalive checks done after %v", time.Since(matrixStart).Round(time.Millisecond))
@@ -388,6 +419,9 @@ func TestMatrix(t *testing.T) {
 			got[c.transport][natShort[NAT(ln)]+"/"+natShort[NAT(cn)]] = r.outcome
 		}
 		t.Run(c.name, func(t *testing.T) {
+			if r.retried > 0 {
+				t.Logf("birthday pair: connected on try %d of %d", r.retried+1, c.tries)
+			}
 			report(t, c.want, r)
 		})
 	}
