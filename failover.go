@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/ewf-project/ewf/client"
 )
@@ -17,12 +18,16 @@ import (
 // next when its server stops answering:
 //
 //   - UDP: a binding refresh that times out, or is answered "try again
-//     later", moves the node to the next server; the refresh is retried
-//     there after the client's retry backoff (1 s). With several servers a
-//     request is given up after 3 transmissions over 2.5 s instead of 7
-//     over 39.5 s (another server is there to try), so a node is bound
-//     again at most one keepalive interval plus about 3.5 s after its
-//     server died (20–25 s + 3.5 s by default).
+//     later", moves the node to the next server, where the refresh is
+//     sent again at once. With several servers a refresh is given up
+//     after g = min(2.5 s, interval/2) (refreshGiveUp) and sent g before
+//     the keepalive interval ends, so a server that dies just after a
+//     refresh is noticed by the end of the interval and the node is bound
+//     again at the next server one round trip later: within one keepalive
+//     interval of the server's death (20–25 s by default; the refreshes
+//     come every 17.5–22.5 s instead). A single request is given up after
+//     3 transmissions over 2.5 s instead of 7 over 39.5 s (another server
+//     is there to try).
 //   - TCP: the binding's connection ends with the server; binding again
 //     moves to the next server when the current one refuses or times out.
 //     When the server's process died but its host did not, this is the
@@ -39,7 +44,18 @@ import (
 const (
 	failoverAttempts = 3 // sent at 0, 0.5 and 1.5 s (RTO 500 ms, doubling)
 	failoverLastWait = 2 // given up 2 RTO = 1 s after the last
+	failoverGiveUp   = 2500 * time.Millisecond
 )
+
+// refreshGiveUp is how long a binding refresh may go unanswered, and how
+// much earlier than the keepalive interval it is sent, when there is
+// another server to move to (client.Config.KeepGiveUp): the whole
+// retransmission schedule of a request (2.5 s), but half the interval
+// when the interval is short, so that the refresh interval stays positive
+// and a dead server is still noticed within it.
+func refreshGiveUp(interval time.Duration) time.Duration {
+	return min(failoverGiveUp, interval/2)
+}
 
 // resolveServers resolves Config.Server.
 func resolveServers(ctx context.Context, spec string) ([]netip.AddrPort, error) {

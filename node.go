@@ -122,6 +122,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	if len(servers) > 1 {
 		rcfg.MaxAttempts, rcfg.LastWait = failoverAttempts, failoverLastWait
+		rcfg.KeepGiveUp = refreshGiveUp
 	}
 	n.rc = client.New(rcfg)
 	// quic-go reads the socket from here on, also for the rendezvous
@@ -355,19 +356,28 @@ func (n *Node) keepTCP(t *tcpSide) {
 	defer n.wg.Done()
 	for {
 		n.keep(t.conn.Client, wire.TransportTCP, func(a netip.AddrPort) { t.public.Store(a) })
-		for backoff := time.Second; ; backoff = min(2*backoff, time.Minute) {
+		// With several servers each is tried once at once (the one that
+		// ended the connection has likely died), then with backoff.
+		quick := len(n.servers)
+		if quick < 2 {
+			quick = 0
+		}
+		for wait, backoff := time.Duration(0), time.Second; ; {
+			if quick > 0 {
+				quick--
+			} else {
+				wait, backoff = backoff, min(2*backoff, time.Minute)
+			}
 			select {
 			case <-n.ctx.Done():
 				return
-			case <-time.After(backoff):
+			case <-time.After(wait):
 			}
 			srv := n.currentServer()
 			nt, err := n.bindTCP(n.ctx, n.self, n.currentKey())
 			if err != nil {
 				n.log.Debug("TCP binding again", "err", err)
-				if n.failover(srv, err, true) {
-					backoff = time.Second / 2 // the next server is worth a try at once
-				}
+				n.failover(srv, err, true)
 				continue
 			}
 			n.tcp.Swap(nt).close()

@@ -45,6 +45,14 @@ type Config struct {
 	// RetryBackoff is Keep's first wait after a failed refresh; it doubles
 	// up to the refresh interval. Default DefaultRetryBackoff (1 s).
 	RetryBackoff time.Duration
+	// KeepGiveUp, when set, makes Keep notice a server that stopped
+	// answering within the refresh interval, for a client that has other
+	// servers to move to (its onError moves it): each refresh is given up
+	// (ErrTimeout) after g = KeepGiveUp(interval) and sent g before the
+	// interval ends, and the first retry after a failed refresh is sent at
+	// once instead of after RetryBackoff. g must be below the interval.
+	// nil: refreshes wait as long as a request does, every interval.
+	KeepGiveUp func(interval time.Duration) time.Duration
 	// Logger receives debug logs. nil discards them.
 	Logger *slog.Logger
 	// OnIntroduce is called, from the goroutine that calls HandlePacket,

@@ -34,7 +34,8 @@ func DefaultKeepInterval() time.Duration {
 //
 // A failed refresh (timeout, rate limit, server error, an address that
 // changed between STUN and BIND) is reported to onError (may be nil) and
-// retried after Config.RetryBackoff, doubling up to the interval. Keep
+// retried after Config.RetryBackoff, doubling up to the interval (see
+// Config.KeepGiveUp for a client with several servers). Keep
 // returns the error when the server answers ErrNotRegistered or
 // ErrKeyMismatch (the caller must register again), when the Client fails
 // (ErrClosed), and an error wrapping ctx.Err() when ctx ends.
@@ -45,18 +46,29 @@ func (c *Client) Keep(ctx context.Context, id wire.ID, key wire.Key, tr wire.Tra
 	}
 	var last netip.AddrPort
 	backoff := time.Duration(0)
+	failing := false
 	var timer *time.Timer
 	defer func() {
 		if timer != nil {
 			timer.Stop()
 		}
 	}()
+	var giveUp time.Duration // this refresh's limit (KeepGiveUp), 0: none
+	if c.cfg.KeepGiveUp != nil {
+		giveUp = c.cfg.KeepGiveUp(interval())
+	}
 	for {
-		err := c.refresh(ctx, id, key, tr, &last, onChange)
+		err := c.refreshWithin(ctx, giveUp, id, key, tr, &last, onChange)
 		next := interval()
+		if c.cfg.KeepGiveUp != nil {
+			// Sent giveUp early and given up by then: a server that
+			// died just after a refresh is noticed within next.
+			giveUp = min(c.cfg.KeepGiveUp(next), next)
+		}
 		switch {
 		case err == nil:
-			backoff = 0
+			backoff, failing = 0, false
+			next -= giveUp
 		case ctx.Err() != nil:
 			return fmt.Errorf("ewf client: keeping %s binding of %v at %s: %w", tr, id, c.cfg.Server, ctx.Err())
 		case errors.Is(err, ErrNotRegistered), errors.Is(err, ErrKeyMismatch), errors.Is(err, ErrClosed):
@@ -65,14 +77,19 @@ func (c *Client) Keep(ctx context.Context, id wire.ID, key wire.Key, tr wire.Tra
 			if onError != nil {
 				onError(err)
 			}
-			if backoff == 0 {
-				backoff = c.cfg.RetryBackoff
+			if c.cfg.KeepGiveUp != nil && !failing {
+				next = 0 // onError moved the client to another server
 			} else {
-				backoff = sat(backoff, 2)
+				if backoff == 0 {
+					backoff = c.cfg.RetryBackoff
+				} else {
+					backoff = sat(backoff, 2)
+				}
+				if backoff < next {
+					next = backoff
+				}
 			}
-			if backoff < next {
-				next = backoff
-			}
+			failing = true
 		}
 		if timer == nil {
 			timer = time.NewTimer(next)
@@ -85,6 +102,22 @@ func (c *Client) Keep(ctx context.Context, id wire.ID, key wire.Key, tr wire.Tra
 		case <-timer.C:
 		}
 	}
+}
+
+// refreshWithin is refresh given up after limit (0: no limit) with an
+// error matching ErrTimeout, unless ctx itself ended.
+func (c *Client) refreshWithin(ctx context.Context, limit time.Duration, id wire.ID, key wire.Key, tr wire.Transport,
+	last *netip.AddrPort, onChange func(netip.AddrPort)) error {
+	if limit <= 0 {
+		return c.refresh(ctx, id, key, tr, last, onChange)
+	}
+	rctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	err := c.refresh(rctx, id, key, tr, last, onChange)
+	if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%w: refresh given up after %v: %w", ErrTimeout, limit, err)
+	}
+	return err
 }
 
 // refresh is one STUN + BIND round of Keep.

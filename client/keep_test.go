@@ -199,3 +199,65 @@ func TestDefaultKeepInterval(t *testing.T) {
 		t.Errorf("only %d distinct intervals in 1000: no jitter", len(seen))
 	}
 }
+
+// With KeepGiveUp (a client with other servers to move to) a server that
+// stops answering just after a refresh is noticed within the interval:
+// the next refresh is sent g early and given up after g, and the first
+// retry goes at once (onError has moved the client), later ones back off.
+func TestKeepGiveUpNoticesADeadServerWithinTheInterval(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := newResponder()
+		// Default RTO and attempts: a request alone would wait 39.5 s.
+		p := newPipe(r, Config{KeepGiveUp: func(time.Duration) time.Duration { return 2 * time.Second }})
+		defer p.close()
+		id := wire.ID{1}
+		key, err := p.c.Register(t.Context(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		start := time.Now()
+		var mu sync.Mutex
+		var failed []time.Duration
+		done := make(chan error, 1)
+		go func() {
+			done <- p.c.Keep(ctx, id, key, wire.TransportUDP, func() time.Duration { return 10 * time.Second }, nil,
+				func(err error) {
+					if !errors.Is(err, ErrTimeout) {
+						t.Errorf("onError got %v, want ErrTimeout", err)
+					}
+					mu.Lock()
+					failed = append(failed, time.Since(start))
+					mu.Unlock()
+				})
+		}()
+		synctest.Wait() // the first refresh, at once, succeeded
+		r.set(func(r *responder) { r.silent = true })
+		time.Sleep(14 * time.Second)
+		synctest.Wait()
+		mu.Lock()
+		got := append([]time.Duration(nil), failed...)
+		mu.Unlock()
+		// Sent at 8 s, given up at 10 s; again at once, given up at 12 s;
+		// again after RetryBackoff (1 s) at 13 s, not given up by 14 s.
+		if want := []time.Duration{10 * time.Second, 12 * time.Second}; !equalDurations(got, want) {
+			t.Errorf("refreshes failed at %v, want %v", got, want)
+		}
+		var sent []time.Duration
+		for _, g := range r.requests() {
+			if d := g.at.Sub(start); d > 0 && g.kind == wire.KindSTUN {
+				sent = append(sent, d)
+			}
+		}
+		want := []time.Duration{8 * time.Second, 8500 * time.Millisecond, 9500 * time.Millisecond,
+			10 * time.Second, 10500 * time.Millisecond, 11500 * time.Millisecond, 13 * time.Second, 13500 * time.Millisecond}
+		if !equalDurations(sent, want) {
+			t.Errorf("STUN requests at %v, want %v", sent, want)
+		}
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Errorf("Keep returned %v", err)
+		}
+	})
+}
