@@ -135,6 +135,21 @@ func (a *attempt) considerBirthday(now time.Time) {
 		a.mu.Unlock()
 		a.n.log.Debug("birthday: easy side", "peer", a.peer, "started", ok, "sequential", peer == roleSeq,
 			"known", selfKnown && peerKnown)
+	case self == roleSeq && peer == roleSeq:
+		// Both sequential: both spray a window of the peer's predicted
+		// ports from the main socket, the dialer skewed so that the two
+		// counters meet whatever each NAT spent since its binding
+		// (punch.SeqCycle).
+		a.bdayDecided = true
+		s := punch.Spray{IP: a.peerPublic.Addr(), Base: a.peerPublic.Port(), Delta: delta,
+			Predict: punch.SeqOtherProbes, Probes: punch.SeqOtherProbes}
+		if a.dialer {
+			s.Cycle, s.Predict, s.Probes = punch.SeqCycle, punch.SeqDialerProbes, punch.SeqDialerProbes
+		}
+		a.mu.Lock()
+		ok := a.m.EnableSpray(s, now)
+		a.mu.Unlock()
+		a.n.log.Debug("birthday: both sequential", "peer", a.peer, "started", ok, "dialer", a.dialer, "base", s.Base, "delta", delta)
 	}
 }
 

@@ -66,7 +66,7 @@ const (
 	// ports below it.
 	lowPort = 1024
 	// maxPredict bounds the predicted ports tried first.
-	maxPredict = 64
+	maxPredict = 128
 )
 
 type birthday struct {
@@ -84,6 +84,7 @@ type birthday struct {
 	sprayInterval time.Duration
 	base          uint16 // sequential prediction: last known mapping
 	delta         int
+	cycle         int
 	predictLeft   int
 	k             int
 }
@@ -135,12 +136,38 @@ type Spray struct {
 	Interval time.Duration
 	// Base and Delta, with Delta non-zero, predict the hard side's next
 	// mappings (a sequential allocation): Base+Delta, Base+2·Delta, … are
-	// tried first, up to Predict of them (zero: 32, at most 64), before
+	// tried first, up to Predict of them (zero: 32, at most 128), before
 	// random ports.
 	Base    uint16
 	Delta   int
 	Predict int
+	// Cycle, when positive (and odd), skews the prediction for two
+	// sequential NATs (see seqWindow): the k-th predicted port is
+	// Base+(k+k mod Cycle)·Delta.
+	Cycle int
 }
+
+// Two sequential NATs (docs/PROTOCOL.md §20.6): every request to a new
+// port opens a new mapping on the sender's own NAT too, at the next port
+// of its counter, so the two sides' probes form a grid and only a
+// request whose source and destination both match a mapping the other
+// side opened gets through. Each side knows the other's last bound port
+// (the server saw it), but not how many mappings each NAT made since
+// (discovery, the first punch requests, other hosts): offA and offB. The
+// dialer (side A) sends its i-th request (from its port pA+(offA+i)·δA)
+// to pB+(i+i mod K)·δB; the other side (B) sends its j-th (from
+// pB+(offB+j)·δB) to pA+j·δA. A's i-th and B's j-th meet when j = offA+i
+// and i mod K = offA+offB: for any offA+offB < K, some i ≤ K of A's finds
+// B's j = offA+i ≤ M. With K odd, A's destinations never repeat (a
+// repeat would reuse a mapping and break A's count). SeqCycle is K;
+// SeqDialerProbes and SeqOtherProbes are A's and B's counts: offsets up
+// to 62 in total, up to 65 on the dialer's side, at 2 ms a request
+// 0.26 s of probing, and at most 128 new mappings on each NAT.
+const (
+	SeqCycle        = 63
+	SeqDialerProbes = SeqCycle
+	SeqOtherProbes  = maxPredict
+)
 
 // EnableSpray makes this side the easy side of birthday probing: from now,
 // one request every s.Interval from the main socket to a port of s.IP,
@@ -167,6 +194,7 @@ func (m *Machine) EnableSpray(s Spray, now time.Time) bool {
 			b.predictLeft = 32
 		}
 		b.k = 0
+		b.cycle = max(s.Cycle, 0)
 	}
 	return true
 }
@@ -199,7 +227,11 @@ func (b *birthday) nextPort() uint16 {
 	for b.predictLeft > 0 {
 		b.predictLeft--
 		b.k++
-		p := int(b.base) + b.k*b.delta
+		step := b.k
+		if b.cycle > 0 {
+			step += b.k % b.cycle
+		}
+		p := int(b.base) + step*b.delta
 		if p >= lowPort && p <= 0xFFFF {
 			return uint16(p)
 		}

@@ -257,3 +257,141 @@ func TestHeardPorts(t *testing.T) {
 		t.Errorf("HeardPorts = %v, want [3 5]", got)
 	}
 }
+
+// seqNAT is a model sequential symmetric NAT: each new destination of
+// the one inside socket gets the counter's next port (plus delta); inbound
+// passes only from the destination a mapping was opened to.
+type seqNAT struct {
+	ip    netip.Addr
+	next  int
+	delta int
+	out   map[netip.AddrPort]uint16
+	in    map[uint16]netip.AddrPort
+}
+
+func newSeqNAT(ip netip.Addr, bound uint16, delta, skipped int) *seqNAT {
+	return &seqNAT{ip: ip, next: int(bound) + delta*(1+skipped), delta: delta,
+		out: map[netip.AddrPort]uint16{}, in: map[uint16]netip.AddrPort{}}
+}
+
+func (n *seqNAT) send(to netip.AddrPort) netip.AddrPort {
+	p, ok := n.out[to]
+	if !ok {
+		p = uint16(n.next)
+		n.next += n.delta
+		n.out[to], n.in[p] = p, to
+	}
+	return netip.AddrPortFrom(n.ip, p)
+}
+
+func (n *seqNAT) pass(from, to netip.AddrPort) bool { d, ok := n.in[to.Port()]; return ok && d == from }
+
+// seqRun simulates one attempt between two sequential symmetric NATs
+// (steps deltaA, deltaB) that made offA and offB mappings since the bound
+// ports the peers know; the dialer's spray starts skew after the other's.
+// It returns when both paths were up, or -1.
+func seqRun(t *testing.T, offA, offB, deltaA, deltaB int, skew, oneWay time.Duration) time.Duration {
+	ipA, ipB := netip.MustParseAddr("198.51.100.7"), netip.MustParseAddr("203.0.113.9")
+	const boundA, boundB = 20100, 31000
+	pubA, pubB := netip.AddrPortFrom(ipA, boundA), netip.AddrPortFrom(ipB, boundB)
+	// The first punch request to the peer's bound address is one of the
+	// mappings made since: the test's offsets count it.
+	natA, natB := newSeqNAT(ipA, boundA, deltaA, offA-1), newSeqNAT(ipB, boundB, deltaB, offB-1)
+	a, err := New(Config{Self: idA, Peer: idB, Secret: testSecret, Candidates: []netip.AddrPort{pubB}}, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(Config{Self: idB, Peer: idA, Secret: testSecret, Candidates: []netip.AddrPort{pubA}}, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type pkt struct {
+		at       time.Duration
+		toA      bool
+		src, dst netip.AddrPort
+		data     []byte
+	}
+	var q []pkt
+	send := func(fromA bool, ps []Packet, now time.Duration) {
+		for _, p := range ps {
+			if fromA {
+				q = append(q, pkt{now + oneWay, false, natA.send(p.To), p.To, slices.Clone(p.Data)})
+			} else {
+				q = append(q, pkt{now + oneWay, true, natB.send(p.To), p.To, slices.Clone(p.Data)})
+			}
+		}
+	}
+	if offA > 0 {
+		send(true, a.Tick(t0), 0)
+	}
+	if offB > 0 {
+		send(false, b.Tick(t0), 0)
+	}
+	startA := false
+	for now := time.Duration(0); now < DefaultTimeout; now += ms {
+		at := t0.Add(now)
+		if !startA && now >= skew {
+			startA = true
+			a.EnableSpray(Spray{IP: ipB, Base: boundB, Delta: deltaB, Cycle: SeqCycle, Predict: SeqDialerProbes, Probes: SeqDialerProbes}, at)
+		}
+		if now == 0 {
+			b.EnableSpray(Spray{IP: ipA, Base: boundA, Delta: deltaA, Predict: SeqOtherProbes, Probes: SeqOtherProbes}, at)
+		}
+		var due []pkt
+		rest := q[:0]
+		for _, p := range q {
+			if p.at <= now {
+				due = append(due, p)
+			} else {
+				rest = append(rest, p)
+			}
+		}
+		q = rest
+		for _, p := range due {
+			var msg wire.Message
+			if msg.Decode(p.data) != nil {
+				t.Fatal("undecodable")
+			}
+			if p.toA {
+				if natA.pass(p.src, p.dst) {
+					send(true, a.Receive(&msg, p.src, at), now)
+				}
+			} else if natB.pass(p.src, p.dst) {
+				send(false, b.Receive(&msg, p.src, at), now)
+			}
+		}
+		if offA > 0 || startA {
+			send(true, a.Tick(at), now)
+		}
+		if offB > 0 || now > 0 {
+			send(false, b.Tick(at), now)
+		}
+		if a.State() == Connected && b.State() == Connected {
+			return now
+		}
+	}
+	return -1
+}
+
+// TestSequentialPairSimulated: two sequential symmetric NATs meet for
+// pairs of offsets whose sum is below SeqCycle, with the dialer starting
+// up to 60 ms late, steps 1 and 2; offsets beyond the window do not.
+func TestSequentialPairSimulated(t *testing.T) {
+	var worst time.Duration
+	for _, c := range []struct{ offA, offB, dA, dB int }{
+		{1, 1, 1, 1}, {2, 5, 1, 1}, {5, 2, 1, 1}, {1, 9, 1, 2}, {12, 3, 2, 1}, {30, 32, 1, 1}, {61, 1, 1, 1}, {1, 61, 1, 1},
+	} {
+		for _, skew := range []time.Duration{0, 30 * ms, 60 * ms} {
+			d := seqRun(t, c.offA, c.offB, c.dA, c.dB, skew, 20*ms)
+			if d < 0 {
+				t.Errorf("offsets %d,%d steps %d,%d skew %v: no path", c.offA, c.offB, c.dA, c.dB, skew)
+			}
+			worst = max(worst, d)
+		}
+	}
+	t.Logf("worst time to both connected: %v", worst)
+	// Offsets beyond the window: no path (the test can fail).
+	if d := seqRun(t, 40, 40, 1, 1, 0, 20*ms); d >= 0 {
+		t.Errorf("offsets 40,40 connected (%v), beyond the window", d)
+	}
+}

@@ -45,11 +45,12 @@ const payloadSize = 256 << 10
 
 // birthdayPair says whether a UDP connection between these NATs rests on
 // birthday probing: one side maps each destination to a new port, the
-// other filters by address and port.
+// other filters by address and port; or both are sequential and spray
+// predicted ports.
 func birthdayPair(a, b NAT) bool {
 	hard := func(n NAT) bool { return n == Symmetric || n == SymmetricSequential }
 	apdf := func(n NAT) bool { return n == PortRestricted || n == CGNAT }
-	return hard(a) && apdf(b) || hard(b) && apdf(a)
+	return hard(a) && apdf(b) || hard(b) && apdf(a) || a == SymmetricSequential && b == SymmetricSequential
 }
 
 // matrixParallel is how many pairs run at once. Pairs never share a host.
@@ -67,7 +68,10 @@ const matrixParallel = 8
 // it) do. Port-restricted and cgnat (APDF) drop them, so over UDP the two
 // sides run birthday probing (punch/birthday.go): the symmetric side opens
 // 256 extra mappings towards its peer, the other sprays guessed ports until
-// one matches. Two symmetric NATs cannot meet at all. TCP has no birthday
+// one matches. Two sequential symmetric NATs meet over UDP: both spray a
+// window of the other's predicted ports, the dialer's skewed so that the
+// two counters cross (punch.SeqCycle). Two random symmetric NATs, or one
+// random and one sequential, cannot meet at all. TCP has no birthday
 // probing (docs/PROTOCOL.md §20.6), so TCP keeps the old limits.
 const wantMatrix = `
 udp    none   full   restr  port   sym    cgnat  symseq
@@ -77,7 +81,7 @@ restr  ok     ok     ok     ok     ok     ok     ok
 port   ok     ok     ok     ok     ok     ok     ok
 sym    ok     ok     ok     ok     nopath ok     nopath
 cgnat  ok     ok     ok     ok     ok     ok     ok
-symseq ok     ok     ok     ok     nopath ok     nopath
+symseq ok     ok     ok     ok     nopath ok     ok
 
 tcp    none   full   restr  port   sym    cgnat  symseq
 none   ok     ok     ok     ok     ok     ok     ok
