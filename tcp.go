@@ -196,6 +196,10 @@ func (n *Node) dialTCP(ctx context.Context, peer wire.ID, secret wire.Secret, tg
 			c, cc := context.WithTimeout(hctx, 10*time.Second)
 			hs := time.Now()
 			err := tc.HandshakeContext(c)
+			// The handshake alone is one round trip on either side's
+			// clock (the RTT estimate below); the dialer's wait for the
+			// welcome after it is another, so it is not counted.
+			dur := time.Since(hs)
 			if err == nil && isClient {
 				err = awaitWelcome(c, tc)
 			} else if err == nil {
@@ -210,7 +214,7 @@ func (n *Node) dialTCP(ctx context.Context, peer wire.ID, secret wire.Secret, tg
 				tc = nil
 			}
 			select {
-			case hsc <- handshake{tc, time.Since(hs), err}:
+			case hsc <- handshake{tc, dur, err}:
 			case <-stop:
 				if tc != nil {
 					tc.Close()
