@@ -12,10 +12,12 @@ import (
 
 // birthdayPairs are the ordered NAT pairs (listener, connector) that only
 // birthday probing connects: a random symmetric NAT against an
-// endpoint-independent one that filters by address and port.
+// endpoint-independent one that filters by address and port, and two
+// sequential symmetric NATs spraying each other's predicted ports.
 var birthdayPairs = [][2]NAT{
 	{Symmetric, PortRestricted}, {PortRestricted, Symmetric},
 	{Symmetric, CGNAT}, {CGNAT, Symmetric},
+	{SymmetricSequential, SymmetricSequential},
 }
 
 // BenchmarkBirthday measures how often and how fast the pairs that need
