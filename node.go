@@ -615,8 +615,14 @@ func (n *Node) configForClient(hello *tls.ClientHelloInfo) (*tls.Config, error) 
 
 func (n *Node) acceptQUIC() {
 	defer n.wg.Done()
+	n.serveQUIC(n.ql, "accept", n.settlePath)
+}
+
+// serveQUIC delivers the connections ln accepts, each once its stream is
+// open and settle has marked its path, until ln or the node closes.
+func (n *Node) serveQUIC(ln *quic.Listener, what string, settle func(*Conn)) {
 	for {
-		qc, err := n.ql.Accept(n.ctx)
+		qc, err := ln.Accept(n.ctx)
 		if err != nil {
 			return
 		}
@@ -625,11 +631,11 @@ func (n *Node) acceptQUIC() {
 			defer n.wg.Done()
 			c, err := n.acceptStream(qc)
 			if err != nil {
-				n.log.Debug("accept", "remote", qc.RemoteAddr(), "err", err)
+				n.log.Debug(what, "remote", qc.RemoteAddr(), "err", err)
 				qc.CloseWithError(1, "")
 				return
 			}
-			n.settlePath(c)
+			settle(c)
 			n.deliver(c)
 		}()
 	}

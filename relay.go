@@ -307,25 +307,7 @@ func (rp *relayPath) dial(ctx context.Context, path netip.AddrPort, rtt time.Dur
 
 // accept delivers the connections the peer makes to the relayed address.
 func (rp *relayPath) accept() {
-	n := rp.n
-	for {
-		qc, err := rp.ln.Accept(n.ctx)
-		if err != nil {
-			return
-		}
-		n.wg.Add(1)
-		go func() {
-			defer n.wg.Done()
-			c, err := n.acceptStream(qc)
-			if err != nil {
-				n.log.Debug("accept over the relay", "remote", qc.RemoteAddr(), "err", err)
-				qc.CloseWithError(1, "")
-				return
-			}
-			rp.adopt(c)
-			n.deliver(c)
-		}()
-	}
+	rp.n.serveQUIC(rp.ln, "accept over the relay", rp.adopt)
 }
 
 // adopt marks c as running over this relayed endpoint, which then lives

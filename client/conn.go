@@ -152,7 +152,13 @@ func DialTCP(ctx context.Context, server string, laddr netip.AddrPort, cfg Confi
 	if err != nil {
 		return nil, fmt.Errorf("ewf client: connecting to server %s over TCP: %w", srv, err)
 	}
-	tc := nc.(*net.TCPConn)
+	return streamConn(nc, srv, cfg), nil
+}
+
+// streamConn runs the rendezvous conversation over nc, a TCP connection to
+// srv or a TLS connection over one: frames cut by wire.Framer, cfg.Reliable
+// set, and one reader goroutine.
+func streamConn(nc net.Conn, srv netip.AddrPort, cfg Config) *Conn {
 	var wmu sync.Mutex
 	timeout := cfg.Timeout
 	cfg.Server = srv
@@ -162,14 +168,14 @@ func DialTCP(ctx context.Context, server string, laddr netip.AddrPort, cfg Confi
 		// forever by a server that stopped reading.
 		wmu.Lock()
 		defer wmu.Unlock()
-		tc.SetWriteDeadline(time.Now().Add(timeout))
-		_, err := tc.Write(b)
+		nc.SetWriteDeadline(time.Now().Add(timeout))
+		_, err := nc.Write(b)
 		return err
 	}
-	c := &Conn{Client: New(cfg), conn: tc, local: tc.LocalAddr().(*net.TCPAddr).AddrPort()}
+	c := &Conn{Client: New(cfg), conn: nc, local: nc.LocalAddr().(*net.TCPAddr).AddrPort()}
 	c.wg.Add(1)
-	go c.readTCP(tc)
-	return c, nil
+	go c.readTCP(nc)
+	return c
 }
 
 func (c *Conn) readTCP(tc net.Conn) {

@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"sync"
-	"time"
 )
 
 // DefaultTLSPort is the port of ewfd's X over TLS (docs/PROTOCOL.md §19),
@@ -62,19 +60,5 @@ func DialTLS(ctx context.Context, server string, conf *tls.Config, cfg Config) (
 	if err != nil {
 		return nil, fmt.Errorf("ewf client: connecting to server %s over TLS: %w", srv, err)
 	}
-	var wmu sync.Mutex
-	timeout := cfg.Timeout
-	cfg.Server = srv
-	cfg.Reliable = true
-	cfg.Send = func(b []byte) error {
-		wmu.Lock()
-		defer wmu.Unlock()
-		nc.SetWriteDeadline(time.Now().Add(timeout))
-		_, err := nc.Write(b)
-		return err
-	}
-	c := &Conn{Client: New(cfg), conn: nc, local: nc.LocalAddr().(*net.TCPAddr).AddrPort()}
-	c.wg.Add(1)
-	go c.readTCP(nc)
-	return c, nil
+	return streamConn(nc, srv, cfg), nil
 }

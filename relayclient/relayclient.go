@@ -26,8 +26,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/pion/logging"
 	"github.com/pion/turn/v5"
+
+	"github.com/ewf-project/ewf/internal/pionlog"
 )
 
 // Config says which TURN servers to try and with what credentials
@@ -183,7 +184,7 @@ func allocate(ctx context.Context, cfg Config, s Server) (*Allocation, error) {
 		Username:               cfg.Username,
 		Password:               cfg.Password,
 		Conn:                   under,
-		LoggerFactory:          &pionLogs{log: cfg.Logger},
+		LoggerFactory:          pionlog.Factory(cfg.Logger),
 		RequestedAddressFamily: fam,
 	})
 	if err != nil {
@@ -252,28 +253,3 @@ func (a *Allocation) Close() error {
 	})
 	return nil
 }
-
-// pionLogs sends pion/turn's logs to Debug.
-type pionLogs struct{ log *slog.Logger }
-
-func (p *pionLogs) NewLogger(scope string) logging.LeveledLogger {
-	return &pionLogger{log: p.log.With("pion", scope)}
-}
-
-type pionLogger struct{ log *slog.Logger }
-
-func (l *pionLogger) logf(format string, args ...any) {
-	if l.log.Enabled(context.Background(), slog.LevelDebug) {
-		l.log.Debug(fmt.Sprintf(format, args...))
-	}
-}
-func (l *pionLogger) Trace(string)                      {}
-func (l *pionLogger) Tracef(string, ...any)             {}
-func (l *pionLogger) Debug(msg string)                  { l.logf("%s", msg) }
-func (l *pionLogger) Debugf(format string, args ...any) { l.logf(format, args...) }
-func (l *pionLogger) Info(msg string)                   { l.logf("%s", msg) }
-func (l *pionLogger) Infof(format string, args ...any)  { l.logf(format, args...) }
-func (l *pionLogger) Warn(msg string)                   { l.logf("%s", msg) }
-func (l *pionLogger) Warnf(format string, args ...any)  { l.logf(format, args...) }
-func (l *pionLogger) Error(msg string)                  { l.logf("%s", msg) }
-func (l *pionLogger) Errorf(format string, args ...any) { l.logf(format, args...) }

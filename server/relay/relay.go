@@ -34,11 +34,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/pion/logging"
 	"github.com/pion/stun/v4"
 	"github.com/pion/turn/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
+
+	"github.com/ewf-project/ewf/internal/pionlog"
 )
 
 // Config configures a Relay. The zero value of each field is the default
@@ -265,7 +266,7 @@ func Start(cfg Config) (*Relay, error) {
 		r.met.refuse(refusePeerAddress)
 		return false
 	}
-	logs := &pionLogs{log: cfg.Logger}
+	logs := pionlog.Factory(cfg.Logger)
 	srv, err := turn.NewServer(turn.ServerConfig{
 		Realm:              cfg.Realm,
 		AuthHandler:        r.auth,
@@ -655,30 +656,3 @@ func (q *quotas) live() int {
 	}
 	return n
 }
-
-// pionLogs sends pion/turn's logs to Debug: it logs ordinary client
-// mistakes (a wrong password, a refused peer) as errors, and a relay must
-// not let a client fill its logs.
-type pionLogs struct{ log *slog.Logger }
-
-func (p *pionLogs) NewLogger(scope string) logging.LeveledLogger {
-	return &pionLogger{log: p.log.With("pion", scope)}
-}
-
-type pionLogger struct{ log *slog.Logger }
-
-func (l *pionLogger) logf(format string, args ...any) {
-	if l.log.Enabled(context.Background(), slog.LevelDebug) {
-		l.log.Debug(fmt.Sprintf(format, args...))
-	}
-}
-func (l *pionLogger) Trace(string)                      {}
-func (l *pionLogger) Tracef(string, ...any)             {}
-func (l *pionLogger) Debug(msg string)                  { l.logf("%s", msg) }
-func (l *pionLogger) Debugf(format string, args ...any) { l.logf(format, args...) }
-func (l *pionLogger) Info(msg string)                   { l.logf("%s", msg) }
-func (l *pionLogger) Infof(format string, args ...any)  { l.logf(format, args...) }
-func (l *pionLogger) Warn(msg string)                   { l.logf("%s", msg) }
-func (l *pionLogger) Warnf(format string, args ...any)  { l.logf(format, args...) }
-func (l *pionLogger) Error(msg string)                  { l.logf("%s", msg) }
-func (l *pionLogger) Errorf(format string, args ...any) { l.logf(format, args...) }
