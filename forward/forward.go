@@ -306,19 +306,27 @@ func (u *udpFlows) replies(flow uint32, uc *net.UDPConn) {
 
 // receive hands the peer's datagrams to the service of their flow.
 func (u *udpFlows) receive(ctx context.Context) {
+	receiveFlows(ctx, u.c, func(flow uint32, p []byte) {
+		u.mu.Lock()
+		uc := u.flows[flow]
+		u.mu.Unlock()
+		if uc != nil {
+			uc.Write(p)
+		}
+	})
+}
+
+// receiveFlows reads c's datagrams until ctx or c ends and hands each
+// payload to deliver with the flow tag it carries; untagged ones are
+// dropped.
+func receiveFlows(ctx context.Context, c *ewf.Conn, deliver func(flow uint32, p []byte)) {
 	for {
-		d, err := u.c.ReceiveDatagram(ctx)
+		d, err := c.ReceiveDatagram(ctx)
 		if err != nil {
 			return
 		}
-		if len(d) < 4 {
-			continue
-		}
-		u.mu.Lock()
-		uc := u.flows[binary.BigEndian.Uint32(d)]
-		u.mu.Unlock()
-		if uc != nil {
-			uc.Write(d[4:])
+		if len(d) >= 4 {
+			deliver(binary.BigEndian.Uint32(d), d[4:])
 		}
 	}
 }
@@ -591,24 +599,17 @@ func (u *udpForwarder) open(ctx context.Context, fl *clientFlow, fw Forward, fir
 }
 
 func (u *udpForwarder) receive(ctx context.Context) {
-	for {
-		d, err := u.c.ReceiveDatagram(ctx)
-		if err != nil {
-			return
-		}
-		if len(d) < 4 {
-			continue
-		}
+	receiveFlows(ctx, u.c, func(flow uint32, p []byte) {
 		u.mu.Lock()
-		fl := u.byID[binary.BigEndian.Uint32(d)]
+		fl := u.byID[flow]
 		if fl != nil {
 			fl.last = time.Now()
 		}
 		u.mu.Unlock()
 		if fl != nil {
-			fl.pc.WriteToUDPAddrPort(d[4:], fl.from)
+			fl.pc.WriteToUDPAddrPort(p, fl.from)
 		}
-	}
+	})
 }
 
 // expire closes flows that carried nothing for the idle time, which ends
