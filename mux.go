@@ -40,6 +40,8 @@ type sockConn struct {
 
 	control atomic.Uint64 // STUN and X datagrams taken out, for tests
 	dropped atomic.Uint64 // STUN or X not for us (not from the server, not PUNCH)
+
+	moved atomic.Pointer[movedTable] // QUIC sends to peers that moved (roam.go); nil: none
 }
 
 func newSockConn(c *net.UDPConn, servers []netip.AddrPort) *sockConn {

@@ -47,10 +47,11 @@ type Node struct {
 	public atomic.Value
 
 	mu       sync.Mutex
-	attempts map[wire.ID]*attempt   // by peer ID: routes PUNCH messages
-	sessions map[wire.ID]*session   // by peer ID: routes SIGNALs (signal.go)
-	relays   map[wire.ID]*relayPath // by peer ID: relayed endpoints (relay.go)
-	noRelay  atomic.Bool            // the server offers no relay
+	attempts map[wire.ID]*attempt     // by peer ID: routes PUNCH messages
+	sessions map[wire.ID]*session     // by peer ID: routes SIGNALs (signal.go)
+	relays   map[wire.ID]*relayPath   // by peer ID: relayed endpoints (relay.go)
+	live     map[*quic.Conn]*liveConn // direct QUIC connections that follow a move (roam.go)
+	noRelay  atomic.Bool              // the server offers no relay
 	// pendingSignals holds SIGNALs that came before their introduction.
 	pendingSignals map[wire.ID]client.Signal
 	intros         map[string]*intro // by TLS server name: picks the certificate
@@ -271,7 +272,14 @@ func (n *Node) keepUDP() {
 	defer n.wg.Done()
 	backoff := time.Second
 	for {
-		err := n.keep(n.rc, wire.TransportUDP, func(a netip.AddrPort) { n.public.Store(a); n.checkNAT() })
+		err := n.keep(n.rc, wire.TransportUDP, func(a netip.AddrPort) {
+			old := n.PublicAddr()
+			n.public.Store(a)
+			n.checkNAT()
+			if old.IsValid() && old != a {
+				n.roamed(old, a) // roam.go
+			}
+		})
 		if errors.Is(err, client.ErrNotRegistered) {
 			err = n.registerAgain(n.ctx)
 			if err == nil {
@@ -517,6 +525,9 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	if sock == nil {
+		n.track(qc, peer, in.Secret, true) // roam.go
+	}
 	n.settlePath(c)
 	return c, nil
 }
@@ -676,6 +687,7 @@ func (n *Node) acceptStream(qc *quic.Conn) (*Conn, error) {
 	n.stopTCPRace(it.peer, it.secret)
 	c := newQUICConn(qc, st, it.peer, rtt)
 	c.auth = authOf(it.peer)
+	n.track(qc, it.peer, it.secret, false) // roam.go
 	return c, nil
 }
 

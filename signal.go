@@ -87,6 +87,9 @@ func (n *Node) stopTCPRace(peer wire.ID, secret wire.Secret) {
 // its relayed addresses and NAT class are kept for the relay and the
 // diagnosis. Anything else is dropped.
 func (n *Node) onSignal(sig client.Signal) {
+	if n.roamSignal(sig) { // the peer of a live connection moved (roam.go)
+		return
+	}
 	n.mu.Lock()
 	s := n.sessions[sig.Peer]
 	if s == nil || time.Now().After(s.expires) {

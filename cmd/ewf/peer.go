@@ -26,6 +26,7 @@ type common struct {
 	punch     time.Duration
 	relay     string
 	idle      time.Duration
+	keepalive time.Duration
 	verbose   bool
 }
 
@@ -38,6 +39,7 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.relay, "relay", string(ewf.RelayFallback),
 		"use the server's TURN relay: `fallback` (when no direct path), always, or never")
 	fs.DurationVar(&c.idle, "idle-timeout", 60*time.Second, "end a connection when nothing arrived from the peer for this `duration`")
+	fs.DurationVar(&c.keepalive, "keepalive", 0, "refresh the bindings at the server every `duration`, which is also how soon a changed public address is noticed and connected peers are told (0: randomly every 20–25 s)")
 	fs.BoolVar(&c.verbose, "v", false, "log debug detail to stderr")
 }
 
@@ -50,6 +52,9 @@ func (c *common) check() error {
 	default:
 		return usageError("--relay must be fallback, always or never")
 	}
+	if c.keepalive < 0 || (c.keepalive > 0 && c.keepalive < 500*time.Millisecond) {
+		return usageError("--keepalive must be at least 500ms (or 0 for the default)")
+	}
 	return nil
 }
 
@@ -58,6 +63,9 @@ func (c *common) config() ewf.Config {
 		PunchTimeout: c.punch, Relay: ewf.RelayMode(c.relay), IdleTimeout: c.idle}
 	if c.verbose {
 		cfg.Logger = debugLogger()
+	}
+	if k := c.keepalive; k > 0 {
+		cfg.KeepaliveInterval = func() time.Duration { return k }
 	}
 	return cfg
 }
