@@ -114,9 +114,12 @@ func (d *Daemon) start(cfg Config) error {
 		if cfg.DataDir == "" {
 			return fmt.Errorf("%w: DataDir is empty and no Store given", errConfig)
 		}
+		every, resolution := expiryPace(cfg.RegistrationTTL)
 		bs, err := bolt.Open(cfg.DataDir, bolt.Options{
 			MaxRegistrations: cfg.MaxRegistrations,
 			MaxIdle:          cfg.RegistrationTTL,
+			ExpireInterval:   every,
+			TouchResolution:  resolution,
 			Logger:           cfg.Logger,
 			Now:              cfg.Now,
 		})
@@ -443,4 +446,15 @@ func dataName(cfg Config) string {
 		return u
 	}
 	return cfg.DataDir
+}
+
+// expiryPace is how often the store expires idle registrations and the
+// granularity of their last-use times, for a registration lifetime of ttl:
+// the store's hourly defaults for the usual lifetimes of days, and a
+// fraction of ttl for short ones, so that a registration of
+// -registration-ttl 10s expires after about 10 s, not after more than an
+// hour of slack (registrations expire up to interval + resolution late).
+func expiryPace(ttl time.Duration) (interval, resolution time.Duration) {
+	clamp := func(d time.Duration) time.Duration { return min(max(d, time.Second), time.Hour) }
+	return clamp(ttl / 4), clamp(ttl / 8)
 }
