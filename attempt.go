@@ -116,12 +116,16 @@ func (n *Node) newAttempt(peer wire.ID, secret wire.Secret, targets []netip.Addr
 // routePunch hands a PUNCH from the socket to the attempt for its sender.
 // The machine verifies the MAC; a PUNCH for no attempt is dropped.
 func (n *Node) routePunch(msg *wire.Message, from netip.AddrPort) {
+	if n.sc.dropPeers != nil && n.sc.dropPeers.Load() {
+		return // tests: a firewall between the peers (migrate_test.go)
+	}
 	n.mu.Lock()
 	a := n.attempts[msg.SourceID]
 	n.mu.Unlock()
 	if a != nil {
 		a.receive(msg, from)
 	}
+	n.routeMigrate(msg, from) // a relayed connection's background punch (migrate.go)
 }
 
 // addCandidates adds signalled UDP addresses of the peer to the running

@@ -23,10 +23,16 @@ import (
 type Conn struct {
 	peer      ID
 	transport Transport
-	rtt       time.Duration
-	path      Path           // PathDirect unless relayed (relay.go)
-	relay     netip.AddrPort // the relayed address in use, if relayed
-	auth      Auth           // how the peer was proven (tls.go)
+	auth      Auth // how the peer was proven (tls.go)
+
+	// The path: set before the Conn is handed out, changed under pmu
+	// when a relayed connection moves to a direct path (migrate.go).
+	pmu    sync.Mutex
+	rtt    time.Duration
+	path   Path           // PathDirect unless relayed (relay.go)
+	relay  netip.AddrPort // the relayed address in use, if relayed
+	direct netip.AddrPort // the direct address a relayed connection moved to
+	moved  chan struct{}  // closed when it moved
 
 	// QUIC: qc and its default stream st. TCP: tc, multiplexed by mux,
 	// whose stream 0 is the default stream def.
@@ -47,7 +53,8 @@ type Conn struct {
 const closeLinger = 5 * time.Second
 
 func newQUICConn(qc *quic.Conn, st *quic.Stream, peer ID, rtt time.Duration) *Conn {
-	c := &Conn{peer: peer, transport: TransportUDP, rtt: rtt, qc: qc, st: st, peerGotIt: make(chan struct{}), path: PathDirect}
+	c := &Conn{peer: peer, transport: TransportUDP, rtt: rtt, qc: qc, st: st, peerGotIt: make(chan struct{}), path: PathDirect,
+		moved: make(chan struct{})}
 	go c.awaitEOFAck()
 	return c
 }
@@ -56,7 +63,8 @@ func newQUICConn(qc *quic.Conn, st *quic.Stream, peer ID, rtt time.Duration) *Co
 // IDs. idle ends the connection when the peer goes silent that long.
 func newTLSConn(tc *tls.Conn, peer ID, rtt time.Duration, isClient bool, idle time.Duration) *Conn {
 	m := streammux.New(tc, streammux.Config{Client: isClient, IdleTimeout: idle, Window: tcpStreamWindow})
-	return &Conn{peer: peer, transport: TransportTCP, rtt: rtt, tc: tc, mux: m, def: m.Default(), path: PathDirect}
+	return &Conn{peer: peer, transport: TransportTCP, rtt: rtt, tc: tc, mux: m, def: m.Default(), path: PathDirect,
+		moved: make(chan struct{})}
 }
 
 // tcpStreamWindow is each TCP-path stream's receive window: 1 MiB keeps a
@@ -76,15 +84,48 @@ func (c *Conn) Transport() Transport { return c.transport }
 
 // Path says whether the connection is direct or goes through a TURN
 // relay; Relay is then the relayed address in use (this side's or the
-// peer's). The relay forwards only ciphertext.
-func (c *Conn) Path() Path { return c.path }
+// peer's). The relay forwards only ciphertext. A relayed QUIC connection
+// goes on punching in the background and moves to a direct path when one
+// answers: Path then changes to PathDirect, and Moved is closed.
+func (c *Conn) Path() Path {
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	return c.path
+}
 
 // Relay returns the relayed address the connection uses, if Path is
 // PathRelay.
-func (c *Conn) Relay() (netip.AddrPort, bool) { return c.relay, c.path == PathRelay }
+func (c *Conn) Relay() (netip.AddrPort, bool) {
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	return c.relay, c.path == PathRelay
+}
 
-// RTT returns the round-trip time measured while the path was made.
-func (c *Conn) RTT() time.Duration { return c.rtt }
+// Moved returns a channel that is closed when a relayed connection has
+// moved to a direct path (Path, RemoteAddr and RTT then tell the new
+// path). It is never closed for a connection that was direct from the
+// start or stays relayed: wait on it together with the connection's end.
+func (c *Conn) Moved() <-chan struct{} { return c.moved }
+
+// RTT returns the round-trip time measured while the path was made, or
+// while the direct path a relayed connection moved to was punched.
+func (c *Conn) RTT() time.Duration {
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	return c.rtt
+}
+
+// moveTo records that the connection now runs on the direct path to, and
+// tells Moved's waiters.
+func (c *Conn) moveTo(to netip.AddrPort, rtt time.Duration) {
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	if c.path == PathDirect {
+		return
+	}
+	c.path, c.direct, c.rtt = PathDirect, to, rtt
+	close(c.moved)
+}
 
 func (c *Conn) Read(p []byte) (int, error) {
 	if c.tc != nil {
@@ -181,10 +222,18 @@ func (c *Conn) LocalAddr() net.Addr {
 }
 
 // RemoteAddr returns the peer's address on the direct path: its NAT's
-// public mapping, or its LAN address when both are behind one NAT.
+// public mapping, or its LAN address when both are behind one NAT. For a
+// relayed connection it is the relayed address QUIC talks to, until the
+// connection moves to a direct path.
 func (c *Conn) RemoteAddr() net.Addr {
 	if c.tc != nil {
 		return c.tc.RemoteAddr()
+	}
+	c.pmu.Lock()
+	d := c.direct
+	c.pmu.Unlock()
+	if d.IsValid() {
+		return net.UDPAddrFromAddrPort(d)
 	}
 	return c.qc.RemoteAddr()
 }

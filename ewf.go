@@ -129,6 +129,10 @@ type Config struct {
 	// to the server while set, as a network that blocks UDP does
 	// (blocked_test.go).
 	blockUDP *atomic.Bool
+	// dropPeers, in tests only, drops every PUNCH and QUIC datagram that
+	// reaches the node's main socket while set, as an inbound firewall
+	// that lets only the server through would (migrate_test.go).
+	dropPeers *atomic.Bool
 }
 
 func (c *Config) populate() error {

@@ -38,6 +38,9 @@ type sockConn struct {
 
 	msg wire.Message // decode scratch; ReadBatch has one caller, quic-go's reader
 
+	diverts   atomic.Pointer[divertTable] // direct peer addresses of moved relayed connections (migrate.go)
+	dropPeers *atomic.Bool                // tests: Config.dropPeers
+
 	control atomic.Uint64 // STUN and X datagrams taken out, for tests
 	dropped atomic.Uint64 // STUN or X not for us (not from the server, not PUNCH)
 
@@ -84,7 +87,7 @@ func (s *sockConn) route(m *ipv4.Message) bool {
 	b := m.Buffers[0][:m.N]
 	kind := wire.Classify(b)
 	if kind == wire.KindOther {
-		return false
+		return s.divert(m) // QUIC of a relayed connection that moved (migrate.go)
 	}
 	s.control.Add(1)
 	ua, ok := m.Addr.(*net.UDPAddr)

@@ -51,7 +51,11 @@ type Node struct {
 	sessions map[wire.ID]*session     // by peer ID: routes SIGNALs (signal.go)
 	relays   map[wire.ID]*relayPath   // by peer ID: relayed endpoints (relay.go)
 	live     map[*quic.Conn]*liveConn // direct QUIC connections that follow a move (roam.go)
-	noRelay  atomic.Bool              // the server offers no relay
+	// migrators, by peer ID: background punching of relayed connections
+	// (migrate.go); divertMu serialises changes of sc.diverts.
+	migrators map[wire.ID]*migrator
+	divertMu  sync.Mutex
+	noRelay   atomic.Bool // the server offers no relay
 	// pendingSignals holds SIGNALs that came before their introduction.
 	pendingSignals map[wire.ID]client.Signal
 	intros         map[string]*intro // by TLS server name: picks the certificate
@@ -102,6 +106,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		attempts:       make(map[wire.ID]*attempt),
 		sessions:       make(map[wire.ID]*session),
 		relays:         make(map[wire.ID]*relayPath),
+		migrators:      make(map[wire.ID]*migrator),
 		pendingSignals: make(map[wire.ID]client.Signal),
 		intros:         make(map[string]*intro),
 		accepted:       make(chan *Conn, 16),
@@ -131,6 +136,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	n.sc = newSockConn(sock, servers)
 	n.sc.toServer = func(b []byte) { n.rc.HandlePacket(b) }
 	n.sc.toPunch = n.routePunch
+	n.sc.dropPeers = cfg.dropPeers
 	n.tr = &quic.Transport{Conn: n.sc}
 	n.ql, err = n.tr.Listen(&tls.Config{
 		MinVersion:         tls.VersionTLS13,

@@ -68,12 +68,14 @@ type relayPath struct {
 	// Set before ready is closed.
 	alloc *relayclient.Allocation
 	a     *attempt
+	ps    *pathSwitch // the socket QUIC reads and writes (migrate.go)
 	tr    *quic.Transport
 	ln    *quic.Listener
 
-	mu     sync.Mutex
-	closed bool
-	inUse  bool // a connection runs on it: only that connection's Close ends it
+	mu       sync.Mutex
+	closed   bool
+	inUse    bool // a connection runs on it: only that connection's Close ends it
+	released bool // the connection moved to a direct path: the allocation is gone
 }
 
 // startRelay begins a relayed endpoint for the introduction with peer in
@@ -157,7 +159,10 @@ func (rp *relayPath) setUp() error {
 	}
 	rp.alloc = alloc
 	rp.mu.Unlock()
-	rp.tr = &quic.Transport{Conn: &punchFilter{PacketConn: alloc.PacketConn(), route: rp.receive}}
+	// QUIC runs on a path switch over the relayed socket, so that the
+	// connection can move to a direct path later (migrate.go).
+	rp.ps = newPathSwitch(n, alloc.PacketConn(), rp.receive)
+	rp.tr = &quic.Transport{Conn: rp.ps}
 	rp.ln, err = rp.tr.Listen(&tls.Config{
 		MinVersion:         tls.VersionTLS13,
 		NextProtos:         []string{alpn},
@@ -324,6 +329,27 @@ func (rp *relayPath) adopt(c *Conn) {
 			prev()
 		}
 	}
+	rp.n.startMigrator(rp, c)
+}
+
+// release closes the allocation and the relayed attempt of a connection
+// that moved to a direct path, keeping the QUIC transport on the path
+// switch, which now carries the connection.
+func (rp *relayPath) release() {
+	rp.mu.Lock()
+	if rp.closed || rp.released {
+		rp.mu.Unlock()
+		return
+	}
+	rp.released = true
+	a := rp.a
+	rp.mu.Unlock()
+	rp.ps.released.Store(true)
+	if a != nil {
+		a.stop()
+	}
+	rp.alloc.Close()
+	rp.n.log.Debug("relay released", "peer", rp.peer, "relayed", rp.alloc.Relayed())
 }
 
 // close ends the endpoint unless a connection uses it and force is false.
@@ -357,41 +383,11 @@ func (rp *relayPath) close(force bool) {
 	if rp.tr != nil {
 		rp.tr.Close()
 	}
+	if rp.ps != nil {
+		rp.ps.Close()
+	}
 	if rp.alloc != nil {
 		rp.alloc.Close()
-	}
-}
-
-// punchFilter is the relayed socket as quic-go reads it: PUNCH messages
-// go to the relayed attempt, everything else to QUIC.
-type punchFilter struct {
-	net.PacketConn
-	route func(*wire.Message, netip.AddrPort)
-	msg   wire.Message
-}
-
-// SetReadBuffer and SetWriteBuffer are no-ops: the socket under the
-// relayed address is the TURN client's (UDP or TCP), and quic-go only
-// asks so that it need not warn.
-func (p *punchFilter) SetReadBuffer(int) error { return nil }
-
-// SetWriteBuffer is a no-op, as SetReadBuffer.
-func (p *punchFilter) SetWriteBuffer(int) error { return nil }
-
-func (p *punchFilter) ReadFrom(b []byte) (int, net.Addr, error) {
-	for {
-		n, from, err := p.PacketConn.ReadFrom(b)
-		if err != nil {
-			return n, from, err
-		}
-		if wire.Classify(b[:n]) == wire.KindX {
-			if ua, ok := from.(*net.UDPAddr); ok && p.msg.Decode(b[:n]) == nil && p.msg.Type.Method == wire.MethodPunch {
-				ap := ua.AddrPort()
-				p.route(&p.msg, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
-			}
-			continue
-		}
-		return n, from, nil
 	}
 }
 

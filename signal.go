@@ -148,6 +148,7 @@ func (n *Node) onSignal(sig client.Signal) {
 	if s.tcp != nil {
 		s.tcp.add(tcp)
 	}
+	n.migrateSignalled(sig.Peer, s.secret, udp) // migrate.go
 	n.log.Debug("signalled", "peer", sig.Peer, "candidates", len(sig.Candidates), "udp_added", added,
 		"tcp", len(tcp), "relayed", len(sig.Relayed), "nat", sig.HasNAT)
 }

@@ -1,0 +1,533 @@
+package ewf
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/ipv4"
+
+	"github.com/ewf-project/ewf/punch"
+	"github.com/ewf-project/ewf/wire"
+)
+
+// A relayed connection moves to a direct path that answers later
+// (docs/PROTOCOL.md §25). quic-go cannot move a connection to another
+// remote address or another Transport by itself (its Conn.AddPath changes
+// only the local side), so the move happens under QUIC: the relayed
+// connection's Transport reads and writes a pathSwitch, whose remote
+// address stays the relayed one QUIC was dialled to, while the datagrams
+// themselves go to the relay or, once a direct path is proven, through the
+// node's main socket to the peer's direct address. QUIC sees one path all
+// along; what is lost while the switch happens it retransmits.
+//
+// A migrator punches the peer's direct candidates in the background, on
+// the node's main socket, for the connection's life, at a low backed-off
+// rate. Both sides run one. A MAC-verified PUNCH from a direct address D
+// makes D's QUIC datagrams go to the relayed connection (the diversion in
+// sockConn.route); a success response to this side's own PUNCH from D —
+// both directions proven — moves this side's sends to D. Once QUIC
+// datagrams of the peer arrive from D, the peer has moved its sends too,
+// and the TURN allocation is released.
+
+// Background punching schedule: the first PUNCH at once, then backed off
+// from migrateInterval to migrateMaxInterval per candidate. At most
+// punch.MaxCandidates (16) candidates of one peer, so the worst case is
+// 16 PUNCHes (92 bytes each) every 5 s: about 300 bytes/s, less than the
+// QUIC keep-alives of the connection itself. Each machine lives for
+// migrateRound and is then started again with the same candidates, for as
+// long as the connection lives.
+const (
+	migrateInterval    = time.Second
+	migrateMaxInterval = 5 * time.Second
+	migrateRound       = 10 * time.Minute
+	// maxDiverted bounds the direct addresses of one connection whose
+	// datagrams are diverted to it (each proven by a PUNCH).
+	maxDiverted = 4
+	// switchQueue is how many received datagrams wait for quic-go's
+	// reader; beyond it, datagrams are dropped (counted) like a full
+	// socket buffer's.
+	switchQueue = 256
+	// packetBuf is the buffer of one queued datagram: quic-go's own
+	// receive buffers are 1,452 bytes.
+	packetBuf = 2048
+)
+
+// packet is one queued datagram of a pathSwitch.
+type packet struct {
+	buf  [packetBuf]byte
+	n    int
+	from net.Addr
+	err  error
+}
+
+var packetPool = sync.Pool{New: func() any { return new(packet) }}
+
+// pathSwitch is the net.PacketConn under a relayed connection's QUIC
+// Transport. It reads the TURN allocation (PUNCH messages there go to the
+// relayed attempt, the rest to QUIC) and the datagrams diverted from the
+// node's main socket, which it presents as coming from the relayed remote
+// address; it writes to the relay until a direct path is set, then to the
+// direct address through the node's main socket.
+type pathSwitch struct {
+	n     *Node
+	relay net.PacketConn
+	route func(*wire.Message, netip.AddrPort) // PUNCH on the relayed socket
+
+	in       chan *packet
+	kick     chan struct{} // a read deadline changed
+	done     chan struct{}
+	doneOnce sync.Once
+	deadline atomic.Pointer[time.Time]
+
+	remote    atomic.Pointer[net.UDPAddr] // the relayed remote address QUIC talks to
+	direct    atomic.Pointer[net.UDPAddr] // set once this side sends on the direct path
+	released  atomic.Bool                 // the allocation is closed: no relay path any more
+	heard     chan struct{}               // closed at the first QUIC datagram from the direct path
+	heardOnce sync.Once
+
+	divertedIn, dropped atomic.Uint64
+}
+
+func newPathSwitch(n *Node, relay net.PacketConn, route func(*wire.Message, netip.AddrPort)) *pathSwitch {
+	ps := &pathSwitch{
+		n: n, relay: relay, route: route,
+		in:    make(chan *packet, switchQueue),
+		kick:  make(chan struct{}, 1),
+		done:  make(chan struct{}),
+		heard: make(chan struct{}),
+	}
+	n.wg.Go(ps.pump)
+	return ps
+}
+
+// pump reads the relayed socket until it closes.
+func (ps *pathSwitch) pump() {
+	var msg wire.Message
+	for {
+		p := packetPool.Get().(*packet)
+		n, from, err := ps.relay.ReadFrom(p.buf[:])
+		if err != nil {
+			if ps.released.Load() {
+				packetPool.Put(p)
+				return // the relay went away on purpose: the direct path remains
+			}
+			p.n, p.from, p.err = 0, nil, err
+			select {
+			case ps.in <- p:
+			case <-ps.done:
+			}
+			return
+		}
+		b := p.buf[:n]
+		if wire.Classify(b) == wire.KindX {
+			if ua, ok := from.(*net.UDPAddr); ok && msg.Decode(b) == nil && msg.Type.Method == wire.MethodPunch {
+				ap := ua.AddrPort()
+				ps.route(&msg, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+			}
+			packetPool.Put(p)
+			continue
+		}
+		p.n, p.from, p.err = n, from, nil
+		select {
+		case ps.in <- p:
+		case <-ps.done:
+			packetPool.Put(p)
+			return
+		}
+	}
+}
+
+// fromDirect queues a QUIC datagram that arrived on the node's main socket
+// from a diverted direct address. It runs on quic-go's reader of the main
+// socket, so it never blocks: a full queue drops the datagram.
+func (ps *pathSwitch) fromDirect(b []byte) {
+	remote := ps.remote.Load()
+	if remote == nil {
+		return
+	}
+	ps.heardOnce.Do(func() { close(ps.heard) })
+	p := packetPool.Get().(*packet)
+	p.n, p.from, p.err = copy(p.buf[:], b), remote, nil
+	select {
+	case ps.in <- p:
+		ps.divertedIn.Add(1)
+	default:
+		packetPool.Put(p)
+		ps.dropped.Add(1)
+	}
+}
+
+// ReadFrom returns the next datagram of either path.
+func (ps *pathSwitch) ReadFrom(b []byte) (int, net.Addr, error) {
+	for {
+		var expired <-chan time.Time
+		if dl := ps.deadline.Load(); dl != nil && !dl.IsZero() {
+			d := time.Until(*dl)
+			if d <= 0 {
+				return 0, nil, os.ErrDeadlineExceeded
+			}
+			t := time.NewTimer(d)
+			defer t.Stop()
+			expired = t.C
+		}
+		select {
+		case p := <-ps.in:
+			if p.err != nil {
+				err := p.err
+				packetPool.Put(p)
+				return 0, nil, err
+			}
+			n, from := copy(b, p.buf[:p.n]), p.from
+			packetPool.Put(p)
+			return n, from, nil
+		case <-ps.kick:
+		case <-expired:
+			return 0, nil, os.ErrDeadlineExceeded
+		case <-ps.done:
+			return 0, nil, net.ErrClosed
+		}
+	}
+}
+
+// WriteTo sends to the direct path once there is one, else to the relay.
+func (ps *pathSwitch) WriteTo(b []byte, addr net.Addr) (int, error) {
+	if d := ps.direct.Load(); d != nil {
+		return ps.n.tr.WriteTo(b, d)
+	}
+	if ps.released.Load() {
+		return len(b), nil // cannot happen: released only after the switch
+	}
+	return ps.relay.WriteTo(b, addr)
+}
+
+// Close ends reads; the allocation is closed by its owner (relayPath).
+func (ps *pathSwitch) Close() error {
+	ps.doneOnce.Do(func() { close(ps.done) })
+	return nil
+}
+
+func (ps *pathSwitch) LocalAddr() net.Addr { return ps.relay.LocalAddr() }
+
+// SetDeadline sets the read deadline; writes do not block.
+func (ps *pathSwitch) SetDeadline(t time.Time) error { return ps.SetReadDeadline(t) }
+
+// SetReadDeadline is how quic-go's Transport.Close stops its reader.
+func (ps *pathSwitch) SetReadDeadline(t time.Time) error {
+	ps.deadline.Store(&t)
+	select {
+	case ps.kick <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+func (ps *pathSwitch) SetWriteDeadline(time.Time) error { return nil }
+
+// SetReadBuffer and SetWriteBuffer are no-ops: the sockets under the
+// switch are the TURN client's and the node's, and quic-go only asks so
+// that it need not warn.
+func (ps *pathSwitch) SetReadBuffer(int) error { return nil }
+
+// SetWriteBuffer is a no-op, as SetReadBuffer.
+func (ps *pathSwitch) SetWriteBuffer(int) error { return nil }
+
+// divertTable maps direct peer addresses to the relayed connections whose
+// QUIC datagrams arrive from them; it is replaced, never changed, so that
+// the socket reader needs no lock.
+type divertTable map[netip.AddrPort]*pathSwitch
+
+// divert hands a QUIC datagram from a diverted address to its relayed
+// connection and reports true; false leaves it to the main Transport. With
+// no relayed connection that moved, this is one atomic load.
+func (s *sockConn) divert(m *ipv4.Message) bool {
+	if s.dropPeers != nil && s.dropPeers.Load() {
+		return true // tests: a firewall between the peers (migrate_test.go)
+	}
+	t := s.diverts.Load()
+	if t == nil {
+		return false
+	}
+	ua, ok := m.Addr.(*net.UDPAddr)
+	if !ok {
+		return false
+	}
+	from := ua.AddrPort()
+	ps := (*t)[netip.AddrPortFrom(from.Addr().Unmap(), from.Port())]
+	if ps == nil {
+		return false
+	}
+	ps.fromDirect(m.Buffers[0][:m.N])
+	return true
+}
+
+// setDiversion adds (ps non-nil) or removes the diversion of from.
+func (n *Node) setDiversion(from netip.AddrPort, ps *pathSwitch) {
+	n.divertMu.Lock()
+	defer n.divertMu.Unlock()
+	t := divertTable{}
+	if old := n.sc.diverts.Load(); old != nil {
+		for k, v := range *old {
+			t[k] = v
+		}
+	}
+	if ps != nil {
+		t[from] = ps
+	} else {
+		delete(t, from)
+	}
+	if len(t) == 0 {
+		n.sc.diverts.Store(nil)
+		return
+	}
+	n.sc.diverts.Store(&t)
+}
+
+// migrator punches the peer's direct candidates in the background for one
+// relayed connection and moves it when a direct path answers.
+type migrator struct {
+	n      *Node
+	rp     *relayPath
+	c      *Conn
+	ps     *pathSwitch
+	peer   wire.ID
+	secret wire.Secret
+
+	mu       sync.Mutex
+	m        *punch.Machine
+	cands    []netip.AddrPort
+	diverted []netip.AddrPort
+	poke     chan struct{}
+	quit     chan struct{}
+	quitOnce sync.Once
+}
+
+// startMigrator begins background punching for c, relayed over rp, towards
+// the peer's direct candidates; it does nothing without any (a node whose
+// UDP is blocked, a dialer that chose RelayAlways).
+func (n *Node) startMigrator(rp *relayPath, c *Conn) {
+	if n.cfg.Relay == RelayAlways || n.UDPBlocked() || rp.ps == nil || c.qc == nil {
+		return
+	}
+	cands := n.directCandidates(rp.peer, rp.secret)
+	if len(cands) == 0 {
+		return
+	}
+	ua, ok := c.qc.RemoteAddr().(*net.UDPAddr)
+	if !ok {
+		return
+	}
+	rp.ps.remote.Store(ua)
+	mg := &migrator{
+		n: n, rp: rp, c: c, ps: rp.ps, peer: rp.peer, secret: rp.secret, cands: cands,
+		poke: make(chan struct{}, 1), quit: make(chan struct{}),
+	}
+	if err := mg.restart(time.Now()); err != nil {
+		n.log.Debug("background punch", "peer", rp.peer, "err", err)
+		return
+	}
+	n.mu.Lock()
+	if old := n.migrators[rp.peer]; old != nil {
+		old.stop()
+	}
+	n.migrators[rp.peer] = mg
+	n.mu.Unlock()
+	n.wg.Go(mg.drive)
+}
+
+// directCandidates returns the peer's direct UDP addresses this node
+// punched for the introduction with secret: the failed attempt's
+// candidates (configured, signalled and peer-reflexive ones).
+func (n *Node) directCandidates(peer wire.ID, secret wire.Secret) []netip.AddrPort {
+	n.mu.Lock()
+	a := n.attempts[peer]
+	var early []netip.AddrPort
+	if s := n.sessions[peer]; s != nil && s.secret == secret {
+		early = append(early, s.udp...)
+	}
+	n.mu.Unlock()
+	if a == nil || a.secret != secret {
+		return early
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.m.Candidates(early)
+}
+
+func (mg *migrator) restart(now time.Time) error {
+	m, err := punch.New(punch.Config{
+		Self: mg.n.self, Peer: mg.peer, Secret: mg.secret,
+		Candidates:  mg.cands,
+		Timeout:     migrateRound,
+		Interval:    migrateInterval,
+		MaxInterval: migrateMaxInterval,
+	}, now)
+	if err != nil {
+		return err
+	}
+	mg.mu.Lock()
+	mg.m = m
+	mg.mu.Unlock()
+	return nil
+}
+
+// addCandidates adds candidates the peer signalled later.
+func (mg *migrator) addCandidates(addrs []netip.AddrPort) {
+	mg.mu.Lock()
+	defer mg.mu.Unlock()
+	for _, a := range addrs {
+		if len(mg.cands) < punch.MaxConfigured {
+			mg.cands = append(mg.cands, a)
+		}
+	}
+	if mg.m.AddCandidates(addrs, time.Now()) > 0 {
+		select {
+		case mg.poke <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// receive handles a PUNCH from the peer on the main socket. A PUNCH the
+// machine accepted (SOURCE_ID, MAC, no replay from elsewhere) proves
+// that from is the peer: its QUIC datagrams go to this connection.
+func (mg *migrator) receive(msg *wire.Message, from netip.AddrPort) {
+	mg.mu.Lock()
+	before := mg.m.Stats().Received
+	mg.send(mg.m.Receive(msg, from, time.Now()))
+	ok := mg.m.Stats().Received > before
+	mg.mu.Unlock()
+	if ok {
+		mg.divertFrom(from)
+		select {
+		case mg.poke <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (mg *migrator) divertFrom(from netip.AddrPort) {
+	mg.mu.Lock()
+	defer mg.mu.Unlock()
+	for _, d := range mg.diverted {
+		if d == from {
+			return
+		}
+	}
+	if len(mg.diverted) == maxDiverted {
+		return
+	}
+	mg.diverted = append(mg.diverted, from)
+	mg.n.setDiversion(from, mg.ps)
+}
+
+// send writes the machine's packets from the main socket; mg.mu is held.
+func (mg *migrator) send(pkts []punch.Packet) {
+	for _, p := range pkts {
+		mg.n.tr.WriteTo(p.Data, net.UDPAddrFromAddrPort(p.To))
+	}
+}
+
+func (mg *migrator) stop() { mg.quitOnce.Do(func() { close(mg.quit) }) }
+
+func (mg *migrator) drive() {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	defer mg.end()
+	qdone := mg.c.qc.Context().Done()
+	moved, released := false, false
+	for {
+		now := time.Now()
+		mg.mu.Lock()
+		mg.send(mg.m.Tick(now))
+		state, next := mg.m.State(), mg.m.Next()
+		path, rtt, _ := mg.m.Path()
+		mg.mu.Unlock()
+		switch {
+		case state == punch.Failed:
+			if err := mg.restart(now); err != nil {
+				return
+			}
+			continue
+		case state == punch.Connected && !moved:
+			moved = true
+			mg.move(path, rtt)
+		}
+		var heard <-chan struct{}
+		if moved && !released {
+			heard = mg.ps.heard
+		}
+		wait := time.Hour
+		if !next.IsZero() {
+			wait = max(next.Sub(now), 0)
+		}
+		timer.Reset(wait)
+		select {
+		case <-timer.C:
+		case <-mg.poke:
+		case <-heard:
+			// The peer sends on the direct path too: neither side needs
+			// the relay any more.
+			released = true
+			mg.rp.release()
+		case <-qdone:
+			return
+		case <-mg.quit:
+			return
+		case <-mg.n.ctx.Done():
+			return
+		}
+		timer.Stop()
+	}
+}
+
+// move switches this side's sends to the direct path, which the PUNCH
+// exchange proved both ways, and reports it.
+func (mg *migrator) move(path netip.AddrPort, rtt time.Duration) {
+	mg.divertFrom(path)
+	mg.ps.direct.Store(net.UDPAddrFromAddrPort(path))
+	mg.c.moveTo(path, rtt)
+	mg.n.log.Debug("moved to a direct path", "peer", mg.peer, "path", path, "rtt", rtt)
+}
+
+// end removes the migrator's diversions and routing.
+func (mg *migrator) end() {
+	n := mg.n
+	n.mu.Lock()
+	if n.migrators[mg.peer] == mg {
+		delete(n.migrators, mg.peer)
+	}
+	n.mu.Unlock()
+	mg.mu.Lock()
+	diverted := mg.diverted
+	mg.diverted = nil
+	mg.mu.Unlock()
+	for _, d := range diverted {
+		n.setDiversion(d, nil)
+	}
+}
+
+// routeMigrate hands a PUNCH from the main socket to the background punch
+// of a relayed connection with its sender, if one runs.
+func (n *Node) routeMigrate(msg *wire.Message, from netip.AddrPort) {
+	n.mu.Lock()
+	mg := n.migrators[msg.SourceID]
+	n.mu.Unlock()
+	if mg != nil {
+		mg.receive(msg, from)
+	}
+}
+
+// migrateSignalled adds candidates the peer signalled to the background
+// punch of a relayed connection under the same introduction.
+func (n *Node) migrateSignalled(peer wire.ID, secret wire.Secret, udp []netip.AddrPort) {
+	n.mu.Lock()
+	mg := n.migrators[peer]
+	n.mu.Unlock()
+	if mg != nil && mg.secret == secret && len(udp) > 0 {
+		mg.addCandidates(udp)
+	}
+}

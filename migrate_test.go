@@ -1,0 +1,281 @@
+package ewf
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"hash"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ewf-project/ewf/server"
+	"github.com/ewf-project/ewf/server/relay"
+)
+
+// migrateServer runs ewfd with its embedded relay on loopback (loopback
+// peers allowed: every relayed endpoint is on 127.0.0.1).
+func migrateServer(t *testing.T) *server.Daemon {
+	t.Helper()
+	d, err := server.Start(server.Config{
+		Listen: []string{"127.0.0.1:0"}, DataDir: t.TempDir(),
+		Relay: server.RelayConfig{Embedded: &relay.Config{
+			Listen:   "127.0.0.1:0",
+			RelayIPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
+			PortMin:  28000, PortMax: 28999,
+			Policy: relay.Policy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}},
+		}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+// relayedBytes is what the relay has sent to peers so far.
+func relayedBytes(t *testing.T, d *server.Daemon) float64 {
+	t.Helper()
+	mfs, err := d.Server().Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != "ewfd_relay_bytes_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetValue() == "to_peer" && m.Counter != nil {
+					sum += m.Counter.GetValue()
+				}
+			}
+		}
+	}
+	return sum
+}
+
+func openFirewalled(t *testing.T, ctx context.Context, srv, name string, fw *atomic.Bool) *Node {
+	t.Helper()
+	cfg := Config{Server: srv, IdentityFile: filepath.Join(t.TempDir(), name+".json"),
+		PunchTimeout: time.Second, dropPeers: fw}
+	if os.Getenv("EWF_TEST_DEBUG") != "" {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", name)
+	}
+	n, err := Open(ctx, cfg)
+	if err != nil {
+		t.Fatalf("Open %s: %v", name, err)
+	}
+	t.Cleanup(func() { n.Close() })
+	return n
+}
+
+// sender writes random bytes to c in three phases and hashes them: before
+// is written at once; then 16 KiB every 10 ms until moved is closed (the
+// move happens under this stream); then after, and the end of stream.
+func sender(c *Conn, before, after int, moved <-chan struct{}, sum hash.Hash, errc chan<- error) {
+	write := func(n int) error {
+		p := make([]byte, n)
+		rand.Read(p)
+		sum.Write(p)
+		_, err := c.Write(p)
+		return err
+	}
+	err := write(before)
+	for err == nil {
+		select {
+		case <-moved:
+			if err = write(after); err == nil {
+				err = c.CloseWrite()
+			}
+			errc <- err
+			return
+		case <-time.After(10 * time.Millisecond):
+			err = write(16 << 10)
+		}
+	}
+	errc <- err
+}
+
+// TestRelayedMovesToDirect: two nodes whose main sockets drop everything
+// from peers (a firewall that lets only the server through) connect
+// through ewfd's relay. Then the firewall opens: the background punch of
+// both sides finds the direct path, the connection moves to it under a
+// running transfer each way (Moved, Path, RemoteAddr tell), both
+// allocations are released, and every byte written before, during and
+// after the move arrives in order (SHA-256 of the whole stream). After
+// the move not one more byte crosses the relay.
+func TestRelayedMovesToDirect(t *testing.T) {
+	d := migrateServer(t)
+	srv := d.Addrs()[0].String()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	fw := new(atomic.Bool)
+	fw.Store(true)
+	ln := openFirewalled(t, ctx, srv, "listener", fw)
+	dn := openFirewalled(t, ctx, srv, "dialer", fw)
+	dc, err := dn.Dial(ctx, ln.ID(), "")
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	defer dc.Close()
+	ac, err := ln.Accept(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ac.Close()
+	for name, c := range map[string]*Conn{"dialer": dc, "acceptor": ac} {
+		if c.Path() != PathRelay {
+			t.Fatalf("%s: path %s before the firewall opened, want relay", name, c.Path())
+		}
+		select {
+		case <-c.Moved():
+			t.Fatalf("%s: moved behind the firewall", name)
+		default:
+		}
+	}
+	if n := d.Relay().Allocations(); n != 2 {
+		t.Fatalf("%d allocations, want 2", n)
+	}
+
+	const before, after = 256 << 10, 256 << 10
+	bothMoved := make(chan struct{})
+	errc := make(chan error, 4)
+	dSum, aSum := sha256.New(), sha256.New()
+	go sender(dc, before, after, bothMoved, dSum, errc)
+	go sender(ac, before, after, bothMoved, aSum, errc)
+	type got struct {
+		sum [sha256.Size]byte
+		n   int64
+		err error
+	}
+	recv := func(c *Conn, out chan<- got) {
+		h := sha256.New()
+		n, err := io.Copy(h, c)
+		out <- got{[sha256.Size]byte(h.Sum(nil)), n, err}
+	}
+	atD, atA := make(chan got, 1), make(chan got, 1)
+	go recv(dc, atD)
+	go recv(ac, atA)
+
+	// Let the relayed phase carry data, then open the firewall.
+	relayedBefore := relayedBytes(t, d)
+	deadline := time.Now().Add(10 * time.Second)
+	for relayedBytes(t, d) < relayedBefore+2*before {
+		if time.Now().After(deadline) {
+			t.Fatal("the relayed phase did not carry the first 256 KiB each way")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	fw.Store(false)
+	for name, c := range map[string]*Conn{"dialer": dc, "acceptor": ac} {
+		select {
+		case <-c.Moved():
+		case <-time.After(20 * time.Second):
+			t.Fatalf("%s: no move to the direct path within 20 s of the firewall opening", name)
+		}
+		if c.Path() != PathDirect {
+			t.Errorf("%s: path %s after Moved", name, c.Path())
+		}
+		if _, ok := c.Relay(); ok {
+			t.Errorf("%s: reports a relay after the move", name)
+		}
+	}
+	for name, pair := range map[string][2]*Node{"dialer": {dn, ln}, "acceptor": {ln, dn}} {
+		c := map[string]*Conn{"dialer": dc, "acceptor": ac}[name]
+		ra, _ := c.RemoteAddr().(*net.UDPAddr)
+		peerPort := pair[1].sock.LocalAddr().(*net.UDPAddr).Port
+		if ra == nil || ra.Port != peerPort {
+			t.Errorf("%s: remote %v after the move, want the peer's own socket (port %d)", name, c.RemoteAddr(), peerPort)
+		}
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for d.Relay().Allocations() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d allocations left after both sides moved", d.Relay().Allocations())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	relayedAtMove := relayedBytes(t, d)
+	close(bothMoved)
+	for range 2 {
+		if err := <-errc; err != nil {
+			t.Fatalf("write: %v", err)
+		}
+	}
+	gd, ga := <-atD, <-atA
+	if gd.err != nil || ga.err != nil {
+		t.Fatalf("read: %v / %v", gd.err, ga.err)
+	}
+	if ga.sum != [sha256.Size]byte(dSum.Sum(nil)) {
+		t.Errorf("dialer→acceptor: %d bytes arrived, SHA-256 differs", ga.n)
+	}
+	if gd.sum != [sha256.Size]byte(aSum.Sum(nil)) {
+		t.Errorf("acceptor→dialer: %d bytes arrived, SHA-256 differs", gd.n)
+	}
+	if ga.n < before+after || gd.n < before+after {
+		t.Errorf("only %d / %d bytes", ga.n, gd.n)
+	}
+	if got := relayedBytes(t, d); got != relayedAtMove {
+		t.Errorf("%v bytes crossed the relay after the move", got-relayedAtMove)
+	}
+}
+
+// TestFirewallKeepsRelay: as long as the firewall stays closed the
+// background punch finds nothing, and the connection stays relayed and
+// working: the move needs a MAC-verified answer from a direct address.
+func TestFirewallKeepsRelay(t *testing.T) {
+	d := migrateServer(t)
+	srv := d.Addrs()[0].String()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	fw := new(atomic.Bool)
+	fw.Store(true)
+	ln := openFirewalled(t, ctx, srv, "listener", fw)
+	dn := openFirewalled(t, ctx, srv, "dialer", fw)
+	dc, err := dn.Dial(ctx, ln.ID(), "")
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	defer dc.Close()
+	ac, err := ln.Accept(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ac.Close()
+	// Four rounds of background punching (1, 2, 4 s apart) in which the
+	// migrators must have run but cannot have moved.
+	time.Sleep(4 * time.Second)
+	for name, n := range map[string]*Node{"dialer": dn, "acceptor": ln} {
+		n.mu.Lock()
+		mg := n.migrators[map[string]ID{"dialer": ln.ID(), "acceptor": dn.ID()}[name]]
+		n.mu.Unlock()
+		if mg == nil {
+			t.Fatalf("%s: no background punch for its relayed connection", name)
+		}
+		mg.mu.Lock()
+		st := mg.m.Stats()
+		mg.mu.Unlock()
+		if st.Requests < 2 {
+			t.Errorf("%s: %d background PUNCH requests in 4 s, want at least 2", name, st.Requests)
+		}
+	}
+	if dc.Path() != PathRelay || ac.Path() != PathRelay {
+		t.Fatalf("paths %s / %s behind a closed firewall", dc.Path(), ac.Path())
+	}
+	exchange(t, dc, ac, 64<<10)
+	if n := d.Relay().Allocations(); n != 2 {
+		t.Fatalf("%d allocations, want 2", n)
+	}
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		t.Fatal("timed out")
+	}
+}
