@@ -44,7 +44,9 @@ type sockConn struct {
 	control atomic.Uint64 // STUN and X datagrams taken out, for tests
 	dropped atomic.Uint64 // STUN or X not for us (not from the server, not PUNCH)
 
-	moved atomic.Pointer[movedTable] // QUIC sends to peers that moved (roam.go); nil: none
+	moved     atomic.Pointer[movedTable] // QUIC sends to peers that moved (roam.go); nil: none
+	unpinned  atomic.Uint64              // sends repeated without quic-go's source pin (roam.go)
+	lostSends atomic.Uint64              // QUIC packets dropped on a network that was down (roam.go)
 }
 
 func newSockConn(c *net.UDPConn, servers []netip.AddrPort) *sockConn {

@@ -2,9 +2,11 @@ package ewf
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
 	"slices"
+	"syscall"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -53,13 +55,49 @@ type movedTable map[netip.AddrPort]*net.UDPAddr
 // QUIC packet to a peer that moved goes to the peer's new address; STUN,
 // X and PUNCH are sent to exactly where they are addressed (a punch must
 // be able to try the old address again, for a peer that moves back).
+//
+// It also keeps a host's own address change from ending connections. A
+// send that fails because the source address quic-go pinned is gone is
+// sent again without the pin (unpin), and a QUIC packet that cannot leave
+// because the network is down for a moment (no route, interface down)
+// counts as lost on the way: quic-go would otherwise end the connection
+// on the first failed send, and QUIC retransmits what is lost.
 func (s *sockConn) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (int, int, error) {
 	if t := s.moved.Load(); t != nil && addr != nil {
 		if to, ok := (*t)[unmapped(addr.AddrPort())]; ok && wire.Classify(b) == wire.KindOther {
 			addr = to
 		}
 	}
-	return s.UDPConn.WriteMsgUDP(b, oob, addr)
+	n, oobn, err := s.UDPConn.WriteMsgUDP(b, oob, addr)
+	if err == nil {
+		return n, oobn, nil
+	}
+	if len(oob) > 0 && sourceGone(err) {
+		if o, ok := unpin(oob); ok {
+			s.unpinned.Add(1)
+			if n, _, err = s.UDPConn.WriteMsgUDP(b, o, addr); err == nil {
+				return n, len(oob), nil
+			}
+		}
+	}
+	if networkDown(err) && wire.Classify(b) == wire.KindOther {
+		s.lostSends.Add(1)
+		return len(b), len(oob), nil
+	}
+	return n, oobn, err
+}
+
+// sourceGone reports a send error that a pinned source address or
+// interface the host no longer has can cause.
+func sourceGone(err error) bool {
+	return errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.EADDRNOTAVAIL) || networkDown(err)
+}
+
+// networkDown reports a send error of a network that is (for now) gone:
+// the datagram is lost, the socket is fine.
+func networkDown(err error) bool {
+	return errors.Is(err, syscall.ENETUNREACH) || errors.Is(err, syscall.EHOSTUNREACH) ||
+		errors.Is(err, syscall.ENETDOWN) || errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EPERM)
 }
 
 // track registers a direct QUIC connection made on the node's own socket,
