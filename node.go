@@ -46,6 +46,11 @@ type Node struct {
 	udpUp  atomic.Bool             // the UDP binding is made; false: UDP is blocked (blocked.go)
 	public atomic.Value
 
+	// tcpHost is the TCP side of the other family (tcp.go), set by
+	// syncTCPHost under tcpHostMu; nil when the host has no such address.
+	tcpHost   atomic.Pointer[tcpSide]
+	tcpHostMu sync.Mutex
+
 	mu       sync.Mutex
 	attempts map[wire.ID]*attempt     // by peer ID: routes PUNCH messages
 	sessions map[wire.ID]*session     // by peer ID: routes SIGNALs (signal.go)
@@ -208,6 +213,7 @@ func (n *Node) start(ctx context.Context) error {
 	switch {
 	case tr.side != nil:
 		n.tcp.Store(tr.side)
+		n.syncTCPHost(nil)
 		n.wg.Add(1)
 		go n.keepTCP(tr.side)
 	case tr.err != nil && n.cfg.Transport == TransportTCP:
@@ -400,6 +406,7 @@ func (n *Node) keepTCP(t *tcpSide) {
 				return
 			}
 			n.log.Debug("TCP bound again", "public", nt.public.Load())
+			n.syncTCPHost(nil) // the new server may be of the other family
 			t = nt
 			break
 		}
@@ -439,6 +446,7 @@ func (n *Node) Close() error {
 		if t := n.tcp.Load(); t != nil {
 			t.close()
 		}
+		n.closeTCPHost()
 		n.sock.Close()
 		n.wg.Wait()
 		n.mu.Lock()

@@ -225,8 +225,22 @@ func (n *Node) peerNATClass(peer wire.ID) (wire.NATClass, bool) {
 
 // candidates returns this host's addresses a peer on the same network can
 // reach: its interface addresses with the node's UDP port, and its TCP
-// port on the address the TCP binding leaves from.
+// ports, one per family (tcp.go): the address and port the TCP binding
+// leaves from, and the host side of the other family.
 func (n *Node) candidates() []wire.Address {
+	addrs := interfaceAddrs()
+	n.syncTCPHost(addrs) // an address that came or went since the last time
+	udpPort := n.sock.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+	var tcpLocals []netip.AddrPort
+	for _, t := range n.tcpSides() {
+		tcpLocals = append(tcpLocals, t.local)
+	}
+	return hostCandidates(addrs, udpPort, tcpLocals...)
+}
+
+// interfaceAddrs returns the addresses of the host's interfaces (nil when
+// they cannot be read).
+func interfaceAddrs() []netip.Addr {
 	var addrs []netip.Addr
 	if ifaddrs, err := net.InterfaceAddrs(); err == nil {
 		for _, ia := range ifaddrs {
@@ -235,23 +249,19 @@ func (n *Node) candidates() []wire.Address {
 			}
 		}
 	}
-	udpPort := n.sock.LocalAddr().(*net.UDPAddr).AddrPort().Port()
-	var tcpLocal netip.AddrPort
-	if t := n.tcp.Load(); t != nil {
-		tcpLocal = t.local
-	}
-	return hostCandidates(addrs, udpPort, tcpLocal)
+	return addrs
 }
 
 // hostCandidates picks the CANDIDATEs to offer from a host's interface
 // addresses: never loopback, link-local, unspecified or multicast ones
 // (they mean something else, or nothing, on the peer's host); IPv4 before
 // IPv6 (a LAN peer is most likely on the IPv4 LAN), and at most
-// wire.MaxCandidates. The TCP candidate is tcpLocal, the one address and
-// port the TCP race listens on, when it is offerable; it comes second, so
-// that it survives the bound. The UDP socket is bound to every address, so
-// each address gets the UDP port.
-func hostCandidates(addrs []netip.Addr, udpPort uint16, tcpLocal netip.AddrPort) []wire.Address {
+// wire.MaxCandidates. The TCP candidates are tcpLocals, the addresses and
+// ports the TCP race listens on (at most one per family), those that are
+// offerable; they come right after the first, so that they survive the
+// bound. The UDP socket is bound to every address, so each address gets
+// the UDP port.
+func hostCandidates(addrs []netip.Addr, udpPort uint16, tcpLocals ...netip.AddrPort) []wire.Address {
 	var v4, v6 []netip.Addr
 	for _, ip := range addrs {
 		ip = ip.Unmap().WithZone("")
@@ -268,9 +278,14 @@ func hostCandidates(addrs []netip.Addr, udpPort uint16, tcpLocal netip.AddrPort)
 	for _, ip := range append(v4, v6...) {
 		out = append(out, wire.Address{Transport: wire.TransportUDP, AddrPort: netip.AddrPortFrom(ip, udpPort)})
 	}
-	if tl := netip.AddrPortFrom(tcpLocal.Addr().Unmap(), tcpLocal.Port()); tl.IsValid() && tl.Port() != 0 && offerable(tl.Addr()) {
+	at := min(1, len(out))
+	for _, tcpLocal := range tcpLocals {
+		tl := netip.AddrPortFrom(tcpLocal.Addr().Unmap().WithZone(""), tcpLocal.Port())
 		tc := wire.Address{Transport: wire.TransportTCP, AddrPort: tl}
-		out = slices.Insert(out, min(1, len(out)), tc)
+		if tl.IsValid() && tl.Port() != 0 && offerable(tl.Addr()) && !slices.Contains(out, tc) {
+			out = slices.Insert(out, at, tc)
+			at++
+		}
 	}
 	if len(out) > wire.MaxCandidates {
 		out = out[:wire.MaxCandidates]

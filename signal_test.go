@@ -18,7 +18,8 @@ import (
 
 // TestHostCandidates: what a node offers its peers from its interface
 // addresses: never loopback, link-local, unspecified or multicast; IPv4
-// first; the TCP candidate second; no duplicates; at most MaxCandidates.
+// first; the TCP candidates (one per family) right after the first; no
+// duplicates; at most MaxCandidates.
 func TestHostCandidates(t *testing.T) {
 	ap := netip.MustParseAddrPort
 	udp := func(s string) wire.Address { return wire.Address{Transport: wire.TransportUDP, AddrPort: ap(s)} }
@@ -33,24 +34,34 @@ func TestHostCandidates(t *testing.T) {
 	for _, c := range []struct {
 		name  string
 		addrs []netip.Addr
-		tcp   netip.AddrPort
+		tcp   []netip.AddrPort
 		want  []wire.Address
 	}{
 		{"loopback and link-local never", addrs("127.0.0.1", "::1", "169.254.1.2", "fe80::1%eth0", "0.0.0.0", "::", "ff02::1"),
-			ap("127.0.0.1:6000"), nil},
+			[]netip.AddrPort{ap("127.0.0.1:6000"), ap("[fe80::1]:6001")}, nil},
 		{"LAN v4, global v6, ULA; v4 first", addrs("2001:db8::5", "192.168.1.5", "fd00::5", "::ffff:10.0.0.5"),
-			ap("192.168.1.5:6000"),
+			[]netip.AddrPort{ap("192.168.1.5:6000")},
 			[]wire.Address{udp("192.168.1.5:5000"), tcp("192.168.1.5:6000"), udp("10.0.0.5:5000"), udp("[2001:db8::5]:5000"), udp("[fd00::5]:5000")}},
-		{"no TCP binding", addrs("10.1.0.2"), netip.AddrPort{}, []wire.Address{udp("10.1.0.2:5000")}},
-		{"TCP from a link-local address is not offered", addrs("10.1.0.2"), ap("169.254.0.1:6000"), []wire.Address{udp("10.1.0.2:5000")}},
-		{"duplicates once", addrs("10.1.0.2", "10.1.0.2", "::ffff:10.1.0.2"), netip.AddrPort{}, []wire.Address{udp("10.1.0.2:5000")}},
+		{"TCP per family: bound side, then host side", addrs("10.0.1.2", "2001:db8:0:1::2", "10.9.0.2", "2001:db8:0:9::2"),
+			[]netip.AddrPort{ap("10.0.1.2:6000"), ap("[2001:db8:0:1::2]:7000")},
+			[]wire.Address{udp("10.0.1.2:5000"), tcp("10.0.1.2:6000"), tcp("[2001:db8:0:1::2]:7000"), udp("10.9.0.2:5000"),
+				udp("[2001:db8:0:1::2]:5000"), udp("[2001:db8:0:9::2]:5000")}},
+		{"no TCP binding", addrs("10.1.0.2"), nil, []wire.Address{udp("10.1.0.2:5000")}},
+		{"TCP from a link-local address is not offered", addrs("10.1.0.2"), []netip.AddrPort{ap("169.254.0.1:6000"), ap("[fe80::2%eth0]:6001")},
+			[]wire.Address{udp("10.1.0.2:5000")}},
+		{"duplicates once", addrs("10.1.0.2", "10.1.0.2", "::ffff:10.1.0.2"), []netip.AddrPort{ap("10.1.0.2:6000"), ap("[::ffff:10.1.0.2]:6000")},
+			[]wire.Address{udp("10.1.0.2:5000"), tcp("10.1.0.2:6000")}},
 		{"bounded, TCP kept", addrs("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6", "10.0.0.7", "10.0.0.8", "10.0.0.9"),
-			ap("10.0.0.1:6000"),
+			[]netip.AddrPort{ap("10.0.0.1:6000")},
 			[]wire.Address{udp("10.0.0.1:5000"), tcp("10.0.0.1:6000"), udp("10.0.0.2:5000"), udp("10.0.0.3:5000"),
 				udp("10.0.0.4:5000"), udp("10.0.0.5:5000"), udp("10.0.0.6:5000"), udp("10.0.0.7:5000")}},
+		{"bounded, both TCP kept", addrs("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6", "10.0.0.7", "2001:db8::1"),
+			[]netip.AddrPort{ap("10.0.0.1:6000"), ap("[2001:db8::1]:7000")},
+			[]wire.Address{udp("10.0.0.1:5000"), tcp("10.0.0.1:6000"), tcp("[2001:db8::1]:7000"), udp("10.0.0.2:5000"),
+				udp("10.0.0.3:5000"), udp("10.0.0.4:5000"), udp("10.0.0.5:5000"), udp("10.0.0.6:5000")}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			got := hostCandidates(c.addrs, 5000, c.tcp)
+			got := hostCandidates(c.addrs, 5000, c.tcp...)
 			if !slices.Equal(got, c.want) {
 				t.Errorf("got  %v\nwant %v", got, c.want)
 			}

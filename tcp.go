@@ -15,25 +15,117 @@ import (
 	"github.com/ewf-project/ewf/wire"
 )
 
-// tcpSide is a node's TCP presence: a connection to the server from one
-// local port, which holds the NAT's TCP mapping and the TCP binding, and
-// from which the node later dials peers (RFC 5128 §3.4: the simultaneous
-// open must leave from the port whose mapping the peer was told).
+// tcpSide is a node's TCP presence in one address family. The bound side
+// (Node.tcp) is a connection to the server from one local port, which
+// holds the NAT's TCP mapping and the TCP binding, and from which the node
+// later dials peers (RFC 5128 §3.4: the simultaneous open must leave from
+// the port whose mapping the peer was told). The host side (Node.tcpHost,
+// conn nil) is a port of the other family on one of the host's own
+// addresses, offered to peers as a TCP candidate, as the UDP socket offers
+// its global IPv6 addresses: so TCP races over IPv6 too when the server is
+// reached over IPv4, and the other way round (docs/PROTOCOL.md §20.4).
 //
-// The acceptor listens on that port for the whole life of the binding and
+// The acceptor listens on that port for the whole life of the side and
 // hands each connection to the race it belongs to (tcpaccept.go); nil if
 // the port could not be listened on, and then races only dial.
 type tcpSide struct {
-	conn   *client.Conn
+	conn   *client.Conn // nil for the host side
 	local  netip.AddrPort
 	public atomic.Value
 	acc    *tcpAcceptor
 }
 
 func (t *tcpSide) close() {
-	t.conn.Close()
+	if t.conn != nil {
+		t.conn.Close()
+	}
 	if t.acc != nil {
 		t.acc.close()
+	}
+}
+
+// is4 reports whether the side dials and accepts IPv4.
+func (t *tcpSide) is4() bool { return t.local.Addr().Unmap().Is4() }
+
+// tcpSides returns the node's TCP sides: the bound one first, then the
+// host side of the other family, if any.
+func (n *Node) tcpSides() []*tcpSide {
+	var out []*tcpSide
+	for _, t := range []*tcpSide{n.tcp.Load(), n.tcpHost.Load()} {
+		if t != nil {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// hostTCPAddr picks the address of the host side in the family is4 names
+// from the host's interface addresses: the first offerable one, and for
+// IPv6 a global one before a unique local one (a ULA reaches only the
+// same site). An invalid Addr when there is none.
+func hostTCPAddr(addrs []netip.Addr, is4 bool) netip.Addr {
+	var ula netip.Addr
+	for _, ip := range addrs {
+		ip = ip.Unmap().WithZone("")
+		if !offerable(ip) || ip.Is4() != is4 {
+			continue
+		}
+		if is4 || !ip.IsPrivate() {
+			return ip
+		}
+		if !ula.IsValid() {
+			ula = ip
+		}
+	}
+	return ula
+}
+
+// syncTCPHost makes the host side match the bound side and the host's
+// addresses (nil: read them now): a port on hostTCPAddr of the family the
+// bound side is not, made again when that address changes, none when the
+// host has no such address or the node has no TCP binding. The port is
+// any free one: the address is the host's own, with no NAT to predict (a
+// host whose IPv6 is translated gets no IPv6 TCP path, as for UDP).
+func (n *Node) syncTCPHost(addrs []netip.Addr) {
+	bound := n.tcp.Load()
+	if bound == nil {
+		return
+	}
+	if addrs == nil {
+		addrs = interfaceAddrs()
+	}
+	ip := hostTCPAddr(addrs, !bound.is4())
+	n.tcpHostMu.Lock()
+	defer n.tcpHostMu.Unlock()
+	if n.ctx.Err() != nil {
+		return // Close has closed the host side, or is about to
+	}
+	cur := n.tcpHost.Load()
+	if cur != nil && cur.local.Addr() == ip {
+		return
+	}
+	var nt *tcpSide
+	if ip.IsValid() {
+		acc, err := listenTCP(netip.AddrPortFrom(ip, 0), n.log)
+		if err != nil {
+			n.log.Debug("no TCP port of the other family", "addr", ip, "err", err)
+		} else {
+			nt = &tcpSide{local: acc.addr(), acc: acc}
+			nt.public.Store(nt.local)
+			n.log.Debug("TCP host side", "local", nt.local)
+		}
+	}
+	if old := n.tcpHost.Swap(nt); old != nil {
+		old.close()
+	}
+}
+
+// closeTCPHost closes the host side for good (Node.Close, after cancel).
+func (n *Node) closeTCPHost() {
+	n.tcpHostMu.Lock()
+	defer n.tcpHostMu.Unlock()
+	if old := n.tcpHost.Swap(nil); old != nil {
+		old.close()
 	}
 }
 
@@ -70,11 +162,13 @@ func (n *Node) bindTCP(ctx context.Context, self wire.ID, key wire.Key) (*tcpSid
 const tcpRetry = 200 * time.Millisecond
 
 // dialTCP makes a TCP connection with peer by simultaneous open: from the
-// bound port it connects again and again to every target (the peer's public
-// TCP address, and the LAN candidates the peer signals, which join while
-// the race runs), and at the same time takes the connections the node's
-// acceptor routes to this race (tcpaccept.go). Then TLS, with the dialer as
-// the TLS client.
+// port of the side of the target's family (the bound port, or the host
+// side's) it connects again and again to every target (the peer's public
+// TCP address, and the LAN and global IPv6 candidates the peer signals,
+// which join while the race runs), and at the same time takes the
+// connections the node's acceptors route to this race (tcpaccept.go). The
+// first connection to form wins, whatever its family, as for UDP. Then
+// TLS, with the dialer as the TLS client.
 //
 // With several targets two different connections can form (one through
 // the router's hairpin, one on the LAN), and each side might pick another.
@@ -89,33 +183,51 @@ func (n *Node) dialTCP(ctx context.Context, peer wire.ID, secret wire.Secret, tg
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.PunchTimeout)
 	defer cancel()
 	start := time.Now()
-	side := n.tcp.Load()
-	local := side.local
+	// One side per family: each target is dialled from the side of its
+	// family, and both sides' acceptors route this race's connections.
+	sides := n.tcpSides()
+	sideFor := func(a netip.AddrPort) *tcpSide {
+		for _, s := range sides {
+			if s.is4() == a.Addr().Unmap().Is4() {
+				return s
+			}
+		}
+		return nil
+	}
 
+	// raws is what the wait loop below receives from (nil once the race
+	// is over); send keeps its own copy, which never changes.
 	raws := make(chan net.Conn)
+	toWait := raws
 	send := func(c net.Conn) {
 		select {
-		case raws <- c:
+		case toWait <- c:
 		case <-ctx.Done():
 			c.Close()
 		}
 	}
 	var wg sync.WaitGroup
-	// The acceptor routes this race's connections to reg: by address, or
-	// (as the TLS server) by the SNI of this introduction.
-	var reg *tcpWaiter
-	if side.acc != nil {
-		sni := ""
-		if !isClient {
-			sni = serverName(secret)
-		}
-		reg = side.acc.register(tg, sni)
+	// The acceptors route this race's connections to its registrations:
+	// by address, or (as the TLS server) by the SNI of this introduction.
+	type registration struct {
+		acc *tcpAcceptor
+		w   *tcpWaiter
 	}
-	// The registration ends as soon as this side has decided about the
+	var regs []registration
+	sni := ""
+	if !isClient {
+		sni = serverName(secret)
+	}
+	for _, s := range sides {
+		if s.acc != nil {
+			regs = append(regs, registration{s.acc, s.acc.register(tg, sni)})
+		}
+	}
+	// The registrations end as soon as this side has decided about the
 	// peer, so that nothing more is routed to a race that is over.
 	unregister := func() {
-		if reg != nil {
-			side.acc.unregister(reg)
+		for _, r := range regs {
+			r.acc.unregister(r.w)
 		}
 	}
 	defer unregister()
@@ -129,11 +241,11 @@ func (n *Node) dialTCP(ctx context.Context, peer wire.ID, secret wire.Secret, tg
 			return err
 		}
 	}
-	if reg != nil {
+	for _, r := range regs {
 		wg.Go(func() {
 			for {
 				select {
-				case c := <-reg.ch:
+				case c := <-r.w.ch:
 					send(c)
 				case <-ctx.Done():
 					return
@@ -141,7 +253,7 @@ func (n *Node) dialTCP(ctx context.Context, peer wire.ID, secret wire.Secret, tg
 			}
 		})
 	}
-	dial := func(addr netip.AddrPort) {
+	dial := func(addr, local netip.AddrPort) {
 		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(local), Control: client.ReusePortControl, Timeout: time.Second}
 		for ctx.Err() == nil {
 			c, err := d.DialContext(ctx, "tcp", addr.String())
@@ -160,13 +272,13 @@ func (n *Node) dialTCP(ctx context.Context, peer wire.ID, secret wire.Secret, tg
 		for {
 			addrs, changed := tg.snapshot()
 			for _, a := range addrs {
-				if !started[a] && a.Addr().Is4() == local.Addr().Unmap().Is4() {
+				if s := sideFor(a); s != nil && !started[a] {
 					started[a] = true
-					wg.Go(func() { dial(a) })
+					wg.Go(func() { dial(a, s.local) })
 				}
 			}
-			if reg != nil {
-				side.acc.rematch(reg) // parked connections from the new targets
+			for _, r := range regs {
+				r.acc.rematch(r.w) // parked connections from the new targets
 			}
 			select {
 			case <-changed:

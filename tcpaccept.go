@@ -107,6 +107,12 @@ func listenTCP(local netip.AddrPort, log *slog.Logger) (*tcpAcceptor, error) {
 	return a, nil
 }
 
+// addr is the address and port the acceptor listens on.
+func (a *tcpAcceptor) addr() netip.AddrPort {
+	ap, _ := netip.ParseAddrPort(a.ln.Addr().String())
+	return unmapped(ap)
+}
+
 // close stops accepting, closes the parked connections and waits for the
 // acceptor's goroutines. Connections already handed to a race are the
 // race's.

@@ -1,7 +1,6 @@
 package natlab
 
 import (
-	"errors"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -19,11 +18,11 @@ import (
 // peer's global IPv6 address as remote, and 256 KiB each way must arrive
 // intact.
 //
-// The server is named by IPv4 and by IPv6. UDP connects over IPv6 either
-// way (the node's socket is dual-stack). The TCP race dials only targets
-// of its binding's family (tcp.go), so TCP over IPv6 needs the server
-// named by IPv6; through an IPv4 server it must fail (tcp4 pins that
-// known gap, docs/NATLAB.md, IPv6).
+// The server is named by IPv4 and by IPv6, and both transports connect
+// over IPv6 either way: the node's UDP socket is dual-stack, and a node
+// has a TCP side per family (tcp.go): the binding's, in the server's
+// family, and a host side on its global IPv6 address when the binding is
+// IPv4 (tcp4), or on its LAN IPv4 address when it is IPv6 (tcp6).
 func TestIPv6Connect(t *testing.T) {
 	Skip(t)
 	start := time.Now()
@@ -50,21 +49,16 @@ func TestIPv6Connect(t *testing.T) {
 	dir := t.TempDir()
 	for _, c := range []struct {
 		name, transport, server string
-		gap                     bool // the known gap: no IPv6 TCP race from an IPv4 binding
 	}{
-		{"udp", "udp", matrixServer, false},
-		{"udp6", "udp", matrixServer6, false},
-		{"tcp6", "tcp", matrixServer6, false},
-		{"tcp4", "tcp", matrixServer, true},
+		{"udp", "udp", matrixServer},
+		{"udp6", "udp", matrixServer6},
+		{"tcp6", "tcp", matrixServer6},
+		{"tcp4", "tcp", matrixServer},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			punchTimeout := matrixPunch
-			if c.gap {
-				punchTimeout = 3 * time.Second // bounds the expected failure
-			}
 			common := func(who string) []string {
 				return []string{"--server", c.server, "--identity", filepath.Join(dir, c.name+"-"+who+".json"),
-					"--punch-timeout", punchTimeout.String(), "-v"}
+					"--punch-timeout", matrixPunch.String(), "-v"}
 			}
 			var procs []*Proc
 			defer func() {
@@ -94,17 +88,6 @@ func TestIPv6Connect(t *testing.T) {
 			}
 			procs = append(procs, cn)
 			got, err := cn.WaitLine("connected", 60*time.Second)
-			if c.gap {
-				// Both IPv4 NATs are symmetric and the race only dials
-				// IPv4 targets: it must end in no-direct-path, bounded by
-				// the punch timeout. When this changes, update NATLAB.md.
-				var el *ErrorLine
-				if !errors.As(err, &el) || el.Fields["reason"] != "no-direct-path" {
-					t.Fatalf("TCP through an IPv4 binding: %v %v, want error reason=no-direct-path (the documented gap)", got, err)
-				}
-				t.Logf("known gap confirmed: %s after %v", el.Line, time.Since(t0).Round(time.Millisecond))
-				return
-			}
 			if err != nil {
 				t.Fatalf("connector: %v", err)
 			}
