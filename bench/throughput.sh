@@ -34,12 +34,22 @@ if [[ "${INPROC:-1}" != 0 ]]; then
 "$TMP/throughput" -size "$SIZE" -rounds "$ROUNDS" "${prof[@]}" | tee "$TMP/inproc.txt"
 
 echo
-printf '%-10s %10s %10s %12s\n' mode gbit_s seconds connect_ms
+printf '%-10s %10s %10s %12s %14s\n' mode gbit_s seconds connect_ms cpu_s_per_gib
 for m in quic-go ewf-quic tls ewf-tcp; do
-	printf '%-10s %10s %10s %12s\n' "$m" "$(field $m gbit_s)" "$(field $m seconds)" "$(field $m connect_ms)"
+	printf '%-10s %10s %10s %12s %14s\n' "$m" "$(field $m gbit_s)" "$(field $m seconds)" "$(field $m connect_ms)" "$(field $m cpu_s_per_gib)"
 done
 awk -v a="$(field ewf-quic gbit_s)" -v b="$(field quic-go gbit_s)" 'BEGIN {printf "ratio ewf-quic/quic-go = %.2f (target >= 0.9)\n", a/b}'
 awk -v a="$(field ewf-tcp gbit_s)" -v b="$(field tls gbit_s)" 'BEGIN {printf "ratio ewf-tcp/tls     = %.2f (target >= 0.9)\n", a/b}'
+# The same ratio per round (each round runs the modes back to back, so
+# the two sides of a ratio share the machine's state), and its spread.
+for pair in "ewf-quic quic-go" "ewf-tcp tls"; do
+	set -- $pair
+	paste <(grep "mode=$1 " "$TMP/inproc.txt" | tr ' ' '\n' | sed -n 's/^gbit_s=//p') \
+		<(grep "mode=$2 " "$TMP/inproc.txt" | tr ' ' '\n' | sed -n 's/^gbit_s=//p') |
+		awk '{printf "%.2f\n", $1/$2}' | sort -g | tr '\n' ' ' |
+		awk -v n="$1/$2" '{m = (NF%2) ? $((NF+1)/2) : ($(NF/2)+$(NF/2+1))/2; printf "per round %-16s median %.2f, min %s, max %s: %s\n", n, m, $1, $NF, $0}'
+done
+awk -v a="$(field ewf-tcp cpu_s_per_gib)" -v b="$(field tls cpu_s_per_gib)" 'BEGIN {printf "CPU per GiB ewf-tcp/tls = %.2f (1 = as cheap as crypto/tls)\n", a/b}'
 fi
 
 [[ "${BIN:-1}" == 0 ]] && exit 0

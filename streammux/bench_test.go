@@ -7,8 +7,8 @@ import (
 )
 
 // BenchmarkStream: bytes through one stream of a session on a loopback
-// TCP connection (no TLS), against the same bytes on the bare connection;
-// the difference is the multiplexer's cost.
+// TCP connection, with and without TLS, against the same bytes on the
+// bare connection; the difference is the multiplexer's cost.
 //
 //	go test -run='^$' -bench=. -benchmem ./streammux/
 func BenchmarkStream(b *testing.B) {
@@ -26,6 +26,20 @@ func BenchmarkStream(b *testing.B) {
 		defer sc.Close()
 		benchCopy(b, sa.Default(), sc.Default(), chunk)
 	})
+	// Over TLS, as ewf runs it.
+	b.Run("bare-tls", func(b *testing.B) {
+		a, c := tlsPair(b)
+		defer a.Close()
+		defer c.Close()
+		benchCopy(b, a, c, chunk)
+	})
+	b.Run("streammux-tls", func(b *testing.B) {
+		a, c := tlsPair(b)
+		sa, sc := New(a, Config{Client: true, Window: 1 << 20}), New(c, Config{Window: 1 << 20})
+		defer sa.Close()
+		defer sc.Close()
+		benchCopy(b, sa.Default(), sc.Default(), chunk)
+	})
 }
 
 func benchCopy(b *testing.B, w io.Writer, r io.Reader, chunk int) {
@@ -34,7 +48,8 @@ func benchCopy(b *testing.B, w io.Writer, r io.Reader, chunk int) {
 	b.ReportAllocs()
 	done := make(chan int64)
 	go func() {
-		n, _ := io.CopyN(io.Discard, r, int64(b.N)*int64(chunk))
+		// 256 KiB reads, as bench/throughput does.
+		n, _ := io.CopyBuffer(struct{ io.Writer }{io.Discard}, io.LimitReader(r, int64(b.N)*int64(chunk)), make([]byte, 256<<10))
 		done <- n
 	}()
 	b.ResetTimer()

@@ -34,10 +34,30 @@
 // Every stream starts with InitialWindow bytes of credit in each direction;
 // a receiver configured for a larger window grants the rest at once.
 // A DATA frame of 16,384 bytes with its header fits one TLS record.
+//
+// # Reading without a reader goroutine
+//
+// No goroutine sits between the connection and a stream's Read on the
+// hot path: a Read that finds its stream's buffer empty takes the
+// session's read token and reads frames from the connection itself. A
+// DATA payload of its own stream goes straight into its caller's slice
+// (one copy, the one crypto/tls makes anyway); frames of other streams go
+// into their buffers (bounded by their windows, so per-stream backpressure
+// holds) and wake their readers, and control frames are applied. It
+// leads until something for its own stream arrives, then hands the token
+// to the next waiting Read, if any. A Read that cannot wait inside the
+// connection any longer (its deadline, Close or Reset of its stream)
+// interrupts the token holder through the connection's read deadline:
+// the holder stops at once, keeping any partly read frame for the next
+// holder. A background goroutine reads when nobody else does: for a
+// Write waiting for window, for Accept, and when the token has been free
+// for idleTake (so that PINGs are answered and the idle timeout sees
+// them); a Read that wants the token interrupts it. A connection whose
+// SetReadDeadline fails cannot be interrupted: then only the background
+// goroutine reads, and Reads wait for their buffers as before.
 package streammux
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -166,12 +186,38 @@ type Session struct {
 	lastRecv atomic.Int64  // UnixNano of the last frame received
 
 	stream0  *Stream
-	readDone chan struct{}
 	ctl      chan [headerLen]byte // control frames the reader wants sent
 	done     chan struct{}
 	wg       sync.WaitGroup
 	closeOne sync.Once
+
+	// The read token (package doc, "Reading without a reader goroutine").
+	rmu      sync.Mutex
+	holding  bool      // someone holds the token
+	holder   *Stream   // whose Read holds it; nil: the background goroutine
+	rgen     uint64    // counts takes of the token (the background's idle check)
+	waiters  []*Stream // streams whose Read waits for the token, in order
+	needBG   int       // waiters that do not read themselves (Write, Accept, Close)
+	bgParked bool      // the background waits for the token's release
+	bgKick   chan struct{}
+	intr     atomic.Bool // the holder must stop: the conn's read deadline is in the past
+	canLead  bool        // the conn's read deadline works, so Reads may hold the token
+
+	// Frame reading state, used only by the token's holder. Frames are
+	// read straight from conn, without a buffer in between: over TLS,
+	// a read of a header or payload is a copy out of the record that
+	// crypto/tls decrypted, and a DATA payload lands where it goes.
+	hdr     [headerLen]byte
+	hdrN    int     // header bytes read so far
+	cur     *Stream // stream of the DATA payload being read; nil: discard it
+	curLeft int     // bytes of that payload still to read
+	discard []byte  // where payloads of finished streams go
 }
+
+// idleTake is how long the read token must lie unused before the
+// background goroutine takes it: long against the gap between one Read
+// and the next, short against any timeout.
+const idleTake = 2 * time.Millisecond
 
 // New starts a session over conn. Both sides must call New, one with
 // Client set.
@@ -186,7 +232,9 @@ func New(conn net.Conn, cfg Config) *Session {
 		acceptCh: make(chan struct{}, 1),
 		ctl:      make(chan [headerLen]byte, 256),
 		done:     make(chan struct{}),
-		readDone: make(chan struct{}),
+		bgKick:   make(chan struct{}, 1),
+		discard:  make([]byte, 4096),
+		canLead:  conn.SetReadDeadline(time.Time{}) == nil,
 	}
 	if cfg.Client {
 		s.nextID = 1
@@ -196,7 +244,7 @@ func New(conn net.Conn, cfg Config) *Session {
 	s.streams[0] = s.stream0
 	s.grantExtra(0)
 	s.wg.Add(3)
-	go s.readLoop()
+	go s.background()
 	go s.ctlLoop()
 	go s.keepalive()
 	return s
@@ -233,6 +281,12 @@ func (s *Session) Open() (*Stream, error) {
 // error once the session has ended, and nil, net.ErrClosed-wrapping
 // errors when done is closed by Close.
 func (s *Session) Accept(cancel <-chan struct{}) (*Stream, error) {
+	needs := false
+	defer func() {
+		if needs {
+			s.unneed()
+		}
+	}()
 	for {
 		s.mu.Lock()
 		if len(s.backlog) > 0 {
@@ -245,6 +299,10 @@ func (s *Session) Accept(cancel <-chan struct{}) (*Stream, error) {
 		s.mu.Unlock()
 		if err != nil {
 			return nil, err
+		}
+		if !needs {
+			needs = true
+			s.need() // OPENs arrive only if someone reads
 		}
 		select {
 		case <-s.acceptCh:
@@ -285,13 +343,16 @@ func (s *Session) Close() error {
 		if s.writeFrame(typeClose, 0, 0, nil) == nil {
 			// The peer closes its end on CLOSE. Closing ours before
 			// reading what it sent meanwhile would reset the connection,
-			// and a reset makes the peer's kernel drop our CLOSE unread.
+			// and a reset makes the peer's kernel drop our CLOSE unread:
+			// read until the end of the connection ends the session.
+			s.need()
 			t := time.NewTimer(time.Second)
 			select {
-			case <-s.readDone:
+			case <-s.done:
 			case <-t.C:
 			}
 			t.Stop()
+			s.unneed()
 		}
 	}
 	s.fail(net.ErrClosed)
@@ -344,14 +405,16 @@ func putHeader(b []byte, typ byte, id, val uint32) {
 
 // queue hands a control frame to ctlLoop without blocking the reader. A
 // peer that makes us queue more than the queue holds (while not reading
-// our answers) is cut off rather than buffered without bound.
-func (s *Session) queue(typ byte, id, val uint32) {
+// our answers) is cut off rather than buffered without bound: queue then
+// returns false, and the caller ends the session with ErrProtocol.
+func (s *Session) queue(typ byte, id, val uint32) bool {
 	var h [headerLen]byte
 	putHeader(h[:], typ, id, val)
 	select {
 	case s.ctl <- h:
+		return true
 	default:
-		s.fail(ErrProtocol)
+		return false
 	}
 }
 
@@ -398,32 +461,290 @@ func pingHeader(nonce uint32) (h [headerLen]byte) {
 	return h
 }
 
-func (s *Session) readLoop() {
+// background reads frames when nobody else does (package doc): for a
+// goroutine that waits for frames without reading them itself (need), and
+// when the read token has lain unused for idleTake.
+func (s *Session) background() {
 	defer s.wg.Done()
-	defer close(s.readDone)
-	// A small buffer: headers and control frames come in few reads, and
-	// bufio hands the bulk of a payload straight from the connection to
-	// the stream's buffer (a read at least its size bypasses it).
-	br := bufio.NewReaderSize(s.conn, 256)
-	var h [headerLen]byte
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	defer t.Stop()
+	var seen uint64 // rgen when the token was last seen free
+	armed := false  // the token was free at the last look, with rgen seen
 	for {
-		if _, err := io.ReadFull(br, h[:]); err != nil {
-			s.fail(connErr(err))
-			return
+		s.rmu.Lock()
+		take := false
+		switch {
+		case s.holding:
+			s.bgParked, armed = true, false
+		case s.needBG > 0 || (armed && s.rgen == seen):
+			take = true
+			s.holding, s.holder = true, nil
+			s.rgen++
+			armed = false
+		default:
+			seen, armed = s.rgen, true
 		}
-		typ, id, val := h[0], binary.BigEndian.Uint32(h[1:5]), binary.BigEndian.Uint32(h[5:9])
-		s.lastRecv.Store(time.Now().UnixNano())
-		if typ == typeData {
-			if err := s.readData(br, id, val); err != nil {
-				s.fail(err)
+		s.rmu.Unlock()
+		if take {
+			if _, ok := s.lead(nil, nil); !ok {
 				return
 			}
 			continue
 		}
-		if err := s.handle(typ, id, val); err != nil {
-			s.fail(err)
+		var tc <-chan time.Time
+		if armed {
+			t.Reset(idleTake)
+			tc = t.C
+		}
+		select {
+		case <-s.bgKick:
+		case <-tc:
+		case <-s.done:
 			return
 		}
+		if armed && !t.Stop() {
+			select { // drained already if tc fired
+			case <-t.C:
+			default:
+			}
+		}
+	}
+}
+
+// need says that a goroutine waits for frames without reading them
+// itself; unneed that it no longer does.
+func (s *Session) need() {
+	s.rmu.Lock()
+	s.needBG++
+	kick := !s.holding
+	s.rmu.Unlock()
+	if kick {
+		s.kick()
+	}
+}
+
+func (s *Session) unneed() {
+	s.rmu.Lock()
+	s.needBG--
+	s.rmu.Unlock()
+}
+
+func (s *Session) kick() {
+	select {
+	case s.bgKick <- struct{}{}:
+	default:
+	}
+}
+
+// aLongTimeAgo is a read deadline in the past: it makes a blocked Read of
+// the connection return at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// interruptLocked makes the token's holder stop reading at once. s.rmu
+// is held.
+func (s *Session) interruptLocked() {
+	if s.holding && s.canLead && !s.intr.Load() {
+		s.intr.Store(true)
+		s.conn.SetReadDeadline(aLongTimeAgo)
+	}
+}
+
+// interruptFor interrupts the token's holder if it is st's Read, which
+// must return (deadline, Close, Reset).
+func (s *Session) interruptFor(st *Stream) {
+	s.rmu.Lock()
+	if s.holding && s.holder == st {
+		s.interruptLocked()
+	}
+	s.rmu.Unlock()
+}
+
+// release gives up the read token: to the first waiting Read, or back
+// to the background goroutine when something waits for it.
+func (s *Session) release() {
+	s.rmu.Lock()
+	if s.intr.Load() {
+		s.conn.SetReadDeadline(time.Time{})
+		s.intr.Store(false)
+	}
+	s.holding, s.holder = false, nil
+	var next *Stream
+	kick := false
+	if len(s.waiters) > 0 {
+		next = s.waiters[0]
+		s.waiters[0] = nil
+		s.waiters = s.waiters[1:]
+		next.tokWait, next.tokGiven = false, true
+		s.holding, s.holder = true, next
+		s.rgen++
+	} else if s.bgParked || s.needBG > 0 {
+		s.bgParked, kick = false, true
+	}
+	s.rmu.Unlock()
+	if next != nil {
+		next.mu.Lock()
+		next.cond.Broadcast()
+		next.mu.Unlock()
+	}
+	if kick {
+		s.kick()
+	}
+}
+
+// unwait takes st's Read out of the token's queue when it returns
+// without having read (its buffer got data, or an error), passing the
+// token on if it was handed to it meanwhile.
+func (s *Session) unwait(st *Stream) {
+	s.rmu.Lock()
+	given := st.tokGiven
+	st.tokGiven = false
+	if st.tokWait {
+		st.tokWait = false
+		if i := slices.Index(s.waiters, st); i >= 0 {
+			s.waiters = slices.Delete(s.waiters, i, i+1)
+		}
+	}
+	s.rmu.Unlock()
+	if given {
+		s.release()
+	}
+}
+
+// lead reads frames while holding the read token, for the Read of own
+// (with its slice p) or, own nil, for the background goroutine. It
+// returns with the token given up: for own, once a frame changed own's
+// receive side (n is then what went straight into p); for both, when
+// interrupted. ok is false when the session ended.
+func (s *Session) lead(own *Stream, p []byte) (n int, ok bool) {
+	for !s.intr.Load() {
+		k, wake, err := s.step(own, p)
+		// Only an interrupt sets a deadline, so a timeout is one (the
+		// loop ends) or, with a Read that raced the deadline's reset,
+		// left over from one: read on.
+		if err != nil && !isTimeout(err) {
+			s.fail(connErr(err))
+			return k, false
+		}
+		if k > 0 || (wake && own != nil) {
+			n = k
+			break
+		}
+	}
+	s.release()
+	return n, true
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// step reads one frame, or the rest of one, and applies it; the token's
+// holder calls it. A DATA payload of own goes straight into p; n is how
+// many bytes did. wake says that the frame changed own's receive side.
+func (s *Session) step(own *Stream, p []byte) (n int, wake bool, err error) {
+	if s.curLeft == 0 {
+		for s.hdrN < headerLen {
+			k, err := s.conn.Read(s.hdr[s.hdrN:])
+			s.hdrN += k
+			if err != nil {
+				return 0, false, err
+			}
+		}
+		s.hdrN = 0
+		h := &s.hdr
+		typ, id, val := h[0], binary.BigEndian.Uint32(h[1:5]), binary.BigEndian.Uint32(h[5:9])
+		s.lastRecv.Store(time.Now().UnixNano())
+		if typ != typeData {
+			st, err := s.handle(typ, id, val)
+			return 0, st == own && (typ == typeFin || typ == typeReset), err
+		}
+		if err := s.startData(id, val); err != nil {
+			return 0, false, err
+		}
+		if s.curLeft == 0 {
+			return 0, false, nil
+		}
+	}
+	return s.payload(own, p)
+}
+
+// startData checks a DATA frame's header and makes it the current one.
+func (s *Session) startData(id, n uint32) error {
+	if n > MaxPayload {
+		return ErrProtocol
+	}
+	st, err := s.lookup(id, typeData)
+	if err != nil {
+		return err
+	}
+	if st != nil {
+		st.mu.Lock()
+		st.recvd += uint64(n)
+		discard := false
+		switch {
+		case st.finRecv || st.resetRecv != nil:
+			err = ErrProtocol // data after the end of the direction
+		case st.recvd > st.recvLimit:
+			err = ErrProtocol // more than the window we granted
+		case st.stopSent || st.closed:
+			discard = true // nobody will read it
+		}
+		st.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		if discard {
+			st = nil
+		}
+	}
+	s.cur, s.curLeft = st, int(n)
+	return nil
+}
+
+// payload reads (some of) the current DATA payload with one Read of the
+// connection: into p when it is own's and p has room, into its stream's
+// buffer otherwise. Over TLS a frame is one record, so that Read returns
+// the whole payload, already decrypted.
+func (s *Session) payload(own *Stream, p []byte) (n int, wake bool, err error) {
+	st := s.cur
+	if st != nil && st == own && len(p) > 0 {
+		n, err = s.conn.Read(p[:min(len(p), s.curLeft)])
+		s.consume(n)
+		return n, true, err
+	}
+	if st != nil {
+		st.mu.Lock()
+		if !st.stopSent && !st.closed && st.resetRecv == nil {
+			if st.off == len(st.buf) {
+				st.buf, st.off = st.buf[:0], 0
+			} else if cap(st.buf)-len(st.buf) < s.curLeft && st.off > 0 {
+				st.buf, st.off = st.buf[:copy(st.buf, st.buf[st.off:])], 0
+			}
+			start := len(st.buf)
+			st.buf = slices.Grow(st.buf, s.curLeft)[:start+s.curLeft]
+			n, err = s.conn.Read(st.buf[start:])
+			st.buf = st.buf[:start+n]
+			if n > 0 {
+				st.cond.Broadcast()
+			}
+			st.mu.Unlock()
+			s.consume(n)
+			return 0, st == own && n > 0, err
+		}
+		st.mu.Unlock()
+	}
+	// Nobody will read it.
+	k, err := s.conn.Read(s.discard[:min(len(s.discard), s.curLeft)])
+	s.consume(k)
+	return 0, false, err
+}
+
+func (s *Session) consume(n int) {
+	s.curLeft -= n
+	if s.curLeft == 0 {
+		s.cur = nil
 	}
 }
 
@@ -439,44 +760,28 @@ func connErr(err error) error {
 	return err
 }
 
-// readData reads a DATA frame's payload into its stream's buffer.
-func (s *Session) readData(r io.Reader, id, n uint32) error {
-	if n > MaxPayload {
-		return ErrProtocol
-	}
-	st, err := s.lookup(id, typeData)
-	if err != nil {
-		return err
-	}
-	if st == nil {
-		_, err := io.CopyN(io.Discard, r, int64(n)) // a finished stream's
-		return connErr(err)
-	}
-	return st.readData(r, int(n))
-}
-
-// handle applies one frame other than DATA. It never blocks on the
-// network.
-func (s *Session) handle(typ byte, id, val uint32) error {
+// handle applies one frame other than DATA and returns its stream. It
+// never blocks on the network.
+func (s *Session) handle(typ byte, id, val uint32) (*Stream, error) {
 	switch typ {
 	case typePing:
-		s.queue(typePong, 0, val)
-		return nil
+		if !s.queue(typePong, 0, val) {
+			return nil, ErrProtocol
+		}
+		return nil, nil
 	case typePong:
-		return nil
+		return nil, nil
 	case typeClose:
-		return ErrPeerClosed
+		return nil, ErrPeerClosed
 	case typeOpen, typeFin, typeReset, typeStop, typeWindow:
 	default:
-		return ErrProtocol
+		return nil, ErrProtocol
 	}
 	st, err := s.lookup(id, typ)
 	if err != nil || st == nil {
-		return err
+		return nil, err
 	}
 	switch typ {
-	case typeOpen:
-		return nil
 	case typeFin:
 		st.onFin()
 	case typeReset:
@@ -486,7 +791,7 @@ func (s *Session) handle(typ byte, id, val uint32) error {
 	case typeWindow:
 		st.onWindow(val)
 	}
-	return nil
+	return st, nil
 }
 
 // lookup finds the stream of a frame, creating it when the peer opens a
@@ -506,8 +811,9 @@ func (s *Session) lookup(id uint32, typ byte) (*Stream, error) {
 	}
 	s.lastPeer = id
 	if len(s.streams) >= s.cfg.MaxStreams {
-		s.queue(typeReset, id, CodeRefused)
-		s.queue(typeStop, id, CodeRefused)
+		if !s.queue(typeReset, id, CodeRefused) || !s.queue(typeStop, id, CodeRefused) {
+			return nil, ErrProtocol
+		}
 		return nil, nil
 	}
 	st := s.newStream(id)
@@ -519,7 +825,9 @@ func (s *Session) lookup(id uint32, typ byte) (*Stream, error) {
 	}
 	if extra := s.cfg.Window - InitialWindow; extra > 0 {
 		st.recvLimit += uint64(extra)
-		s.queue(typeWindow, id, uint32(extra))
+		if !s.queue(typeWindow, id, uint32(extra)) {
+			return nil, ErrProtocol
+		}
 	}
 	return st, nil
 }
@@ -529,7 +837,7 @@ func (s *Session) lookup(id uint32, typ byte) (*Stream, error) {
 func (s *Session) grantExtra(id uint32) {
 	if extra := s.cfg.Window - InitialWindow; extra > 0 {
 		s.streams[id].recvLimit += uint64(extra)
-		s.queue(typeWindow, id, uint32(extra))
+		s.queue(typeWindow, id, uint32(extra)) // a new session's queue has room
 	}
 }
 
@@ -569,9 +877,14 @@ type Stream struct {
 	id uint32
 
 	writeMu sync.Mutex // one Write or CloseWrite at a time, in order
+	readMu  sync.Mutex // one Read at a time: a stream waits for the token once
 
 	mu   sync.Mutex
 	cond *sync.Cond
+
+	// under s.rmu
+	tokWait  bool // in s.waiters
+	tokGiven bool // the token was handed to this stream's Read
 
 	// receive side
 	buf       []byte
@@ -605,48 +918,125 @@ func (s *Session) newStream(id uint32) *Stream {
 func (st *Stream) ID() uint32 { return st.id }
 
 // Read reads the stream's bytes; io.EOF after the peer's CloseWrite, a
-// *StreamError after the peer's Reset.
+// *StreamError after the peer's Reset. With its buffer empty it reads
+// the connection itself (package doc).
 func (st *Stream) Read(p []byte) (int, error) {
+	st.readMu.Lock()
+	defer st.readMu.Unlock()
+	s := st.s
+	queued := false // in the token's queue (or counted in needBG)
+	leave := func() {
+		if queued {
+			if s.canLead {
+				s.unwait(st)
+			} else {
+				s.unneed()
+			}
+		}
+	}
 	st.mu.Lock()
 	for {
-		if n := len(st.buf) - st.off; n > 0 {
-			n = copy(p, st.buf[st.off:])
+		if len(st.buf)-st.off > 0 {
+			n := copy(p, st.buf[st.off:])
 			st.off += n
 			if st.off == len(st.buf) {
 				st.buf, st.off = st.buf[:0], 0
 			}
-			st.consumed += uint64(n)
-			var grant uint64
-			if !st.finRecv && st.resetRecv == nil && st.consumed-st.granted >= uint64(st.s.cfg.Window/2) {
-				grant = st.consumed - st.granted
-				st.granted = st.consumed
-				st.recvLimit += grant
-			}
+			grant := st.consumedLocked(n)
 			st.mu.Unlock()
-			if grant > 0 {
-				st.s.writeFrame(typeWindow, st.id, uint32(grant), nil)
-			}
+			leave()
+			st.sendGrant(grant)
 			return n, nil
 		}
-		switch {
-		case st.resetRecv != nil:
-			err := st.resetRecv
+		if err := st.readErrLocked(); err != nil {
 			st.mu.Unlock()
+			leave()
 			return 0, err
-		case st.finRecv:
-			st.mu.Unlock()
-			return 0, io.EOF
-		case st.closed || st.stopSent:
-			st.mu.Unlock()
-			return 0, net.ErrClosed
-		case st.s.Err() != nil:
-			st.mu.Unlock()
-			return 0, st.s.Err()
-		case !st.rdeadline.IsZero() && !time.Now().Before(st.rdeadline):
-			st.mu.Unlock()
-			return 0, os.ErrDeadlineExceeded
 		}
-		st.cond.Wait()
+		if !s.canLead {
+			if !queued {
+				queued = true
+				st.mu.Unlock()
+				s.need()
+				st.mu.Lock()
+				continue
+			}
+			st.cond.Wait()
+			continue
+		}
+		s.rmu.Lock()
+		lead := false
+		switch {
+		case st.tokGiven:
+			st.tokGiven, lead = false, true
+		case !s.holding:
+			if st.tokWait {
+				st.tokWait = false
+				if i := slices.Index(s.waiters, st); i >= 0 {
+					s.waiters = slices.Delete(s.waiters, i, i+1)
+				}
+			}
+			s.holding, s.holder, lead = true, st, true
+			s.rgen++
+		case !st.tokWait:
+			st.tokWait, queued = true, true
+			s.waiters = append(s.waiters, st)
+			if s.holder == nil {
+				s.interruptLocked() // the background: a Read reads faster
+			}
+		}
+		s.rmu.Unlock()
+		if !lead {
+			st.cond.Wait()
+			continue
+		}
+		queued = false
+		st.mu.Unlock()
+		n, _ := s.lead(st, p)
+		st.mu.Lock()
+		if n > 0 {
+			grant := st.consumedLocked(n)
+			st.mu.Unlock()
+			st.sendGrant(grant)
+			return n, nil
+		}
+	}
+}
+
+// readErrLocked is why a Read with nothing buffered returns, or nil.
+func (st *Stream) readErrLocked() error {
+	switch {
+	case st.resetRecv != nil:
+		return st.resetRecv
+	case st.finRecv:
+		return io.EOF
+	case st.closed || st.stopSent:
+		return net.ErrClosed
+	case st.s.Err() != nil:
+		return st.s.Err()
+	case !st.rdeadline.IsZero() && !time.Now().Before(st.rdeadline):
+		return os.ErrDeadlineExceeded
+	}
+	return nil
+}
+
+// consumedLocked counts n bytes read by the application and returns the
+// credit to grant the peer: none until half the window is read, so that
+// WINDOW frames stay rare.
+func (st *Stream) consumedLocked(n int) uint64 {
+	st.consumed += uint64(n)
+	if st.finRecv || st.resetRecv != nil || st.consumed-st.granted < uint64(st.s.cfg.Window/2) {
+		return 0
+	}
+	grant := st.consumed - st.granted
+	st.granted = st.consumed
+	st.recvLimit += grant
+	return grant
+}
+
+func (st *Stream) sendGrant(grant uint64) {
+	if grant > 0 {
+		st.s.writeFrame(typeWindow, st.id, uint32(grant), nil)
 	}
 }
 
@@ -657,19 +1047,31 @@ func (st *Stream) Write(p []byte) (int, error) {
 	total := 0
 	for len(p) > 0 {
 		st.mu.Lock()
+		needs := false
+		var err error
 		for {
-			if err := st.writeErrLocked(); err != nil {
-				st.mu.Unlock()
-				return total, err
-			}
-			if st.sendWindow > 0 {
+			if err = st.writeErrLocked(); err != nil || st.sendWindow > 0 {
 				break
+			}
+			if !needs {
+				// WINDOW frames arrive only if someone reads.
+				needs = true
+				st.mu.Unlock()
+				st.s.need()
+				st.mu.Lock()
+				continue
 			}
 			st.cond.Wait()
 		}
 		n := min(uint64(len(p)), st.sendWindow, MaxPayload)
 		st.sendWindow -= n
 		st.mu.Unlock()
+		if needs {
+			st.s.unneed()
+		}
+		if err != nil {
+			return total, err
+		}
 		if err := st.s.writeFrame(typeData, st.id, uint32(n), p[:n]); err != nil {
 			return total, err
 		}
@@ -731,6 +1133,7 @@ func (st *Stream) Close() error {
 	st.stopSent = st.stopSent || stop
 	st.buf, st.off = nil, 0
 	st.mu.Unlock()
+	st.s.interruptFor(st) // a Read reading the connection returns
 	if stop {
 		st.s.writeFrame(typeStop, st.id, CodeClosed, nil)
 	}
@@ -758,6 +1161,7 @@ func (st *Stream) Reset(code uint32) error {
 	st.buf, st.off = nil, 0
 	st.cond.Broadcast()
 	st.mu.Unlock()
+	st.s.interruptFor(st)
 	var err error
 	if sendReset {
 		err = st.s.writeFrame(typeReset, st.id, code, nil)
@@ -781,40 +1185,6 @@ func (st *Stream) maybeForget() {
 	if sendDone && recvDone && st.id != 0 {
 		st.s.forget(st.id)
 	}
-}
-
-// readData reads n payload bytes from r straight into the buffer. It
-// holds the stream's lock while reading, which costs nothing in practice:
-// a frame is one TLS record, so its payload is already decrypted in
-// memory when its header is read (a peer that splits frames across
-// records only slows its own session).
-func (st *Stream) readData(r io.Reader, n int) error {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	if st.finRecv || st.resetRecv != nil {
-		return ErrProtocol // data after the end of the direction
-	}
-	st.recvd += uint64(n)
-	if st.recvd > st.recvLimit {
-		return ErrProtocol // more than the window we granted
-	}
-	if st.stopSent || st.closed {
-		_, err := io.CopyN(io.Discard, r, int64(n)) // nobody will read it
-		return connErr(err)
-	}
-	if st.off == len(st.buf) {
-		st.buf, st.off = st.buf[:0], 0
-	} else if cap(st.buf)-len(st.buf) < n && st.off > 0 {
-		st.buf, st.off = st.buf[:copy(st.buf, st.buf[st.off:])], 0
-	}
-	start := len(st.buf)
-	st.buf = slices.Grow(st.buf, n)[:start+n]
-	if _, err := io.ReadFull(r, st.buf[start:]); err != nil {
-		st.buf = st.buf[:start]
-		return connErr(err)
-	}
-	st.cond.Broadcast()
-	return nil
 }
 
 func (st *Stream) onFin() {
@@ -869,9 +1239,12 @@ func (st *Stream) SetDeadline(t time.Time) error {
 // os.ErrDeadlineExceeded after t.
 func (st *Stream) SetReadDeadline(t time.Time) error {
 	st.mu.Lock()
-	defer st.mu.Unlock()
 	st.rdeadline = t
-	st.rtimer = st.armLocked(st.rtimer, t)
+	st.rtimer = st.armLocked(st.rtimer, t, true)
+	st.mu.Unlock()
+	if !t.IsZero() && !time.Now().Before(t) {
+		st.s.interruptFor(st)
+	}
 	return nil
 }
 
@@ -881,11 +1254,11 @@ func (st *Stream) SetWriteDeadline(t time.Time) error {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	st.wdeadline = t
-	st.wtimer = st.armLocked(st.wtimer, t)
+	st.wtimer = st.armLocked(st.wtimer, t, false)
 	return nil
 }
 
-func (st *Stream) armLocked(tm *time.Timer, t time.Time) *time.Timer {
+func (st *Stream) armLocked(tm *time.Timer, t time.Time, read bool) *time.Timer {
 	if tm != nil {
 		tm.Stop()
 	}
@@ -897,5 +1270,8 @@ func (st *Stream) armLocked(tm *time.Timer, t time.Time) *time.Timer {
 		st.mu.Lock()
 		st.cond.Broadcast()
 		st.mu.Unlock()
+		if read {
+			st.s.interruptFor(st)
+		}
 	})
 }

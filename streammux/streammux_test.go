@@ -2,11 +2,17 @@ package streammux
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"os"
 	"sync"
@@ -426,4 +432,343 @@ func TestHeaderLayout(t *testing.T) {
 	if binary.BigEndian.Uint32(b[1:5]) != 0x01020304 {
 		t.Error("id")
 	}
+}
+
+// tlsPair is a TLS 1.3 connection over loopback TCP, as ewf runs
+// sessions: the interrupts of a Read that reads the connection itself
+// rely on crypto/tls surviving a read deadline.
+func tlsPair(t testing.TB) (net.Conn, net.Conn) {
+	t.Helper()
+	a, c := tcpPair(t)
+	pub, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := tls.Server(c, &tls.Config{MinVersion: tls.VersionTLS13,
+		Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}})
+	cli := tls.Client(a, &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true})
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Handshake() }()
+	if err := cli.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	return cli, srv
+}
+
+// transports runs f over plain TCP and over TLS.
+func transports(t *testing.T, f func(t *testing.T, pair func(testing.TB) (net.Conn, net.Conn))) {
+	t.Run("tcp", func(t *testing.T) { f(t, tcpPair) })
+	t.Run("tls", func(t *testing.T) { f(t, tlsPair) })
+}
+
+func sessionsOver(t *testing.T, pair func(testing.TB) (net.Conn, net.Conn), cfg Config) (*Session, *Session) {
+	a, b := pair(t)
+	ccfg := cfg
+	ccfg.Client = true
+	c, s := New(a, ccfg), New(b, cfg)
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c, s
+}
+
+// waitLeading waits until st's Read holds the read token: it is inside
+// the connection's Read, where only an interrupt gets it out.
+func waitLeading(t *testing.T, st *Stream) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		st.s.rmu.Lock()
+		leading := st.s.holding && st.s.holder == st
+		st.s.rmu.Unlock()
+		if leading {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the Read never took the read token")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestInterruptedReadLeavesSessionWorking: a Read that is reading the
+// connection itself returns at once on its stream's Close, Reset and read
+// deadline, and the session goes on: the next bytes arrive whole and in
+// order, on that stream and others.
+func TestInterruptedReadLeavesSessionWorking(t *testing.T) {
+	transports(t, func(t *testing.T, pair func(testing.TB) (net.Conn, net.Conn)) {
+		c, s := sessionsOver(t, pair, Config{})
+		for _, how := range []string{"deadline", "close", "reset"} {
+			a, err := c.Open()
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := s.Accept(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			errc := make(chan error, 1)
+			go func() { _, err := a.Read(make([]byte, 100)); errc <- err }()
+			waitLeading(t, a)
+			start := time.Now()
+			var want error
+			switch how { // the reading Read's own stream ends it
+			case "deadline":
+				a.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+				want = os.ErrDeadlineExceeded
+			case "close":
+				a.Close()
+				want = net.ErrClosed
+			case "reset":
+				a.Reset(7)
+				want = net.ErrClosed // a local Reset closes the stream here
+			}
+			select {
+			case err := <-errc:
+				if !errors.Is(err, want) {
+					t.Fatalf("%s: Read returned %v, want %v", how, err, want)
+				}
+			case <-time.After(2 * time.Second):
+				t.Fatalf("%s: the reading Read did not return", how)
+			}
+			if d := time.Since(start); d > time.Second {
+				t.Errorf("%s: Read took %v to return", how, d)
+			}
+			// The session still carries bytes, in order, both ways.
+			if how == "deadline" {
+				a.SetReadDeadline(time.Time{})
+				b.Write([]byte("after the deadline"))
+				got := make([]byte, 18)
+				if _, err := io.ReadFull(a, got); err != nil || string(got) != "after the deadline" {
+					t.Fatalf("after the deadline: %q, %v", got, err)
+				}
+			}
+			checkDefaultStream(t, c, s)
+		}
+	})
+}
+
+// checkDefaultStream sends 1 MiB each way on stream 0 and checks it.
+func checkDefaultStream(t *testing.T, c, s *Session) {
+	t.Helper()
+	for _, dir := range [][2]*Session{{c, s}, {s, c}} {
+		data := make([]byte, 1<<20)
+		rand.Read(data)
+		go dir[0].Default().Write(data)
+		got := make([]byte, len(data))
+		if _, err := io.ReadFull(dir[1].Default(), got); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatal("stream 0 bytes differ")
+		}
+	}
+}
+
+// TestInterruptMidFrame: a Read interrupted while a frame is half read
+// (its header, or its payload, split by the peer) leaves the rest to the
+// next reader: no byte is lost or misread.
+func TestInterruptMidFrame(t *testing.T) {
+	a, raw := tcpPair(t)
+	defer raw.Close()
+	c := New(a, Config{Client: true})
+	defer c.Close()
+	st := c.Default()
+	frame := func(typ byte, id, val uint32, payload []byte) []byte {
+		b := make([]byte, headerLen, headerLen+len(payload))
+		putHeader(b, typ, id, val)
+		return append(b, payload...)
+	}
+	data := make([]byte, 1000)
+	rand.Read(data)
+	wire := append(frame(typeData, 0, 1000, data), frame(typeData, 0, 3, []byte("end"))...)
+	// Cut inside the first header, inside the first payload, and inside
+	// the second header.
+	cuts := []int{4, headerLen + 300, headerLen + 1000 + 5, len(wire)}
+	var got []byte
+	prev := 0
+	for _, cut := range cuts {
+		if _, err := raw.Write(wire[prev:cut]); err != nil {
+			t.Fatal(err)
+		}
+		prev = cut
+		// Read what there is, then wait in Read until the deadline.
+		for {
+			st.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+			buf := make([]byte, 64<<10)
+			n, err := st.Read(buf)
+			got = append(got, buf[:n]...)
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if want := append(append([]byte{}, data...), "end"...); !bytes.Equal(got, want) {
+		t.Fatalf("read %d bytes, want %d, or different bytes", len(got), len(want))
+	}
+	if c.Err() != nil {
+		t.Fatalf("session ended: %v", c.Err())
+	}
+}
+
+// TestSlowReaderDoesNotHoldFastOne: two streams carry bulk data at once;
+// one reader is slow (it reads, but little and rarely, so it still takes
+// turns reading the connection), the other reads as fast as it can. The
+// fast one finishes, and the slow one never buffers more than its window.
+func TestSlowReaderDoesNotHoldFastOne(t *testing.T) {
+	transports(t, func(t *testing.T, pair func(testing.TB) (net.Conn, net.Conn)) {
+		const window = 256 << 10
+		c, s := sessionsOver(t, pair, Config{Window: window})
+		slowW, _ := c.Open()
+		slowR, _ := s.Accept(nil)
+		fastW, _ := c.Open()
+		fastR, _ := s.Accept(nil)
+		go slowW.Write(make([]byte, 64<<20)) // ends with the session
+		const fastSize = 32 << 20
+		go func() { fastW.Write(make([]byte, fastSize)); fastW.CloseWrite() }()
+		stop := make(chan struct{})
+		slowDone := make(chan int)
+		var maxBuf int
+		go func() {
+			buf := make([]byte, 1024)
+			total := 0
+			for {
+				select {
+				case <-stop:
+					slowDone <- total
+					return
+				case <-time.After(5 * time.Millisecond):
+				}
+				n, err := slowR.Read(buf)
+				total += n
+				if err != nil {
+					slowDone <- total
+					return
+				}
+				slowR.mu.Lock()
+				maxBuf = max(maxBuf, len(slowR.buf)-slowR.off)
+				slowR.mu.Unlock()
+			}
+		}()
+		done := make(chan error, 1)
+		go func() {
+			n, err := io.Copy(io.Discard, fastR)
+			if err == nil && n != fastSize {
+				err = fmt.Errorf("fast stream: %d bytes", n)
+			}
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("the fast stream is held up by the slow one")
+		}
+		close(stop)
+		total := <-slowDone
+		if total == 0 {
+			t.Error("the slow reader read nothing")
+		}
+		if maxBuf > window {
+			t.Errorf("slow stream buffered %d bytes, window %d", maxBuf, window)
+		}
+	})
+}
+
+// TestReadingStreamServesWriters: while a Read on one stream reads the
+// connection (waiting for bytes that do not come), a Write on another
+// stream of the same side gets its WINDOW frames through it, and a
+// peer's new stream reaches Accept.
+func TestReadingStreamServesWriters(t *testing.T) {
+	transports(t, func(t *testing.T, pair func(testing.TB) (net.Conn, net.Conn)) {
+		c, s := sessionsOver(t, pair, Config{})
+		idle := make(chan error, 1)
+		go func() { _, err := c.Default().Read(make([]byte, 10)); idle <- err }()
+		waitLeading(t, c.Default())
+		w, _ := c.Open()
+		r, _ := s.Accept(nil)
+		const size = 8 << 20 // many windows
+		go func() { w.Write(make([]byte, size)); w.CloseWrite() }()
+		if n, err := io.Copy(io.Discard, r); err != nil || n != size {
+			t.Fatalf("%d bytes, %v", n, err)
+		}
+		// The peer opens a stream; Accept here gets it.
+		o, _ := s.Open()
+		o.Write([]byte("hi"))
+		acc, err := c.Accept(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, 2)
+		if _, err := io.ReadFull(acc, got); err != nil || string(got) != "hi" {
+			t.Fatalf("%q, %v", got, err)
+		}
+		// And the waiting Read gets its bytes when they come.
+		s.Default().Write([]byte("late"))
+		if err := <-idle; err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestManyReadersOneConnection: many streams whose Reads all wait at
+// once, over TLS; every stream's bytes arrive whole.
+func TestManyReadersOneConnection(t *testing.T) {
+	c, s := sessionsOver(t, tlsPair, Config{})
+	const streams, size = 40, 1 << 20
+	var ws, rs []*Stream
+	for range streams {
+		w, err := c.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := s.Accept(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws, rs = append(ws, w), append(rs, r)
+	}
+	errc := make(chan error, streams)
+	for i := range streams {
+		go func() {
+			h := sha256.New()
+			n, err := io.Copy(h, rs[i])
+			if err == nil && n != size {
+				err = fmt.Errorf("stream %d: %d bytes", i, n)
+			}
+			want := sha256.Sum256(pattern(i, size))
+			if err == nil && !bytes.Equal(h.Sum(nil), want[:]) {
+				err = fmt.Errorf("stream %d: bytes differ", i)
+			}
+			errc <- err
+		}()
+	}
+	for i := range streams {
+		go func() { ws[i].Write(pattern(i, size)); ws[i].CloseWrite() }()
+	}
+	for range streams {
+		if err := <-errc; err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+func pattern(i, n int) []byte {
+	b := make([]byte, n)
+	for j := range b {
+		b[j] = byte(i*131 + j*7 + j>>9)
+	}
+	return b
 }

@@ -12,10 +12,14 @@
 // connect_ms is the time from the start of the dial (ewf: ewf.Dial
 // including registration, binding, introduction and punching, so the
 // whole connect-to-first-byte path) to the first byte read by the peer.
+// cpu_s_per_gib is the process's CPU time during the transfer (user and
+// system, both ends of the connection, not the connect) per GiB sent:
+// what each transport costs, less disturbed by other processes than the
+// rate (the in-process ewfd is idle meanwhile).
 // --cpuprofile writes a pprof CPU profile of the whole run.
 //
 // Output: one line per run, "throughput mode=… bytes=… seconds=… gbit_s=…
-// connect_ms=…", for bench/throughput.sh.
+// connect_ms=… cpu_s_per_gib=…", for bench/throughput.sh.
 package main
 
 import (
@@ -35,6 +39,7 @@ import (
 	"path/filepath"
 	"runtime/pprof"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -80,11 +85,21 @@ func main() {
 			if err != nil {
 				fatal(fmt.Errorf("%s: %w", m, err))
 			}
-			fmt.Printf("throughput mode=%s bytes=%d seconds=%.3f gbit_s=%.2f connect_ms=%.2f\n",
+			cpu := res.cpu.Seconds()
+			fmt.Printf("throughput mode=%s bytes=%d seconds=%.3f gbit_s=%.2f connect_ms=%.2f cpu_s_per_gib=%.3f\n",
 				m, b.size, res.xfer.Seconds(), float64(b.size)*8/res.xfer.Seconds()/1e9,
-				float64(res.connect.Microseconds())/1000)
+				float64(res.connect.Microseconds())/1000, cpu/(float64(b.size)/(1<<30)))
 		}
 	}
+}
+
+// cpuTime is the process's user and system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func fatal(err error) {
@@ -99,7 +114,7 @@ type bench struct {
 	dir    string
 }
 
-type result struct{ connect, xfer time.Duration }
+type result struct{ connect, xfer, cpu time.Duration }
 
 // pair is one connection seen from both ends.
 type pair struct {
@@ -138,6 +153,7 @@ func (b *bench) run(mode string) (result, error) {
 func (b *bench) transfer(p pair) (result, error) {
 	errc := make(chan error, 1)
 	var start time.Time
+	cpu0 := cpuTime()
 	go func() {
 		buf := make([]byte, b.chunk)
 		rand.Read(buf)
@@ -172,6 +188,7 @@ func (b *bench) transfer(p pair) (result, error) {
 		}
 	}
 	res.xfer = time.Since(start)
+	res.cpu = cpuTime() - cpu0
 	if err := <-errc; err != nil {
 		return res, err
 	}
