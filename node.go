@@ -194,7 +194,7 @@ func (n *Node) start(ctx context.Context) error {
 
 	// The TCP binding needs its own connection and three round trips;
 	// make them while the UDP binding is made. Without EnableTCP, it is
-	// made only if UDP has no answer within udpGrace (blocked.go).
+	// made only if UDP has no answer within Config.UDPWait (blocked.go).
 	tr, udp, err := n.bindBoth(ctx, ident, path, register)
 	if err != nil {
 		return err
@@ -494,11 +494,12 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 		return n.dialTCP(ctx, peer, in.Secret, tg, true)
 	}
 	n.addSession(peer, in.Secret, nil)
-	rp := n.startRelay(peer, in.Secret)
 	// Without UDP on either side no punch can succeed: straight to the
 	// relay (blocked.go).
 	_, peerUDP := addressOf(in.Addresses, wire.TransportUDP)
-	if rp != nil && (n.cfg.Relay == RelayAlways || n.UDPBlocked() || !peerUDP) {
+	relayOnly := n.cfg.Relay == RelayAlways || n.UDPBlocked() || !peerUDP
+	rp := n.startRelay(peer, in.Secret, relayOnly)
+	if rp != nil && relayOnly {
 		return n.dialFallback(ctx, rp, ErrNoDirectPath, false)
 	}
 	a, err := n.startAttempt(peer, in.Secret, in.Addresses, nil, true)
@@ -591,7 +592,8 @@ func (n *Node) onIntroduce(in client.Introduction) {
 		}
 	}
 	s := n.addSession(in.Peer, in.Secret, tg)
-	n.startRelay(in.Peer, in.Secret)
+	_, peerUDP := addressOf(in.Addresses, wire.TransportUDP)
+	n.startRelay(in.Peer, in.Secret, n.cfg.Relay == RelayAlways || n.UDPBlocked() || !peerUDP)
 	if n.UDPBlocked() {
 		// No UDP punch from here: the relay (blocked.go).
 	} else if _, err := n.startAttempt(in.Peer, in.Secret, in.Addresses, in.Candidates, false); err != nil {

@@ -82,8 +82,10 @@ type relayPath struct {
 // the background: credentials from the server, an allocation, permissions
 // for every address of the peer, the punch attempt, and a SIGNAL of the
 // relayed address to the peer. It returns nil when this node does not
-// relay.
-func (n *Node) startRelay(peer wire.ID, secret wire.Secret) *relayPath {
+// relay. now says that the relay is the only path (RelayAlways, or UDP
+// blocked on either side): the allocation then does not wait for NAT
+// discovery (awaitNATPattern).
+func (n *Node) startRelay(peer wire.ID, secret wire.Secret, now bool) *relayPath {
 	if n.cfg.Relay == RelayNever || n.noRelay.Load() {
 		return nil
 	}
@@ -100,6 +102,9 @@ func (n *Node) startRelay(peer wire.ID, secret wire.Secret) *relayPath {
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
+		if !now {
+			n.awaitNATPattern(n.cfg.PunchTimeout / 2)
+		}
 		rp.err = rp.setUp()
 		if rp.err != nil {
 			n.log.Debug("relay", "peer", peer, "err", rp.err)
@@ -126,6 +131,31 @@ func (n *Node) startRelay(peer wire.ID, secret wire.Secret) *relayPath {
 		}
 	}()
 	return rp
+}
+
+// awaitNATPattern waits, at most d, until NAT discovery has learned this
+// node's port allocation pattern, or is not running. A TURN allocation
+// opens a socket of its own, and so a new mapping on the node's NAT;
+// behind a NAT that allocates ports in sequence, one made while discovery
+// samples the ports makes the pattern look random, and two sequential NATs
+// that meet directly (birthday.go) then fall back to the relay instead:
+// the lab matrix showed it. Discovery learns the pattern within a few
+// round trips, and the relay is needed only once the punch gives up.
+func (n *Node) awaitNATPattern(d time.Duration) {
+	deadline := time.Now().Add(d)
+	for {
+		n.nat.mu.Lock()
+		busy := n.nat.running && !n.nat.known
+		n.nat.mu.Unlock()
+		if !busy || !time.Now().Before(deadline) {
+			return
+		}
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 func (rp *relayPath) setUp() error {
