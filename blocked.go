@@ -19,10 +19,10 @@ import (
 // it once it answers (a network change, a firewall rule lifted).
 
 // udpGrace is how long Open waits for the UDP binding once the TCP one is
-// made, before it proceeds without UDP. UDP requests retransmit at 0.5,
-// 1.5 s..., so an answer lost once or twice still comes within it, and a
-// UDP-blocked host is ready in seconds rather than after the full 39.5 s
-// retransmission schedule.
+// made, before it proceeds without UDP (Config.UDPWait's default). UDP
+// requests retransmit at 0.5, 1.5 s..., so an answer lost once or twice
+// still comes within it, and a UDP-blocked host is ready in seconds
+// rather than after the full 39.5 s retransmission schedule.
 const udpGrace = 2500 * time.Millisecond
 
 // UDPBlocked reports whether the node is bound over TCP only, because UDP
@@ -54,7 +54,7 @@ type udpOutcome struct {
 }
 
 // bindBoth makes the UDP binding and, with EnableTCP or when UDP has no
-// answer within udpGrace, the TCP binding. It fails as before when UDP
+// answer within Config.UDPWait, the TCP binding. It fails as before when UDP
 // fails, unless the TCP binding is made and UDP only had no answer: then
 // the node is UDP-blocked (udp.err set).
 func (n *Node) bindBoth(ctx context.Context, ident *client.Identity, path string,
@@ -83,7 +83,7 @@ func (n *Node) bindBoth(ctx context.Context, ident *client.Identity, path string
 		rekeyed, err := n.bindUDP(uctx, ident, path, register)
 		udpc <- udpResult{rekeyed, err}
 	}()
-	grace := time.NewTimer(udpGrace)
+	grace := time.NewTimer(n.cfg.UDPWait)
 	defer grace.Stop()
 	graceOver := false
 	blocked := func() bool { return graceOver && tcpDone && tr.side != nil }
@@ -164,14 +164,14 @@ func (n *Node) udpLater(first <-chan udpResult, ident *client.Identity, path str
 }
 
 // registerOpen is register for Open: over UDP, but over a TCP connection
-// of its own when UDP has no answer within udpGrace, so that a host on a
+// of its own when UDP has no answer within Config.UDPWait, so that a host on a
 // UDP-blocking network can register. If TCP fails too, UDP goes on for
 // the rest of ctx, as before.
 func (n *Node) registerOpen(ctx context.Context, id wire.ID) (wire.Key, error) {
 	if n.cfg.ServerTLS != "" {
 		return n.register(ctx, id)
 	}
-	uctx, cancel := context.WithTimeout(ctx, udpGrace)
+	uctx, cancel := context.WithTimeout(ctx, n.cfg.UDPWait)
 	key, err := n.rc.Register(uctx, id)
 	cancel()
 	if err == nil || ctx.Err() != nil || !(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, client.ErrTimeout)) {

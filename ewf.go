@@ -120,6 +120,14 @@ type Config struct {
 	// after an address change: about ten STUN requests from fresh sockets.
 	// Default false: discovery on.
 	DisableNATDiscovery bool
+	// UDPWait is how long Open waits for the server's answer over UDP
+	// before it goes on over TCP only, as a node on a network that drops
+	// UDP (docs/PROTOCOL.md §23): once for REGISTER with a new identity,
+	// once for the binding. Default 2.5 s, which rides out an answer lost
+	// once or twice (UDP requests retransmit at 0.5 s, 1.5 s, ...); on a
+	// network known to be fast, less makes a UDP-blocked node ready
+	// sooner, at the risk of taking a slow answer for a block.
+	UDPWait time.Duration
 
 	// forged, in tests only, is the identity to use instead of the
 	// identity file: it lets a test play an impostor that holds another
@@ -161,6 +169,9 @@ func (c *Config) populate() error {
 	}
 	if c.IdleTimeout <= 0 {
 		c.IdleTimeout = 60 * time.Second
+	}
+	if c.UDPWait <= 0 {
+		c.UDPWait = udpGrace
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

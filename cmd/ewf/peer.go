@@ -25,6 +25,7 @@ type common struct {
 	identity  string
 	punch     time.Duration
 	relay     string
+	udpWait   time.Duration
 	idle      time.Duration
 	keepalive time.Duration
 	verbose   bool
@@ -38,6 +39,8 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.punch, "punch-timeout", 10*time.Second, "give up hole punching towards one peer after this `duration`")
 	fs.StringVar(&c.relay, "relay", string(ewf.RelayFallback),
 		"use the server's TURN relay: `fallback` (when no direct path), always, or never")
+	fs.DurationVar(&c.udpWait, "udp-wait", 2500*time.Millisecond,
+		"wait this `duration` for the server's answer over UDP before going on over TCP only (UDP blocked: connections then go through the relay)")
 	fs.DurationVar(&c.idle, "idle-timeout", 60*time.Second, "end a connection when nothing arrived from the peer for this `duration`")
 	fs.DurationVar(&c.keepalive, "keepalive", 0, "refresh the bindings at the server every `duration`, which is also how soon a changed public address is noticed and connected peers are told (0: randomly every 20–25 s)")
 	fs.BoolVar(&c.verbose, "v", false, "log debug detail to stderr")
@@ -55,12 +58,15 @@ func (c *common) check() error {
 	if c.keepalive < 0 || (c.keepalive > 0 && c.keepalive < 500*time.Millisecond) {
 		return usageError("--keepalive must be at least 500ms (or 0 for the default)")
 	}
+	if c.udpWait <= 0 {
+		return usageError("--udp-wait must be positive")
+	}
 	return nil
 }
 
 func (c *common) config() ewf.Config {
 	cfg := ewf.Config{Server: c.server, ServerTLS: c.serverTLS, ServerCA: c.serverCA, IdentityFile: c.identity,
-		PunchTimeout: c.punch, Relay: ewf.RelayMode(c.relay), IdleTimeout: c.idle}
+		PunchTimeout: c.punch, Relay: ewf.RelayMode(c.relay), IdleTimeout: c.idle, UDPWait: c.udpWait}
 	if c.verbose {
 		cfg.Logger = debugLogger()
 	}
