@@ -36,6 +36,15 @@ const (
 // that cannot connect.
 const matrixPunch = 10 * time.Second
 
+// matrixUDPWait is every peer's --udp-wait: how long it waits for the
+// server's UDP answer before it goes on over TCP only. The lab's round
+// trips are well under a millisecond, so 1 s is ample even on a loaded
+// machine, and a udp-blocked host is ready in 2 s rather than 5 s
+// (REGISTER and BIND each wait once), which matters because its pairs
+// run one after another. Every peer gets it, so the matrix also shows
+// that no host whose UDP works is taken for blocked.
+const matrixUDPWait = time.Second
+
 // keepIdle is how long the keepalive listener sits idle behind a router
 // whose UDP mappings expire after 30 s.
 const keepIdle = 45 * time.Second
@@ -56,11 +65,23 @@ func birthdayPair(a, b NAT) bool {
 // matrixParallel is how many pairs run at once. Pairs never share a host.
 const matrixParallel = 8
 
+// The matrix's ewfd runs its embedded TURN relay on the server's first
+// address, relaying from ports in matrixRelayPorts. The lab's public
+// segment is documentation space, which the relay refuses as a peer
+// unless allowed (-relay-allow, as in TestRelay).
+const (
+	matrixRelayListen = "203.0.113.1:3480"
+	matrixRelayMin    = 40000
+	matrixRelayMax    = 40999
+)
+
 // wantMatrix is the expected outcome of `ewf listen` behind the row's NAT
-// and `ewf connect` behind the column's, per transport: "ok" is a direct
-// connection, anything else the error reason `ewf connect` must report.
-// A change of behaviour shows up as a diff of this table; on a mismatch the
-// test prints the observed table in this very format.
+// and `ewf connect` behind the column's, per transport, with a relay on
+// offer (`--relay fallback`, the default): "direct" is a direct
+// connection, "relay" one through ewfd's TURN relay, anything else the
+// error reason `ewf connect` must report. A change of behaviour shows up
+// as a diff of this table; on a mismatch the test prints the observed
+// table in this very format.
 //
 // Why: a symmetric NAT gives every destination a new port, so its peer must
 // accept packets from a port it never sent to. Full-cone (EIF) and
@@ -71,40 +92,49 @@ const matrixParallel = 8
 // one matches. Two sequential symmetric NATs meet over UDP: both spray a
 // window of the other's predicted ports, the dialer's skewed so that the
 // two counters cross (punch.SeqCycle). Two random symmetric NATs, or one
-// random and one sequential, cannot meet at all. TCP has no birthday
-// probing (docs/PROTOCOL.md §20.6), so TCP keeps the old limits.
+// random and one sequential, cannot meet at all: relay. TCP has no
+// birthday probing (docs/PROTOCOL.md §20.6), so TCP keeps the old limits.
+// noudp (udp-blocked) lets no UDP out: over UDP every pair with it is
+// relayed (TURN over TCP on its side, docs/PROTOCOL.md §23); over TCP it
+// is a port-restricted NAT.
 const wantMatrix = `
-udp    none   full   restr  port   sym    cgnat  symseq
-none   ok     ok     ok     ok     ok     ok     ok
-full   ok     ok     ok     ok     ok     ok     ok
-restr  ok     ok     ok     ok     ok     ok     ok
-port   ok     ok     ok     ok     ok     ok     ok
-sym    ok     ok     ok     ok     nopath ok     nopath
-cgnat  ok     ok     ok     ok     ok     ok     ok
-symseq ok     ok     ok     ok     nopath ok     ok
+udp    none   full   restr  port   sym    cgnat  symseq noudp
+none   direct direct direct direct direct direct direct relay
+full   direct direct direct direct direct direct direct relay
+restr  direct direct direct direct direct direct direct relay
+port   direct direct direct direct direct direct direct relay
+sym    direct direct direct direct relay  direct relay  relay
+cgnat  direct direct direct direct direct direct direct relay
+symseq direct direct direct direct relay  direct direct relay
+noudp  relay  relay  relay  relay  relay  relay  relay  relay
 
-tcp    none   full   restr  port   sym    cgnat  symseq
-none   ok     ok     ok     ok     ok     ok     ok
-full   ok     ok     ok     ok     ok     ok     ok
-restr  ok     ok     ok     ok     ok     ok     ok
-port   ok     ok     ok     ok     nopath ok     nopath
-sym    ok     ok     ok     nopath nopath nopath nopath
-cgnat  ok     ok     ok     ok     nopath ok     nopath
-symseq ok     ok     ok     nopath nopath nopath nopath
+tcp    none   full   restr  port   sym    cgnat  symseq noudp
+none   direct direct direct direct direct direct direct direct
+full   direct direct direct direct direct direct direct direct
+restr  direct direct direct direct direct direct direct direct
+port   direct direct direct direct nopath direct nopath direct
+sym    direct direct direct nopath nopath nopath nopath nopath
+cgnat  direct direct direct direct nopath direct nopath direct
+symseq direct direct direct nopath nopath nopath nopath nopath
+noudp  direct direct direct direct nopath direct nopath direct
 `
 
 // Short names of the NAT types in wantMatrix, in NATs order.
 var natShort = map[NAT]string{
 	None: "none", FullCone: "full", Restricted: "restr",
 	PortRestricted: "port", Symmetric: "sym", CGNAT: "cgnat",
-	SymmetricSequential: "symseq",
+	SymmetricSequential: "symseq", UDPBlocked: "noudp",
 }
 
 // outcome words of wantMatrix other than the error reasons of ewf.
 const (
-	outOK     = "ok"
+	outDirect = "direct" // connected, path=direct
+	outRelay  = "relay"  // connected, path=relay through ewfd's relay
 	outNoPath = "nopath" // error reason=no-direct-path
 )
+
+// connects says whether an outcome word is a connection.
+func connects(out string) bool { return out == outDirect || out == outRelay }
 
 // parseMatrix reads wantMatrix into transport → "listener/connector" →
 // outcome.
@@ -189,7 +219,7 @@ type pairCase struct {
 	listener  string // host
 	connector string // host
 	transport string // "udp" or "tcp"
-	want      string // outOK or outNoPath
+	want      string // outDirect, outRelay or outNoPath
 	// idle is how long the listener sits between its ready line and the
 	// connector's start; frozen stops it (SIGSTOP) for that time, so it
 	// sends no keepalives, and lets it go on 1 s after the connector's
@@ -211,7 +241,7 @@ type pairCase struct {
 
 // pairResult is what a pairCase observed.
 type pairResult struct {
-	outcome string        // outOK, outNoPath or the reported error reason
+	outcome string        // outDirect, outRelay, outNoPath or the reported error reason
 	connect time.Duration // from starting `ewf connect` to its status line
 	rtt     string
 	remote  [2]string // listener's and connector's `remote`
@@ -284,15 +314,48 @@ func (e *matrixEnv) sameNATRemote(l, c string, hairpin bool) func(string, netip.
 	}
 }
 
+// blocked says whether host's network drops all UDP.
+func (e *matrixEnv) blocked(host string) bool {
+	r, ok := e.lab.RouterOf(host)
+	return ok && r.NAT == UDPBlocked
+}
+
+// estimate is roughly how long a case takes, in seconds, for the
+// scheduler to start the longest first: a pair that fails or falls back
+// to the relay after punching takes the punch timeout, and a udp-blocked
+// host waits for UDP before it is ready (--udp-wait, twice with a new
+// identity: REGISTER and BIND).
+func (e *matrixEnv) estimate(c pairCase) time.Duration {
+	d := time.Duration(1)
+	punched := c.transport == "tcp" || !e.blocked(c.listener) && !e.blocked(c.connector)
+	if c.want != outDirect && punched {
+		d += time.Duration(matrixPunch / time.Second)
+	}
+	for _, h := range []string{c.listener, c.connector} {
+		if e.blocked(h) {
+			d += 2 * time.Duration(matrixUDPWait/time.Second)
+		}
+	}
+	return d
+}
+
+// relayed says whether addr is a relayed address of the matrix's relay.
+func relayed(addr netip.AddrPort) bool {
+	return addr.Addr() == serverAddr1 && addr.Port() >= matrixRelayMin && addr.Port() <= matrixRelayMax
+}
+
 // TestMatrix runs `ewf listen` behind every NAT type and `ewf connect`
 // behind every other, over UDP (QUIC) and TCP, with ewfd on the public
-// segment; plus two peers behind one NAT (with and without hairpinning)
-// and a listener whose NAT forgets UDP mappings after 30 s, idle for 45 s
-// before its peer comes. Each pair must end as wantMatrix says: connected
-// directly, to the other side's NAT, with 256 KiB each way intact, or with
-// "no-direct-path" within the punch timeout. Afterwards ewfd's counters
-// must show that no peer traffic reached it, and the lab must leave
-// nothing behind.
+// segment and its embedded TURN relay on offer; plus two peers behind one
+// NAT (with and without hairpinning) and a listener whose NAT forgets UDP
+// mappings after 30 s, idle for 45 s before its peer comes. Each pair
+// must end as wantMatrix says: connected directly, to the other side's
+// NAT, or through the relay (path=relay and the relay's address on both
+// sides), with 256 KiB each way intact; or with "no-direct-path". A pair
+// that can punch must stay direct although the relay is on offer.
+// Afterwards ewfd's counters must show that no peer traffic reached the
+// rendezvous service and that the relay carried the relayed pairs'
+// payloads, and the lab must leave nothing behind.
 func TestMatrix(t *testing.T) {
 	Skip(t)
 	want, err := parseMatrix(wantMatrix)
@@ -311,7 +374,9 @@ func TestMatrix(t *testing.T) {
 	// (docs/PROTOCOL.md §18), so every pair works against a server that
 	// refuses it.
 	srv, err := lab.Start(ServerHost, ewfd, "-listen", matrixServer+","+matrixServer6, "-alternate", discoAlternate, "-data", t.TempDir(),
-		"-metrics", matrixMetrics, "-log-level", "warn", "-require-integrity")
+		"-metrics", matrixMetrics, "-log-level", "warn", "-require-integrity",
+		"-relay", "-relay-ip", serverAddr1.String(), "-relay-listen", matrixRelayListen,
+		"-relay-ports", fmt.Sprintf("%d-%d", matrixRelayMin, matrixRelayMax), "-relay-allow", publicNet.String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -332,7 +397,7 @@ func TestMatrix(t *testing.T) {
 					want:   want[tr][natShort[ln]+"/"+natShort[cn]],
 					remote: env.natRemote(l, c, tr),
 				}
-				if tr == "udp" && pc.want == outOK && birthdayPair(ln, cn) {
+				if tr == "udp" && pc.want == outDirect && birthdayPair(ln, cn) {
 					pc.tries = 2
 				}
 				cases = append(cases, pc)
@@ -348,12 +413,12 @@ func TestMatrix(t *testing.T) {
 		hairpin bool
 		tcp     string
 	}{
-		{"home", true, outOK},
-		{"flat", false, outOK},
+		{"home", true, outDirect},
+		{"flat", false, outDirect},
 	}
 	for _, s := range sameNAT {
 		for _, tr := range []string{"udp", "tcp"} {
-			w := outOK
+			w := outDirect
 			if tr == "tcp" {
 				w = s.tcp
 			}
@@ -371,9 +436,11 @@ func TestMatrix(t *testing.T) {
 		}
 	}
 	cases = onlyCases(t, cases)
-	// Longest first: pairs that must fail take the whole punch timeout.
+	// Longest first: pairs that must fail or fall back to the relay take
+	// the whole punch timeout, and a udp-blocked host waits for UDP
+	// before it is ready.
 	slices.SortStableFunc(cases, func(a, b pairCase) int {
-		return boolInt(a.want == outOK) - boolInt(b.want == outOK)
+		return int(env.estimate(b) - env.estimate(a))
 	})
 
 	// The keepalive checks run alongside, on hosts of their own. Behind
@@ -385,8 +452,8 @@ func TestMatrix(t *testing.T) {
 	// connects once it runs again; after 45 s the mapping is gone, the
 	// introduction never reaches it, and the connection fails.
 	keepCases := []pairCase{
-		{name: "keepalive/idle-45s", listener: "short-1", connector: "far-1", want: outOK, idle: keepIdle},
-		{name: "keepalive/frozen-10s", listener: "short-3", connector: "far-3", want: outOK, idle: 10 * time.Second, frozen: true},
+		{name: "keepalive/idle-45s", listener: "short-1", connector: "far-1", want: outDirect, idle: keepIdle},
+		{name: "keepalive/frozen-10s", listener: "short-3", connector: "far-3", want: outDirect, idle: 10 * time.Second, frozen: true},
 		{name: "keepalive/frozen-45s", listener: "short-2", connector: "far-2", want: outNoPath, idle: keepIdle, frozen: true},
 	}
 	keepCases = onlyCases(t, keepCases)
@@ -433,7 +500,7 @@ func TestMatrix(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			// The listener logs "introduced" (with -v) when the
 			// server's INTRODUCE reaches it.
-			if want := c.want == outOK; keep[i].introduced != want {
+			if want := connects(c.want); keep[i].introduced != want {
 				t.Errorf("listener introduced: %t, want %t", keep[i].introduced, want)
 			}
 			report(t, c.want, keep[i])
@@ -481,6 +548,21 @@ func TestMatrix(t *testing.T) {
 	if v := m[`ewfd_requests_total{kind="introduction",outcome="ok"}`]; v < float64(len(cases)+len(keepCases)) {
 		t.Errorf("ewfd: %v introductions, want at least one per pair (%d)", v, len(cases)+len(keepCases))
 	}
+	// The relayed pairs' payloads went through the relay: each crossed
+	// it towards a peer (to the other side's relayed address or to the
+	// peer itself) at least once.
+	nRelayed := 0
+	for i := range cases {
+		if results[i].outcome == outRelay {
+			nRelayed++
+		}
+	}
+	toPeer := m[`ewfd_relay_bytes_total{direction="to_peer"}`]
+	t.Logf("relay: %d relayed pairs, %.0f bytes sent to peers, %.0f received from them; %.0f allocations", nRelayed, toPeer, m[`ewfd_relay_bytes_total{direction="from_peer"}`], m[`ewfd_relay_allocations_total`])
+	if toPeer < float64(2*payloadSize*nRelayed) {
+		t.Errorf("ewfd's relay sent %.0f bytes to peers, want at least both payloads of each of %d relayed pairs (%d)",
+			toPeer, nRelayed, 2*payloadSize*nRelayed)
+	}
 
 	if err := lab.Close(); err != nil {
 		t.Fatal(err)
@@ -514,13 +596,6 @@ func onlyCases(t *testing.T, cases []pairCase) []pairCase {
 	return out
 }
 
-func boolInt(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}
-
 func sumPrefix(m map[string]float64, prefix string) float64 {
 	var s float64
 	for k, v := range m {
@@ -550,9 +625,9 @@ func report(t *testing.T, want string, r pairResult) {
 	for _, e := range r.errs {
 		t.Error(e)
 	}
-	if r.outcome == outOK {
-		t.Logf("connected in %v, rtt_ms=%s, listener remote %s, connector remote %s",
-			r.connect.Round(time.Millisecond), r.rtt, r.remote[0], r.remote[1])
+	if connects(r.outcome) {
+		t.Logf("connected (path=%s) in %v, rtt_ms=%s, listener remote %s, connector remote %s",
+			r.outcome, r.connect.Round(time.Millisecond), r.rtt, r.remote[0], r.remote[1])
 	} else {
 		t.Logf("failed as %q after %v", r.outcome, r.connect.Round(time.Millisecond))
 	}
@@ -599,7 +674,7 @@ func (e *matrixEnv) run(c pairCase) (r pairResult) {
 	id := strings.NewReplacer("/", "-").Replace(c.name)
 	common := func(who string) []string {
 		return []string{"--server", matrixServer, "--identity", filepath.Join(e.dir, id+"-"+who+".json"),
-			"--punch-timeout", matrixPunch.String(), "-v"}
+			"--punch-timeout", matrixPunch.String(), "--udp-wait", matrixUDPWait.String(), "-v"}
 	}
 	var procs []*Proc
 	defer func() {
@@ -633,6 +708,7 @@ func (e *matrixEnv) run(c pairCase) (r pairResult) {
 		return r
 	}
 	lpub, _ := netip.ParseAddrPort(lready["public"])
+	e.checkReady(&r, "listener", c.listener, lready)
 	if c.frozen {
 		if err := l.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 			r.fail("stop listener: %v", err)
@@ -656,6 +732,7 @@ func (e *matrixEnv) run(c pairCase) (r pairResult) {
 		return r
 	}
 	cpub, _ := netip.ParseAddrPort(cready["public"])
+	e.checkReady(&r, "connector", c.connector, cready)
 	if c.frozen {
 		time.Sleep(time.Second)
 		if err := l.cmd.Process.Signal(syscall.SIGCONT); err != nil {
@@ -682,7 +759,8 @@ func (e *matrixEnv) run(c pairCase) (r pairResult) {
 		r.fail("connector: %v", err)
 		return r
 	}
-	r.outcome = outOK
+	// The outcome is the connector's path; the listener must agree.
+	r.outcome = got["path"]
 	r.rtt = got["rtt_ms"]
 	lgot, err := l.WaitLine("connected", 20*time.Second)
 	if err != nil {
@@ -690,6 +768,9 @@ func (e *matrixEnv) run(c pairCase) (r pairResult) {
 		return r
 	}
 	r.remote = [2]string{lgot["remote"], got["remote"]}
+	if lgot["path"] != got["path"] {
+		r.fail("listener: path=%s, connector: path=%s", lgot["path"], got["path"])
+	}
 
 	for _, side := range []struct {
 		who, host  string
@@ -711,6 +792,23 @@ func (e *matrixEnv) run(c pairCase) (r pairResult) {
 			r.fail("%s: remote %q: %v", side.who, side.fields["remote"], err)
 			continue
 		}
+		if side.fields["path"] == outRelay {
+			// The relayed address in use (this side's or the peer's),
+			// and a remote that is the peer's relayed address, or the
+			// peer itself when it sends from its own socket to this
+			// side's relayed address.
+			ra, err := netip.ParseAddrPort(side.fields["relay"])
+			if err != nil || !relayed(ra) {
+				r.fail("%s: relay=%q, want a relayed address %v:%d-%d", side.who, side.fields["relay"], serverAddr1, matrixRelayMin, matrixRelayMax)
+			}
+			if ok, wantDesc := c.remote(side.host, remote, side.peerPublic); !ok && !relayed(remote) {
+				r.fail("%s: remote %v, want a relayed address or %s", side.who, remote, wantDesc)
+			}
+			continue
+		}
+		if _, ok := side.fields["relay"]; ok {
+			r.fail("%s: relay=%s on a direct path", side.who, side.fields["relay"])
+		}
 		if remote.Addr() == serverAddr1 || remote.Addr() == serverAddr2 {
 			r.fail("%s: remote %v is the server", side.who, remote)
 		}
@@ -722,6 +820,18 @@ func (e *matrixEnv) run(c pairCase) (r pairResult) {
 		r.fail("%v", err)
 	}
 	return r
+}
+
+// checkReady checks the ready line of host: udp=blocked exactly when its
+// network drops UDP, and then its public address is the TCP one its NAT
+// gave (the UDP one otherwise; both must be the NAT's address).
+func (e *matrixEnv) checkReady(r *pairResult, who, host string, ready map[string]string) {
+	if got, want := ready["udp"] == "blocked", e.blocked(host); got != want {
+		r.fail("%s on %s: ready line %v: udp=blocked %t, want %t", who, host, ready, got, want)
+	}
+	if pub, err := netip.ParseAddrPort(ready["public"]); err != nil || pub.Addr() != e.peerAddr(host) {
+		r.fail("%s on %s: ready public=%q, want an address of %v", who, host, ready["public"], e.peerAddr(host))
+	}
 }
 
 // exchange sends payloadSize random bytes each way, closes both inputs and

@@ -41,11 +41,11 @@ const (
 )
 
 // NATs lists the NAT types of the connection matrix, public host first.
-var NATs = []NAT{None, FullCone, Restricted, PortRestricted, Symmetric, CGNAT, SymmetricSequential}
+var NATs = []NAT{None, FullCone, Restricted, PortRestricted, Symmetric, CGNAT, SymmetricSequential, UDPBlocked}
 
-// AllNATs lists every NAT type the lab can build: NATs and the ones not
-// (yet) in the matrix.
-var AllNATs = append(append([]NAT(nil), NATs...), UDPBlocked)
+// AllNATs lists every NAT type the lab can build; all of them are in the
+// matrix now.
+var AllNATs = NATs
 
 // Mapping is an RFC 4787 section 4.1 mapping behaviour.
 type Mapping string
