@@ -394,7 +394,50 @@ func (c *classifier) run(res *Result) error {
 // bigger step in the same direction. So one such step of any size is
 // forgiven as long as all the others agree; random ports do not agree on
 // five steps out of six by chance.
+//
+// One sample may also be an outlier, off the run altogether: a mapping
+// that already existed (a conntrack entry of an earlier socket that had
+// the same local port and talked to the same server) or a port taken
+// from elsewhere, e.g. [21679 21680 21681 21526 21683 21684 21685] seen in
+// the lab. With at least outlierMin samples, the pattern may drop one and
+// judge the rest by the rule above; the rest are still at least five
+// ports whose steps must nearly all agree, which random ports do with a
+// probability below 10⁻⁹ (TestPortPatternRandomStaysRandom).
 func portPattern(ports []uint16) (Ports, int8) {
+	if p, d := seqPattern(ports); p == PortsSequential {
+		return p, d
+	}
+	if len(ports) < outlierMin {
+		return PortsRandom, 0
+	}
+	rest := make([]uint16, 0, len(ports)-1)
+	var best int8
+	for i := range ports {
+		rest = append(append(rest[:0], ports[:i]...), ports[i+1:]...)
+		p, d := seqPattern(rest)
+		if p != PortsSequential {
+			continue
+		}
+		if best != 0 && best != d {
+			return PortsRandom, 0 // two readings disagree: no pattern
+		}
+		best = d
+	}
+	if best == 0 {
+		return PortsRandom, 0
+	}
+	return PortsSequential, best
+}
+
+// outlierMin is the fewest samples from which portPattern drops one: six
+// leave five ports, four steps of which must agree.
+const outlierMin = 6
+
+// seqPattern is portPattern without the outlier: every port is in the run.
+func seqPattern(ports []uint16) (Ports, int8) {
+	if len(ports) < 2 {
+		return PortsRandom, 0
+	}
 	diffs := make([]int, 0, len(ports)-1)
 	for i := 1; i < len(ports); i++ {
 		diffs = append(diffs, int(int16(ports[i]-ports[i-1])))

@@ -58,23 +58,30 @@ func TestClassifyBehindSimulatedNATs(t *testing.T) {
 		p       natdisco.Ports
 		delta   int
 		hairpin bool
+		outlier int // the n-th new mapping is an outlier (simNAT.outlierAt)
 	}{
-		{"full-cone", eim, eif, pres, 0, true},
-		{"restricted", eim, adf, pres, 0, false},
-		{"port-restricted", eim, apdf, pres, 0, true},
-		{"port-restricted-random-ports", eim, apdf, rand, 0, false},
-		{"address-dependent-sequential", adm, adf, seq, 1, false},
-		{"symmetric-sequential", apdm, apdf, seq, 1, true},
-		{"symmetric-sequential-step-2", apdm, apdf, seq, 2, false},
-		{"symmetric-descending", apdm, apdf, seq, -1, false},
-		{"symmetric-random", apdm, apdf, rand, 0, false},
-		{"symmetric-open-filter", apdm, eif, rand, 0, false},
+		{"full-cone", eim, eif, pres, 0, true, 0},
+		{"restricted", eim, adf, pres, 0, false, 0},
+		{"port-restricted", eim, apdf, pres, 0, true, 0},
+		{"port-restricted-random-ports", eim, apdf, rand, 0, false, 0},
+		{"address-dependent-sequential", adm, adf, seq, 1, false, 0},
+		{"symmetric-sequential", apdm, apdf, seq, 1, true, 0},
+		{"symmetric-sequential-step-2", apdm, apdf, seq, 2, false, 0},
+		{"symmetric-descending", apdm, apdf, seq, -1, false, 0},
+		// A shared counter: another host takes a port between two samples
+		// and this one gets an unrelated port (seen in the lab), first
+		// among the port samples, then as the last sample.
+		{"symmetric-sequential-one-outlier", apdm, apdf, seq, 1, false, 4},
+		{"symmetric-sequential-last-outlier", apdm, apdf, seq, 1, false, 7},
+		{"symmetric-random", apdm, apdf, rand, 0, false, 0},
+		{"symmetric-open-filter", apdm, eif, rand, 0, false, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			nat := newSimNAT(t, tc.m, tc.f, tc.p, tc.hairpin)
 			if tc.delta != 0 {
 				nat.delta = tc.delta
 			}
+			nat.outlierAt = tc.outlier
 			res, err := classify(t, srv, nat.listen, nat.localAddrs)
 			if err != nil {
 				t.Fatal(err)

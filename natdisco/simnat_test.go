@@ -28,6 +28,12 @@ type simNAT struct {
 	delta     int
 	hairpin   bool
 	blockUDP  bool
+	// outlierAt, if positive, makes the outlierAt-th new mapping of a
+	// sequential NAT an outlier, as another host sharing the counter does
+	// in the lab: its port goes to someone else and this mapping gets an
+	// older one (a mapping that was still there).
+	outlierAt int
+	made      int // new mappings so far
 
 	mu     sync.Mutex
 	nextID int
@@ -121,6 +127,17 @@ func (n *simNAT) mappingFor(c *simConn, dst netip.AddrPort) (*simMapping, error)
 	switch {
 	case c.pre != nil:
 		s, c.pre = c.pre, nil
+	case n.ports == natdisco.PortsSequential && n.made+1 == n.outlierAt:
+		n.next += n.delta // taken by another host
+		for i := range 10 {
+			// An older port, behind the run: a step back, which the rule
+			// for one forward jump does not forgive.
+			p := n.next - (300+i)*n.delta
+			s, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(n.pub, uint16(p))))
+			if err == nil {
+				break
+			}
+		}
 	case n.ports == natdisco.PortsSequential:
 		for range 10 {
 			p := n.next
@@ -136,6 +153,7 @@ func (n *simNAT) mappingFor(c *simConn, dst netip.AddrPort) (*simMapping, error)
 	if err != nil {
 		return nil, err
 	}
+	n.made++
 	m := &simMapping{sock: s, inner: c, sent: map[netip.AddrPort]bool{}}
 	n.maps[k] = m
 	n.wg.Add(1)
