@@ -208,6 +208,13 @@ func (a *attempt) drive() {
 		a.mu.Unlock()
 		if state != punch.Punching && !signalled {
 			signalled = true
+			a.mu.Lock()
+			st := a.m.Stats()
+			a.mu.Unlock()
+			a.n.log.Debug("punch ended", "peer", a.peer, "state", state, "path_port", pathPort,
+				"after", now.Sub(a.start).Round(time.Millisecond), "sent", st.Sent, "received", st.Received,
+				"port_probes", st.PortProbes, "spray_probes", st.SprayProbes, "spray_hits", st.SprayHits,
+				"ignored", st.Ignored, "unknown_tx", st.UnknownTxID, "reflexive", st.Reflexive)
 			a.settlePorts(pathPort)
 			close(a.done)
 		}

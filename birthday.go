@@ -123,7 +123,8 @@ func (a *attempt) considerBirthday(now time.Time) {
 		k := a.m.EnablePorts(len(ports.socks), a.peerPublic, 0, now)
 		a.mu.Unlock()
 		ports.start()
-		a.n.log.Debug("birthday: hard side", "peer", a.peer, "sockets", k, "known", selfKnown && peerKnown)
+		a.n.log.Debug("birthday: hard side", "peer", a.peer, "sockets", k, "target", a.peerPublic,
+			"known", selfKnown && peerKnown)
 	case self == roleEasy && (peer == roleHard || peer == roleSeq):
 		a.bdayDecided = true
 		s := punch.Spray{IP: a.peerPublic.Addr()}
@@ -133,7 +134,7 @@ func (a *attempt) considerBirthday(now time.Time) {
 		a.mu.Lock()
 		ok := a.m.EnableSpray(s, now)
 		a.mu.Unlock()
-		a.n.log.Debug("birthday: easy side", "peer", a.peer, "started", ok, "sequential", peer == roleSeq,
+		a.n.log.Debug("birthday: easy side", "peer", a.peer, "started", ok, "ip", s.IP, "sequential", peer == roleSeq,
 			"known", selfKnown && peerKnown)
 	case self == roleSeq && peer == roleSeq:
 		// Both sequential: both spray a window of the peer's predicted
@@ -221,10 +222,7 @@ func (ps *portSet) start() {
 				}
 				from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
 				b := buf[:k]
-				if wire.Classify(b) == wire.KindX {
-					if msg.Decode(b) == nil && msg.Type.Method == wire.MethodPunch && msg.SourceID == ps.a.peer {
-						ps.a.receiveOn(&msg, from, port)
-					}
+				if ps.punch(&msg, b, from, port) {
 					continue
 				}
 				ps.mu.Lock()
@@ -235,6 +233,20 @@ func (ps *portSet) start() {
 			}
 		})
 	}
+}
+
+// punch hands b to the attempt if it is an X message, and reports
+// whether it was one: a PUNCH from the peer goes to the machine, which
+// answers from the same socket; anything else of X is dropped (QUIC cannot
+// use it).
+func (ps *portSet) punch(msg *wire.Message, b []byte, from netip.AddrPort, port int) bool {
+	if wire.Classify(b) != wire.KindX {
+		return false
+	}
+	if msg.Decode(b) == nil && msg.Type.Method == wire.MethodPunch && msg.SourceID == ps.a.peer {
+		ps.a.receiveOn(msg, from, port)
+	}
+	return true
 }
 
 func (ps *portSet) send(port int, b []byte, to netip.AddrPort) {
@@ -264,7 +276,7 @@ func (ps *portSet) take(port int) (net.PacketConn, bool) {
 	ps.mu.Lock()
 	early := ps.early[port]
 	ps.mu.Unlock()
-	return &replayConn{c: c, early: early}, true
+	return &replayConn{c: c, early: early, ps: ps, port: port}, true
 }
 
 // close closes every socket but those taken and waits for the readers.
@@ -289,10 +301,20 @@ func (ps *portSet) close() {
 // its punch reader kept (the peer's first QUIC packets). It is a plain
 // net.PacketConn on purpose: given the *net.UDPConn's own methods, quic-go
 // would read with ReadMsgUDP and never see the kept packets.
+//
+// It goes on answering the peer's PUNCHes after the handover: a side whose
+// own request was answered is Connected and hands its socket over at
+// once, while the peer may still be waiting for the answer to the request
+// it triggered. Swallowed by QUIC, that request would leave the peer
+// punching until it gives up (the birthday misses with a symmetric
+// listener, docs/NATLAB.md).
 type replayConn struct {
 	c     *net.UDPConn
 	mu    sync.Mutex
 	early []dgram
+	ps    *portSet
+	port  int
+	msg   wire.Message // ReadFrom's, which quic-go calls from one goroutine
 }
 
 func (r *replayConn) ReadFrom(p []byte) (int, net.Addr, error) {
@@ -304,7 +326,17 @@ func (r *replayConn) ReadFrom(p []byte) (int, net.Addr, error) {
 		return copy(p, d.b), net.UDPAddrFromAddrPort(d.from), nil
 	}
 	r.mu.Unlock()
-	return r.c.ReadFrom(p)
+	for {
+		n, from, err := r.c.ReadFromUDPAddrPort(p)
+		if err != nil {
+			return n, nil, err
+		}
+		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+		if r.ps != nil && r.ps.punch(&r.msg, p[:n], from, r.port) {
+			continue
+		}
+		return n, net.UDPAddrFromAddrPort(from), nil
+	}
 }
 
 func (r *replayConn) WriteTo(p []byte, a net.Addr) (int, error) { return r.c.WriteTo(p, a) }

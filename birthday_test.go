@@ -91,3 +91,96 @@ func TestPortSet(t *testing.T) {
 	}
 	c.Close()
 }
+
+// TestPortSetAnswersAfterHandover: a PUNCH request that reaches an extra
+// socket after it was handed to QUIC is still answered from it, and is not
+// given to QUIC. In the lab, the symmetric listener's own probe was
+// answered first (it became Connected and handed the socket over) and the
+// dialer's triggered request came a moment later: swallowed, it left the
+// dialer spraying until it gave up.
+func TestPortSetAnswersAfterHandover(t *testing.T) {
+	main, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer main.Close()
+	n := &Node{sock: main, log: slog.New(slog.DiscardHandler)}
+	self, peer, secret := wire.ID{1}, wire.ID{2}, wire.Secret{3}
+	remote, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer remote.Close()
+	remoteAddr := remote.LocalAddr().(*net.UDPAddr).AddrPort()
+	now := time.Now()
+	m, err := punch.New(punch.Config{Self: self, Peer: peer, Secret: secret, Candidates: []netip.AddrPort{remoteAddr}}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &attempt{n: n, peer: peer, m: m, linger: now.Add(time.Minute)}
+	ps, err := openPorts(a, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.ports = ps
+	m.EnablePorts(2, remoteAddr, 0, now)
+	ps.start()
+	c, ok := ps.take(2)
+	if !ok {
+		t.Fatal("take failed")
+	}
+	ps.close()
+	defer c.Close()
+	// QUIC's reader: it must see the QUIC packet only.
+	got := make(chan string, 4)
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			k, _, err := c.ReadFrom(buf)
+			if err != nil {
+				close(got)
+				return
+			}
+			got <- string(buf[:k])
+		}
+	}()
+
+	to := ps.socks[1].LocalAddr().(*net.UDPAddr).AddrPort()
+	pm, err := punch.New(punch.Config{Self: peer, Peer: self, Secret: secret, Candidates: []netip.AddrPort{to}}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pm.Tick(now) {
+		if _, err := remote.WriteToUDPAddrPort(p.Data, p.To); err != nil {
+			t.Fatal(err)
+		}
+	}
+	remote.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 1500)
+	for pm.State() == punch.Punching {
+		k, from, err := remote.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("no answer from the handed-over socket: %v", err)
+		}
+		var msg wire.Message
+		if msg.Decode(buf[:k]) != nil {
+			continue
+		}
+		pm.Receive(&msg, netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), time.Now())
+	}
+	if path, _, _ := pm.Path(); path != to {
+		t.Fatalf("the peer's path is %v, want %v", path, to)
+	}
+	quicish := []byte{0x40, 9, 8, 7}
+	if _, err := remote.WriteToUDPAddrPort(quicish, to); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case s := <-got:
+		if s != string(quicish) {
+			t.Fatalf("QUIC read %q, want only the QUIC packet", s)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("the QUIC packet was not delivered")
+	}
+}
