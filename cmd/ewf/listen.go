@@ -75,11 +75,12 @@ type peers struct {
 
 	mu      sync.Mutex
 	conns   map[*ewf.Conn]connStatus
+	stops   map[*ewf.Conn]chan struct{} // end the path watch of a connection (watchPath)
 	started time.Time
 }
 
 func newPeers(n *ewf.Node, max int, dir string) *peers {
-	p := &peers{n: n, max: max, conns: map[*ewf.Conn]connStatus{}, started: time.Now()}
+	p := &peers{n: n, max: max, conns: map[*ewf.Conn]connStatus{}, stops: map[*ewf.Conn]chan struct{}{}, started: time.Now()}
 	if dir != "" {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			status("warning", "msg", strconv.Quote("status file: "+err.Error()))
@@ -101,10 +102,12 @@ func (p *peers) admit(c *ewf.Conn) bool {
 	if r, ok := c.Relay(); ok {
 		cs.Relay = r.String()
 	}
+	stop := make(chan struct{})
 	p.mu.Lock()
 	full := len(p.conns) >= p.max
 	if !full {
 		p.conns[c] = cs
+		p.stops[c] = stop
 	}
 	p.mu.Unlock()
 	if full {
@@ -120,7 +123,23 @@ func (p *peers) admit(c *ewf.Conn) bool {
 	}
 	status("accepted", append(kv, "remote", cs.Remote, "rtt_ms", strconv.FormatInt(cs.RTTms, 10))...)
 	p.write()
+	watchPath(c, stop, func() { p.moved(c) })
 	return true
+}
+
+// moved updates the status of c, which moved to a direct path.
+func (p *peers) moved(c *ewf.Conn) {
+	p.mu.Lock()
+	cs, ok := p.conns[c]
+	if ok {
+		cs.Path, cs.Relay = string(c.Path()), ""
+		cs.Remote, cs.RTTms = c.RemoteAddr().String(), c.RTT().Milliseconds()
+		p.conns[c] = cs
+	}
+	p.mu.Unlock()
+	if ok {
+		p.write()
+	}
 }
 
 // done forgets c after it ended.
@@ -128,6 +147,10 @@ func (p *peers) done(c *ewf.Conn, err error) {
 	p.mu.Lock()
 	cs, ok := p.conns[c]
 	delete(p.conns, c)
+	if stop := p.stops[c]; stop != nil {
+		close(stop)
+		delete(p.stops, c)
+	}
 	p.mu.Unlock()
 	if !ok {
 		return

@@ -17,6 +17,7 @@
 //
 //	ready id=<32 hex> public=<ip:port> [udp=blocked]
 //	connected peer=<32 hex> transport=<udp|tcp> path=<direct|relay> [relay=<ip:port>] remote=<ip:port> rtt_ms=<n> auth=<key|secret>
+//	path peer=<32 hex> path=direct remote=<ip:port> rtt_ms=<n>  (a relayed connection moved to a direct path)
 //	refused peer=<32 hex> reason=peer-auth msg="..."     (listen: a peer failed authentication or --allow)
 //	upgraded previous=<32 hex> id=<32 hex> auth=key      (id --upgrade)
 //	warning msg="..."                                    (legacy IDs in --allow, a legacy ID that must upgrade)

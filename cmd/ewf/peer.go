@@ -337,10 +337,32 @@ func runConnect(ctx context.Context, args []string) error {
 		return err
 	}
 	connected(conn)
+	watchPath(conn, ctx.Done(), nil)
 	if len(*forwards) > 0 {
 		return runForwards(ctx, conn, *forwards)
 	}
 	return pipe(conn, os.Stdin, os.Stdout)
+}
+
+// watchPath reports, once, a relayed connection's move to a direct path
+// ("path peer=… path=direct remote=… rtt_ms=…"), and calls moved after
+// it; it stops watching when stop is closed.
+func watchPath(c *ewf.Conn, stop <-chan struct{}, moved func()) {
+	if c.Path() != ewf.PathRelay {
+		return
+	}
+	go func() {
+		select {
+		case <-c.Moved():
+		case <-stop:
+			return
+		}
+		status("path", "peer", c.Peer().String(), "path", string(c.Path()), "remote", c.RemoteAddr().String(),
+			"rtt_ms", strconv.FormatInt(c.RTT().Milliseconds(), 10))
+		if moved != nil {
+			moved()
+		}
+	}()
 }
 
 func connected(c *ewf.Conn) {
