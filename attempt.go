@@ -119,6 +119,9 @@ func (n *Node) routePunch(msg *wire.Message, from netip.AddrPort) {
 	if n.sc.dropPeers != nil && n.sc.dropPeers.Load() {
 		return // tests: a firewall between the peers (migrate_test.go)
 	}
+	if n.cfg.punchesIn != nil {
+		n.cfg.punchesIn.Add(1)
+	}
 	n.mu.Lock()
 	a := n.attempts[msg.SourceID]
 	n.mu.Unlock()

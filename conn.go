@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -42,6 +44,17 @@ type Conn struct {
 	mux *streammux.Session
 	def *streammux.Stream
 
+	// The dialer reads the acceptor's welcome lazily (tls.go): over QUIC
+	// here, before the first byte Read returns (welcomeMu guards wgot and
+	// wbuf; welcomed is true from the start on the accepting side), over
+	// TLS in welcomeConn. refusal is set once the welcome failed to come
+	// (the acceptor refused us): every use of the Conn then returns it.
+	welcomeMu sync.Mutex
+	welcomed  atomic.Bool
+	wgot      int
+	wbuf      [len(welcome)]byte
+	refusal   atomic.Pointer[error]
+
 	eofOnce   sync.Once
 	peerGotIt chan struct{} // QUIC: the peer has read our end of stream
 	onClose   func()
@@ -55,16 +68,80 @@ const closeLinger = 5 * time.Second
 func newQUICConn(qc *quic.Conn, st *quic.Stream, peer ID, rtt time.Duration) *Conn {
 	c := &Conn{peer: peer, transport: TransportUDP, rtt: rtt, qc: qc, st: st, peerGotIt: make(chan struct{}), path: PathDirect,
 		moved: make(chan struct{})}
+	c.welcomed.Store(true) // the dialer's openConn clears it
 	go c.awaitEOFAck()
 	return c
 }
 
 // newTLSConn multiplexes tc; isClient (the TLS client) opens odd stream
-// IDs. idle ends the connection when the peer goes silent that long.
+// IDs, and reads the acceptor's welcome first (welcomeConn). idle ends the
+// connection when the peer goes silent that long.
 func newTLSConn(tc *tls.Conn, peer ID, rtt time.Duration, isClient bool, idle time.Duration) *Conn {
-	m := streammux.New(tc, streammux.Config{Client: isClient, IdleTimeout: idle, Window: tcpStreamWindow})
-	return &Conn{peer: peer, transport: TransportTCP, rtt: rtt, tc: tc, mux: m, def: m.Default(), path: PathDirect,
-		moved: make(chan struct{})}
+	c := &Conn{peer: peer, transport: TransportTCP, rtt: rtt, tc: tc, path: PathDirect, moved: make(chan struct{})}
+	var conn net.Conn = tc
+	if isClient {
+		conn = &welcomeConn{Conn: tc, c: c, peer: peer}
+	}
+	c.mux = streammux.New(conn, streammux.Config{Client: isClient, IdleTimeout: idle, Window: tcpStreamWindow})
+	c.def = c.mux.Default()
+	return c
+}
+
+// fail records err as the reason the connection cannot be used (the first
+// one wins) and returns the one recorded.
+func (c *Conn) fail(err error) error {
+	c.refusal.CompareAndSwap(nil, &err)
+	return *c.refusal.Load()
+}
+
+// streamErr is streamErr for the connection's own calls: once the welcome
+// failed, that failure (ErrPeerAuth, as a rule) is the error of every
+// call, whatever the transport reported first.
+func (c *Conn) streamErr(err error) error {
+	if err == nil || err == io.EOF {
+		return err
+	}
+	if r := c.refusal.Load(); r != nil {
+		return *r
+	}
+	return streamErr(err)
+}
+
+// readWelcome reads the acceptor's welcome from the default QUIC stream
+// (the dialer's side; the accepting side has welcomed set). A read
+// deadline that passes meanwhile is returned as is, and the next Read goes
+// on where this one stopped.
+func (c *Conn) readWelcome() error {
+	c.welcomeMu.Lock()
+	defer c.welcomeMu.Unlock()
+	if r := c.refusal.Load(); r != nil {
+		return *r
+	}
+	for !c.welcomed.Load() && c.wgot < len(welcome) {
+		n, err := c.st.Read(c.wbuf[c.wgot:])
+		c.wgot += n
+		var ne net.Error
+		switch {
+		case err == nil, err == io.EOF && c.wgot == len(welcome):
+			// The welcome and the end of the stream came together:
+			// the next Read returns io.EOF again.
+		case errors.As(err, &ne) && ne.Timeout() && !isAuthFailure(err):
+			return err // a read deadline (or the idle timeout, which is one too)
+		case err == io.EOF:
+			c.qc.CloseWithError(0, "")
+			return c.fail(handshakeErr("QUIC", c.qc.RemoteAddr(), errNoWelcome))
+		default:
+			return c.fail(handshakeErr("QUIC", c.qc.RemoteAddr(), err))
+		}
+	}
+	if !c.welcomed.Load() {
+		if c.wbuf != welcome {
+			c.qc.CloseWithError(0, "")
+			return c.fail(handshakeErr("QUIC", c.qc.RemoteAddr(), errNoWelcome))
+		}
+		c.welcomed.Store(true)
+	}
+	return nil
 }
 
 // tcpStreamWindow is each TCP-path stream's receive window: 1 MiB keeps a
@@ -127,25 +204,38 @@ func (c *Conn) moveTo(to netip.AddrPort, rtt time.Duration) {
 	close(c.moved)
 }
 
+// Read reads the default stream. On the dialing side, the first Read
+// first takes the acceptor's welcome off it: a peer that refused us in
+// the handshake makes Read fail with ErrPeerAuth instead.
 func (c *Conn) Read(p []byte) (int, error) {
 	if c.tc != nil {
 		n, err := c.def.Read(p)
-		return n, streamErr(err)
+		return n, c.streamErr(err)
+	}
+	if !c.welcomed.Load() {
+		if err := c.readWelcome(); err != nil {
+			return 0, err
+		}
 	}
 	n, err := c.st.Read(p)
 	if err == io.EOF {
 		c.eofOnce.Do(c.ackEOF)
 	}
-	return n, streamErr(err)
+	return n, c.streamErr(err)
 }
 
+// Write writes the default stream. On the dialing side it does not wait
+// for the acceptor's welcome: what is written before it travels encrypted
+// to the peer that proved its identity in Dial, which discards it if it
+// refuses us; the refusal then fails the next Write or Read with
+// ErrPeerAuth.
 func (c *Conn) Write(p []byte) (int, error) {
 	if c.tc != nil {
 		n, err := c.def.Write(p)
-		return n, streamErr(err)
+		return n, c.streamErr(err)
 	}
 	n, err := c.st.Write(p)
-	return n, streamErr(err)
+	return n, c.streamErr(err)
 }
 
 // CloseWrite ends this side's direction: the peer reads io.EOF once it has
@@ -270,7 +360,7 @@ func (c *Conn) SendDatagram(p []byte) error {
 	if c.qc == nil {
 		return ErrNoDatagrams
 	}
-	return c.qc.SendDatagram(p)
+	return c.authErr(c.qc.SendDatagram(p))
 }
 
 // ReceiveDatagram returns the next datagram from the peer.
@@ -278,5 +368,22 @@ func (c *Conn) ReceiveDatagram(ctx context.Context) ([]byte, error) {
 	if c.qc == nil {
 		return nil, ErrNoDatagrams
 	}
-	return c.qc.ReceiveDatagram(ctx)
+	b, err := c.qc.ReceiveDatagram(ctx)
+	return b, c.authErr(err)
+}
+
+// authErr leaves err as it is, unless the peer refused us in the
+// handshake: then it is ErrPeerAuth.
+func (c *Conn) authErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	if r := c.refusal.Load(); r != nil {
+		return *r
+	}
+	var te *quic.TransportError
+	if errors.As(err, &te) && te.ErrorCode.IsCryptoError() {
+		return fmt.Errorf("%w: %w", ErrPeerAuth, err)
+	}
+	return err
 }

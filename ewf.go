@@ -141,6 +141,9 @@ type Config struct {
 	// reaches the node's main socket while set, as an inbound firewall
 	// that lets only the server through would (migrate_test.go).
 	dropPeers *atomic.Bool
+	// punchesIn, in tests only, counts every PUNCH that reaches the
+	// node's socket, whether an attempt wants it or not (refuse_test.go).
+	punchesIn *atomic.Int64
 }
 
 func (c *Config) populate() error {

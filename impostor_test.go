@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -137,13 +138,9 @@ func TestMaliciousServer(t *testing.T) {
 				defer l.Close()
 
 				imp := s.impostor(t, ctx, victim, key, tr)
-				c, err := imp.Dial(ctx, l.ID(), tr)
-				if err == nil {
-					c.Close()
-					t.Fatal("the honest listener accepted the impostor")
-				}
+				err = dialAndRead(ctx, imp, l.ID(), tr)
 				if !errors.Is(err, ErrPeerAuth) {
-					t.Fatalf("impostor's dial err = %v, want ErrPeerAuth", err)
+					t.Fatalf("impostor's dial and read: %v, want ErrPeerAuth", err)
 				}
 				mu.Lock()
 				got := append([]error(nil), refused...)
@@ -160,6 +157,34 @@ func TestMaliciousServer(t *testing.T) {
 			})
 		})
 	}
+}
+
+// dialAndRead dials peer and reads from the connection, which is how a
+// dialer whose handshake completed learns that the peer refused it (the
+// welcome, docs/PROTOCOL.md §22.4): it returns Dial's error, or else the
+// error of the first Read, which must not deliver a byte. Writing first
+// must not hide the refusal either.
+func dialAndRead(ctx context.Context, n *Node, peer ID, tr Transport) error {
+	c, err := n.Dial(ctx, peer, tr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.Write([]byte("data before the welcome")) // may succeed; the peer discards it
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var b [1]byte
+	k, err := c.Read(b[:])
+	if err == nil {
+		return fmt.Errorf("the refused dialer read %d byte(s) %q", k, b[:k])
+	}
+	// Every later use fails the same way.
+	if _, werr := c.Write([]byte("x")); !errors.Is(werr, ErrPeerAuth) {
+		return fmt.Errorf("read: %w, but a later write: %v", err, werr)
+	}
+	if _, oerr := c.OpenStream(ctx); !errors.Is(oerr, ErrPeerAuth) {
+		return fmt.Errorf("read: %w, but OpenStream: %v", err, oerr)
+	}
+	return err
 }
 
 // TestMaliciousServerLegacy is the control for TestMaliciousServer: the

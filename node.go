@@ -482,6 +482,11 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 	if err != nil {
 		return nil, peerErr(err)
 	}
+	// A peer whose allow list we are not on answers the introduction
+	// with a refusal instead of punching (signal.go): it cancels ctx, and
+	// Dial returns it.
+	ctx, refuse := context.WithCancelCause(ctx)
+	defer refuse(nil)
 	if tr == TransportTCP {
 		addr, ok := addressOf(in.Addresses, wire.TransportTCP)
 		if !ok {
@@ -490,17 +495,19 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 		// The peer SIGNALs its LAN TCP candidates once introduced; they
 		// join the race as they come.
 		tg := newTCPTargets(addr)
-		n.addSession(peer, in.Secret, tg)
-		return n.dialTCP(ctx, peer, in.Secret, tg, true)
+		n.watchRefusal(n.addSession(peer, in.Secret, tg), refuse)
+		c, err := n.dialTCP(ctx, peer, in.Secret, tg, true)
+		return c, refusedErr(ctx, err)
 	}
-	n.addSession(peer, in.Secret, nil)
+	n.watchRefusal(n.addSession(peer, in.Secret, nil), refuse)
 	// Without UDP on either side no punch can succeed: straight to the
 	// relay (blocked.go).
 	_, peerUDP := addressOf(in.Addresses, wire.TransportUDP)
 	relayOnly := n.cfg.Relay == RelayAlways || n.UDPBlocked() || !peerUDP
 	rp := n.startRelay(peer, in.Secret, relayOnly)
 	if rp != nil && relayOnly {
-		return n.dialFallback(ctx, rp, ErrNoDirectPath, false)
+		c, err := n.dialFallback(ctx, rp, ErrNoDirectPath, false)
+		return c, refusedErr(ctx, err)
 	}
 	a, err := n.startAttempt(peer, in.Secret, in.Addresses, nil, true)
 	if err != nil {
@@ -511,6 +518,13 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 		n.signalBack(peer, in.Secret, nil)
 	}
 	path, rtt, err := a.wait(ctx)
+	if err := refusedErr(ctx, err); errors.Is(err, errRefused) {
+		if rp != nil {
+			n.wg.Add(1)
+			go func() { defer n.wg.Done(); rp.close(true) }()
+		}
+		return nil, err
+	}
 	if err != nil {
 		return n.dialFallback(ctx, rp, err, true)
 	}
@@ -553,11 +567,45 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 var preamble = [4]byte{'e', 'w', 'f', '1'}
 
 // onIntroduce runs when the server tells us a peer wants to connect: punch
-// towards it over UDP, and over TCP when it bound TCP and so do we.
+// towards it over UDP, and over TCP when it bound TCP and so do we; or,
+// when the allow list does not name the peer, refuse it.
 func (n *Node) onIntroduce(in client.Introduction) {
 	if n.ctx.Err() != nil {
 		return
 	}
+	if n.cfg.Allow != nil && !n.cfg.Allow(in.Peer) {
+		n.wg.Add(1)
+		go func() { defer n.wg.Done(); n.refuseIntroduction(in) }()
+		return
+	}
+	n.answerIntroduction(in)
+}
+
+// refuseIntroduction tells a peer that is not on the allow list, through
+// the server, that we will not connect to it (SIGNAL with REFUSED,
+// docs/PROTOCOL.md §20.7), and does not punch: its Dial fails with
+// ErrPeerAuth one server round trip after the introduction, and it gets no
+// path to us. If the server does not relay the refusal (one older than
+// REFUSED answers the SIGNAL with invalid attributes), we answer the
+// introduction as before and refuse the peer in the TLS handshake.
+func (n *Node) refuseIntroduction(in client.Introduction) {
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.PunchTimeout)
+	defer cancel()
+	err := n.ctl().Signal(ctx, n.self, n.currentKey(), in.Peer, in.Secret,
+		client.Signal{Refused: true, Refusal: wire.ReasonRefused})
+	if err == nil {
+		n.refused(in.Peer, errNotAllowed)
+		return
+	}
+	if n.ctx.Err() != nil {
+		return
+	}
+	n.log.Debug("refusal not relayed; refusing in the handshake", "peer", in.Peer, "err", err)
+	n.answerIntroduction(in)
+}
+
+// answerIntroduction punches towards the peer of an introduction.
+func (n *Node) answerIntroduction(in client.Introduction) {
 	conf, err := n.tlsConfig(in.Secret, in.Peer, false)
 	if err != nil {
 		n.log.Warn("introduction", "err", err)

@@ -421,8 +421,10 @@ func (rp *relayPath) close(force bool) {
 	}
 }
 
-// openConn opens the connection's stream on a new QUIC connection, sends
-// the preamble (node.go) and waits for the acceptor's welcome (tls.go).
+// openConn opens the connection's stream on a new QUIC connection and
+// sends the preamble (node.go). It does not wait for the acceptor's
+// welcome (tls.go): the Conn's first Read takes it, so Dial returns when
+// the handshake is done, a peer round trip sooner.
 func openConn(ctx context.Context, qc *quic.Conn, peer wire.ID, rtt time.Duration) (*Conn, error) {
 	st, err := qc.OpenStreamSync(ctx)
 	if err == nil {
@@ -432,17 +434,13 @@ func openConn(ctx context.Context, qc *quic.Conn, peer wire.ID, rtt time.Duratio
 		qc.CloseWithError(0, "")
 		if isAuthFailure(err) {
 			// The acceptor's refusal (CRYPTO_ERROR) can end the
-			// connection before the stream opens, not only while the
-			// welcome is awaited.
+			// connection before the stream opens.
 			return nil, handshakeErr("QUIC", qc.RemoteAddr(), err)
 		}
 		return nil, fmt.Errorf("ewf: open stream to %s: %w", qc.RemoteAddr(), err)
 	}
-	if err := awaitWelcome(ctx, st); err != nil {
-		qc.CloseWithError(0, "")
-		return nil, handshakeErr("QUIC", qc.RemoteAddr(), err)
-	}
 	c := newQUICConn(qc, st, peer, rtt)
+	c.welcomed.Store(false)
 	c.auth = authOf(peer)
 	return c, nil
 }

@@ -3,6 +3,7 @@ package ewf
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -37,6 +38,35 @@ type session struct {
 	// the peer's SIGNAL takes to arrive); startAttempt adds them.
 	udp        []netip.AddrPort
 	nsignalled int // valid SIGNALs received
+	// refusal is set when the peer refused us in a SIGNAL (REFUSED:
+	// we are not on its allow list); refuse, set by Dial, ends the dial
+	// with it (watchRefusal).
+	refusal error
+	refuse  context.CancelCauseFunc
+}
+
+// errRefused: the peer answered our introduction with REFUSED (docs/
+// PROTOCOL.md §20.7) instead of punching: we are not on its allow list.
+var errRefused = errors.New("ewf: the peer refused the introduction")
+
+// watchRefusal makes refuse run with the peer's refusal when one arrives
+// for the introduction s, or at once if it came already.
+func (n *Node) watchRefusal(s *session, refuse context.CancelCauseFunc) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	s.refuse = refuse
+	if s.refusal != nil {
+		refuse(s.refusal)
+	}
+}
+
+// refusedErr returns why ctx of a Dial was cancelled if the peer refused
+// us, and err otherwise.
+func refusedErr(ctx context.Context, err error) error {
+	if cause := context.Cause(ctx); err != nil && errors.Is(cause, errRefused) {
+		return cause
+	}
+	return err
 }
 
 // errNoIntroduction: a SIGNAL needs the SECRET of a live introduction.
@@ -115,6 +145,19 @@ func (n *Node) onSignal(sig client.Signal) {
 		}
 		n.mu.Unlock()
 		n.log.Debug("SIGNAL dropped: SIGNAL_MAC does not verify", "peer", sig.Peer)
+		return
+	}
+	if sig.Refused {
+		err := fmt.Errorf("%w: %w: peer %s (%s)", ErrPeerAuth, errRefused, sig.Peer, sig.Refusal)
+		n.mu.Lock()
+		if s.refusal == nil {
+			s.refusal = err
+		}
+		if s.refuse != nil {
+			s.refuse(s.refusal)
+		}
+		n.mu.Unlock()
+		n.log.Debug("refused by the peer", "peer", sig.Peer, "reason", sig.Refusal)
 		return
 	}
 	var udp, tcp []netip.AddrPort

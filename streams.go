@@ -61,18 +61,18 @@ func (c *Conn) OpenStream(ctx context.Context) (*Stream, error) {
 	if c.mux != nil {
 		m, err := c.mux.Open()
 		if err != nil {
-			return nil, streamErr(err)
+			return nil, c.streamErr(err)
 		}
 		return &Stream{c: c, m: m}, nil
 	}
 	q, err := c.qc.OpenStreamSync(ctx)
 	if err != nil {
-		return nil, streamErr(err)
+		return nil, c.streamErr(err)
 	}
 	if _, err := q.Write(streamPreamble[:]); err != nil {
 		q.CancelRead(0)
 		q.CancelWrite(0)
-		return nil, streamErr(err)
+		return nil, c.streamErr(err)
 	}
 	return &Stream{c: c, q: q}, nil
 }
@@ -88,14 +88,14 @@ func (c *Conn) AcceptStream(ctx context.Context) (*Stream, error) {
 			return nil, ctx.Err()
 		}
 		if err != nil {
-			return nil, streamErr(err)
+			return nil, c.streamErr(err)
 		}
 		return &Stream{c: c, m: m}, nil
 	}
 	for {
 		q, err := c.qc.AcceptStream(ctx)
 		if err != nil {
-			return nil, streamErr(err)
+			return nil, c.streamErr(err)
 		}
 		var pre [len(streamPreamble)]byte
 		q.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -119,7 +119,7 @@ func (s *Stream) Read(p []byte) (int, error) {
 	} else {
 		n, err = s.q.Read(p)
 	}
-	return n, streamErr(err)
+	return n, s.c.streamErr(err)
 }
 
 // Write writes p, waiting while the peer's flow-control window is full.
@@ -131,7 +131,7 @@ func (s *Stream) Write(p []byte) (int, error) {
 	} else {
 		n, err = s.q.Write(p)
 	}
-	return n, streamErr(err)
+	return n, s.c.streamErr(err)
 }
 
 // CloseWrite ends this side's direction once what was written arrived;
@@ -202,7 +202,12 @@ func streamErr(err error) error {
 	var mse *streammux.StreamError
 	var idle *quic.IdleTimeoutError
 	var app *quic.ApplicationError
+	var te *quic.TransportError
 	switch {
+	case errors.As(err, &te) && te.ErrorCode.IsCryptoError():
+		// The peer refused us in the TLS handshake after our side of
+		// it had finished (tls.go, welcome): the dialer learns it here.
+		return fmt.Errorf("%w: %w", ErrPeerAuth, err)
 	case errors.As(err, &qse):
 		return &StreamError{Code: uint32(qse.ErrorCode), Remote: qse.Remote}
 	case errors.As(err, &mse):

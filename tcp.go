@@ -180,6 +180,10 @@ func (n *Node) dialTCP(ctx context.Context, peer wire.ID, secret wire.Secret, tg
 	if err != nil {
 		return nil, err
 	}
+	// The handshakes outlive the race (the client ends the race once it
+	// has a connection) but not the caller's ctx: a dialer the peer
+	// refused meanwhile (signal.go) stops at once.
+	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.PunchTimeout)
 	defer cancel()
 	start := time.Now()
@@ -295,7 +299,7 @@ func (n *Node) dialTCP(ctx context.Context, peer wire.ID, secret wire.Secret, tg
 	}
 	hsc := make(chan handshake)
 	stop := make(chan struct{})
-	hctx, hcancel := context.WithCancel(n.ctx)
+	hctx, hcancel := context.WithCancel(parent)
 	var hwg sync.WaitGroup
 	run := func(raw net.Conn) {
 		hwg.Go(func() {
@@ -308,13 +312,11 @@ func (n *Node) dialTCP(ctx context.Context, peer wire.ID, secret wire.Secret, tg
 			c, cc := context.WithTimeout(hctx, 10*time.Second)
 			hs := time.Now()
 			err := tc.HandshakeContext(c)
-			// The handshake alone is one round trip on either side's
-			// clock (the RTT estimate below); the dialer's wait for the
-			// welcome after it is another, so it is not counted.
+			// The handshake is one round trip on either side's clock
+			// (the RTT estimate below). The dialer does not wait for
+			// the welcome: its Conn reads it first (welcomeConn).
 			dur := time.Since(hs)
-			if err == nil && isClient {
-				err = awaitWelcome(c, tc)
-			} else if err == nil {
+			if err == nil && !isClient {
 				unregister() // before the welcome goes out
 				tc.SetWriteDeadline(time.Now().Add(10 * time.Second))
 				_, err = tc.Write(welcome[:])

@@ -60,8 +60,8 @@ func TestTCPConcurrentDialers(t *testing.T) {
 				t.Fatalf("round %d: dialer %d: %v", round, i+1, errs[i])
 			}
 		}
-		// A Dial returns after the listener's welcome, so both
-		// connections are accepted already.
+		// A Dial returns once its handshake is done; the listener
+		// delivers each connection half a round trip later.
 		accepted := map[ewf.ID]*ewf.Conn{}
 		for range dialers {
 			actx, acancel := context.WithTimeout(ctx, 10*time.Second)

@@ -1,7 +1,6 @@
 package ewf
 
 import (
-	"context"
 	"crypto/ed25519"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -195,10 +194,16 @@ func (n *Node) refused(peer ID, err error) {
 
 // welcome is what the accepting side writes first, once it has checked
 // the dialer's certificate. TLS 1.3 (and QUIC) let the client finish its
-// handshake before the server has seen the client's certificate, so
-// without it a refused dialer would only learn of the refusal on its first
-// read; with it, Dial returns ErrPeerAuth instead of a Conn.
+// handshake before the server has seen the client's certificate, so the
+// welcome is how the dialer learns that it was let in. The dialer does not
+// wait for it in Dial (that would cost every connect a peer round trip,
+// docs/PROTOCOL.md §22.4): it reads it before the first byte the
+// application reads, and a refusal in its place ends the connection with
+// ErrPeerAuth (welcomeConn, Conn.readWelcome).
 var welcome = [4]byte{'e', 'w', 'f', '+'}
+
+// errNoWelcome: the acceptor sent something else where the welcome goes.
+var errNoWelcome = errors.New("ewf: the peer sent no welcome")
 
 // isAuthFailure tells a refusal in the TLS handshake (ours or the peer's,
 // as an alert) from the path failing under it.
@@ -218,26 +223,37 @@ func isAuthFailure(err error) bool {
 	return errors.As(err, &oe) && oe.Op == "remote error" // a TLS alert from the peer
 }
 
-// awaitWelcome reads the acceptor's welcome: only then has the acceptor
-// checked our certificate and let us in.
-func awaitWelcome(ctx context.Context, r interface {
-	io.Reader
-	SetReadDeadline(time.Time) error
-}) error {
-	deadline := time.Now().Add(10 * time.Second)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
+// welcomeConn is the TLS dialer's connection as its stream multiplexer
+// reads it: the first bytes must be the welcome, which it takes out; if
+// the acceptor refused us instead (a TLS alert), the error becomes
+// ErrPeerAuth, and every later use of the Conn returns it (Conn.fail).
+type welcomeConn struct {
+	net.Conn
+	c    *Conn
+	got  int // welcome bytes read; len(welcome)+1 once checked
+	buf  [len(welcome)]byte
+	peer wire.ID
+}
+
+func (w *welcomeConn) Read(p []byte) (int, error) {
+	for w.got < len(welcome) {
+		n, err := w.Conn.Read(w.buf[w.got:])
+		w.got += n
+		if err == io.EOF && w.got == len(welcome) && w.buf == welcome {
+			w.got++
+			return 0, err // the welcome, then the end
+		}
+		if err != nil {
+			return 0, w.c.fail(handshakeErr("TLS", "peer "+w.peer.String(), err))
+		}
 	}
-	r.SetReadDeadline(deadline)
-	defer r.SetReadDeadline(time.Time{})
-	var w [len(welcome)]byte
-	if _, err := io.ReadFull(r, w[:]); err != nil {
-		return err
+	if w.got == len(welcome) {
+		if w.buf != welcome {
+			return 0, w.c.fail(handshakeErr("TLS", "peer "+w.peer.String(), errNoWelcome))
+		}
+		w.got++
 	}
-	if w != welcome {
-		return errors.New("ewf: the peer sent no welcome")
-	}
-	return nil
+	return w.Conn.Read(p)
 }
 
 // handshakeErr names a failed handshake with the peer at addr: ErrPeerAuth

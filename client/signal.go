@@ -18,7 +18,12 @@ type Signal struct {
 	Relayed    []wire.Address // relayed (TURN) addresses
 	NATClass   wire.NATClass  // valid when HasNAT
 	HasNAT     bool
-	MAC        [wire.MACSize]byte // SIGNAL_MAC as received (OnSignal) or computed (Verify)
+	// Refused: the sender will not connect to the receiver (REFUSED,
+	// docs/PROTOCOL.md §20.7), for the reason Refusal
+	// (wire.ReasonRefused: not on its allow list).
+	Refused bool
+	Refusal wire.Reason
+	MAC     [wire.MACSize]byte // SIGNAL_MAC as received (OnSignal) or computed (Verify)
 }
 
 // message fills m's signalled attributes from s; it fails on a bad or
@@ -39,6 +44,9 @@ func (s *Signal) message(m *wire.Message) error {
 	}
 	if s.HasNAT {
 		m.SetNATClass(s.NATClass)
+	}
+	if s.Refused {
+		m.SetRefused(s.Refusal)
 	}
 	return nil
 }
@@ -75,6 +83,8 @@ func (c *Client) signalled(m *wire.Message) bool {
 		Relayed:    append([]wire.Address(nil), m.Relayed[:m.NumRelayed]...),
 		NATClass:   m.NATClass,
 		HasNAT:     m.Has(wire.AttrNATClass),
+		Refused:    m.Has(wire.AttrRefused),
+		Refusal:    m.Refused,
 		MAC:        m.SignalMAC,
 	}
 	c.cfg.OnSignal(s)

@@ -66,6 +66,8 @@ func (t AttrType) String() string {
 		return "RELAYED"
 	case AttrSignalMAC:
 		return "SIGNAL_MAC"
+	case AttrRefused:
+		return "REFUSED"
 	}
 	return "unknown"
 }
@@ -166,6 +168,8 @@ func (r Reason) String() string {
 		return "stale or replayed request"
 	case ReasonPeerUnreachable:
 		return "peer unreachable"
+	case ReasonRefused:
+		return "refused by the peer"
 	case ReasonUnknown:
 		return "unknown reason"
 	}

@@ -37,6 +37,7 @@ type Message struct {
 	Secret   Secret // SECRET
 	MAC      [MACSize]byte
 	NATClass NATClass // NAT_CLASS
+	Refused  Reason   // REFUSED (refused.go)
 	// Timestamp is TIMESTAMP: the sender's clock in Unix milliseconds. It
 	// travels with MAC in authenticated requests, so that a captured
 	// request stops working once it leaves the receiver's window.
@@ -87,6 +88,7 @@ func (m *Message) Reset() {
 	m.Secret = Secret{}
 	m.MAC = [MACSize]byte{}
 	m.NATClass = 0
+	m.Refused = 0
 	m.Timestamp = 0
 	m.SignalMAC = [MACSize]byte{}
 	m.NumAddresses = 0
@@ -217,6 +219,9 @@ func (m *Message) Len() int {
 	if m.Has(AttrNATClass) {
 		n += 4 + 4*wordsNATClass
 	}
+	if m.Has(AttrRefused) {
+		n += 4 + 4*wordsRefused
+	}
 	n += m.relayLen()
 	if m.Padding > 0 {
 		n += 4 + paddingWords(m.Padding)*4
@@ -235,7 +240,7 @@ func (m *Message) Len() int {
 
 // AppendTo appends the encoding of m to b and returns the extended slice.
 // Attributes are written in a fixed order (ERROR_REASON, ID, SOURCE_ID,
-// KEY, NETWORK_ADDRESS, CANDIDATE, RELAYED, SECRET, NAT_CLASS, RELAY_URL,
+// KEY, NETWORK_ADDRESS, CANDIDATE, RELAYED, SECRET, NAT_CLASS, REFUSED, RELAY_URL,
 // RELAY_USERNAME, RELAY_PASSWORD, RELAY_EXPIRY, PADDING, SIGNAL_MAC, TIMESTAMP, MAC),
 // MAC last as the spec
 // requires. It does not check that m is a valid message of its method; see
@@ -273,6 +278,9 @@ func (m *Message) AppendTo(b []byte) []byte {
 	}
 	if m.Has(AttrNATClass) {
 		b = appendNATClass(b, m.NATClass)
+	}
+	if m.Has(AttrRefused) {
+		b = appendRefused(b, m.Refused)
 	}
 	b = m.appendRelay(b)
 	if m.Padding > 0 {
@@ -402,7 +410,7 @@ func (m *Message) decodeAttr(t AttrType, v []byte) error {
 			return errTooManyCandidates
 		}
 		return nil
-	case AttrErrorReason, AttrID, AttrSourceID, AttrKey, AttrSecret, AttrMAC, AttrNATClass, AttrTimestamp, AttrSignalMAC:
+	case AttrErrorReason, AttrID, AttrSourceID, AttrKey, AttrSecret, AttrMAC, AttrNATClass, AttrRefused, AttrTimestamp, AttrSignalMAC:
 	default:
 		return errUnknownRequired
 	}
@@ -440,6 +448,12 @@ func (m *Message) decodeAttr(t AttrType, v []byte) error {
 			return err
 		}
 		m.SetNATClass(c)
+	case AttrRefused:
+		r, err := decodeRefused(v)
+		if err != nil {
+			return err
+		}
+		m.SetRefused(r)
 	case AttrTimestamp:
 		if len(v) != 4*wordsTime {
 			return errAttrLength

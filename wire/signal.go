@@ -23,7 +23,7 @@ import "encoding/binary"
 // signalled is the set of attributes a SIGNAL carries from one peer to the
 // other: the server copies exactly these into the indication, and the MAC
 // covers exactly these.
-var signalled = bCand | bRelayed | bit(AttrNATClass)
+var signalled = bCand | bRelayed | bit(AttrNATClass) | bit(AttrRefused)
 
 // signalMACLabel starts every SIGNAL_MAC input, so that no other HMAC keyed
 // by a SECRET (the PUNCH MAC covers a message that starts with an X header,
@@ -32,16 +32,18 @@ const signalMACLabel = "ewf SIGNAL MAC 1"
 
 // MaxSignalMACInput bounds what AppendSignalMACInput appends: the label,
 // two IDs, and every candidate and relayed address as IPv6.
-const MaxSignalMACInput = len(signalMACLabel) + 2*16 + (MaxCandidates+MaxRelayed)*(2+4+16) + 2 + 4
+const MaxSignalMACInput = len(signalMACLabel) + 2*16 + (MaxCandidates+MaxRelayed)*(2+4+16) + 2*(2+4)
 
 // AppendSignalMACInput appends to b the bytes SIGNAL_MAC covers for a SIGNAL
 // from the peer from to the peer to carrying the signalled attributes of m
-// (its CANDIDATEs and RELAYEDs, in message order, and its NAT_CLASS):
+// (its CANDIDATEs and RELAYEDs, in message order, its NAT_CLASS and
+// REFUSED):
 //
 //	"ewf SIGNAL MAC 1" (16 bytes) ‖ from (16) ‖ to (16)
 //	‖ per CANDIDATE:  00 06 ‖ transport ‖ family ‖ port (2) ‖ address (4 or 16)
 //	‖ per RELAYED:    00 0b ‖ transport ‖ family ‖ port (2) ‖ address (4 or 16)
 //	‖ if NAT_CLASS:   00 0a ‖ value (4)
+//	‖ if REFUSED:     00 12 ‖ value (4)
 //
 // Addresses appear in clear, not XOR-ed: the XOR depends on the transaction
 // ID, which the server changes. Both IDs are covered, so a SIGNAL cannot be
@@ -60,6 +62,10 @@ func AppendSignalMACInput(b []byte, from, to ID, m *Message) []byte {
 	if m.Has(AttrNATClass) {
 		b = binary.BigEndian.AppendUint16(b, uint16(AttrNATClass))
 		b = binary.BigEndian.AppendUint32(b, uint32(m.NATClass))
+	}
+	if m.Has(AttrRefused) {
+		b = binary.BigEndian.AppendUint16(b, uint16(AttrRefused))
+		b = binary.BigEndian.AppendUint32(b, uint32(m.Refused))
 	}
 	return b
 }
@@ -102,7 +108,7 @@ func (m *Message) AddRelayed(a Address) error {
 }
 
 // CopySignalled copies the signalled attributes of src (CANDIDATEs,
-// RELAYEDs, NAT_CLASS) into m, which the server does to turn a SIGNAL request into
+// RELAYEDs, NAT_CLASS, REFUSED) into m, which the server does to turn a SIGNAL request into
 // the indication. src must be a decoded, checked message, so the copies
 // cannot fail.
 func (m *Message) CopySignalled(src *Message) {
@@ -114,5 +120,8 @@ func (m *Message) CopySignalled(src *Message) {
 	}
 	if src.Has(AttrNATClass) {
 		m.SetNATClass(src.NATClass)
+	}
+	if src.Has(AttrRefused) {
+		m.SetRefused(src.Refused)
 	}
 }

@@ -18,6 +18,9 @@ const (
 	relayed6    = "000b0005" + "0002a147" + "0113a9faa5d3f179bc25f4b5bed2b9d9" // RELAYED udp [2001:db8:…]:32853
 	sigMAC      = "1fb2d91c6d0353312858c44ae94b513d2da0111a1b6beddc1dbddba0b42a2466"
 	sigMACEmpty = "c04f2ed9fe64dcbc12d615f347782fea0eb3c67492f9b2a587438c5878a42d0a"
+	// sigMACRefused is the SIGNAL_MAC of a SIGNAL that carries only
+	// REFUSED (not on the allow list): HMAC of sigInputRefused.
+	sigMACRefused = "2ddc9b36cfaee8f1f78796bee530445cbd9638ec8a6ca492a299a07226d46d9e"
 
 	// The MAC input of a SIGNAL from SOURCE_ID 2021…2f to ID 0001…0f with
 	// CANDIDATE udp/192.0.2.1:32853 and RELAYED udp/[2001:db8:…]:32853:
@@ -27,6 +30,12 @@ const (
 		"0006" + "00" + "01" + "8055" + "c0000201" +
 		"000b" + "00" + "02" + "8055" + "20010db8123456780011223344556677"
 )
+
+// sigInputRefused is the MAC input of a SIGNAL from 2021…2f to 0001…0f
+// that carries REFUSED (reason 0x10) and nothing else.
+const sigInputRefused = "657766205349474e414c204d41432031" + srcHex + idHex + "0012" + "00000010"
+
+func withRefused(m *wire.Message) { m.SetRefused(wire.ReasonRefused) }
 
 func withRelayed(a wire.Address) func(*wire.Message) {
 	return func(m *wire.Message) {
@@ -79,6 +88,49 @@ func TestSignalMACInput(t *testing.T) {
 	}
 }
 
+// TestRefusedSignal: REFUSED is covered by SIGNAL_MAC (the input written
+// by hand, the MAC computed outside Go, as for sigMAC), survives the
+// server's copy into the indication, and is part of the MAC input, so
+// that no one without the SECRET can add it to a SIGNAL or strip it off.
+func TestRefusedSignal(t *testing.T) {
+	var req wire.Message
+	for _, g := range goldens {
+		if g.name == "signal-request-refused" {
+			req = g.want
+		}
+	}
+	if !req.Has(wire.AttrRefused) || req.Refused != wire.ReasonRefused {
+		t.Fatalf("golden request lacks REFUSED: %+v", req)
+	}
+	var ind wire.Message
+	ind.CopySignalled(&req)
+	if !ind.Has(wire.AttrRefused) || ind.Refused != wire.ReasonRefused {
+		t.Fatal("CopySignalled dropped REFUSED")
+	}
+	in := wire.AppendSignalMACInput(nil, testSrc, testID, &ind)
+	if want := unhex(t, sigInputRefused); !bytes.Equal(in, want) {
+		t.Fatalf("MAC input\n%x\nwant\n%x", in, want)
+	}
+	h := hmac.New(sha256.New, testSec[:])
+	h.Write(in)
+	if sum := h.Sum(nil); !bytes.Equal(sum, mustHex(sigMACRefused)) {
+		t.Fatalf("HMAC %x, want %s", sum, sigMACRefused)
+	}
+	var stripped wire.Message
+	if bytes.Equal(wire.AppendSignalMACInput(nil, testSrc, testID, &stripped), in) {
+		t.Error("REFUSED is not in the MAC input")
+	}
+	if wire.AttrRefused.String() != "REFUSED" || wire.ReasonRefused.String() != "refused by the peer" {
+		t.Errorf("names %q, %q", wire.AttrRefused, wire.ReasonRefused)
+	}
+	// A REFUSED of the wrong length is invalid attributes.
+	bad := unhex(t, hdr("c017", "0044")+attrSource+"00120002"+"0000001000000000"+"000c0008"+sigMACRefused)
+	var m wire.Message
+	if err := m.Decode(bad); !errors.Is(err, wire.ErrInvalidAttributes) {
+		t.Errorf("REFUSED of 2 words: %v", err)
+	}
+}
+
 // TestSignalMACInputBound: the largest message fits MaxSignalMACInput and
 // appending into a buffer of that capacity does not allocate.
 func TestSignalMACInputBound(t *testing.T) {
@@ -94,6 +146,7 @@ func TestSignalMACInputBound(t *testing.T) {
 		}
 	}
 	m.SetNATClass(wire.MakeNATClass(3, 3, 3, 0, 0))
+	m.SetRefused(wire.ReasonRefused)
 	var buf [wire.MaxSignalMACInput]byte
 	if n := len(wire.AppendSignalMACInput(buf[:0], testSrc, testID, &m)); n != wire.MaxSignalMACInput {
 		t.Errorf("largest input %d bytes, MaxSignalMACInput %d", n, wire.MaxSignalMACInput)
