@@ -4,13 +4,16 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net/netip"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/ewf-project/ewf/client"
 	"github.com/ewf-project/ewf/server"
+	"github.com/ewf-project/ewf/wire"
 )
 
 // TestRefusedAtIntroduction: a listener whose allow list does not name the
@@ -117,5 +120,41 @@ func TestRefusedAtIntroduction(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestRefusalNotRelayedFallsBack: when the server does not take the
+// REFUSED SIGNAL (here because it does not know the querier; an ewfd older
+// than REFUSED answers invalid attributes), the listener answers the
+// introduction as before — it remembers it and punches — so that the
+// refusal happens in the TLS handshake, and reports nothing yet.
+func TestRefusalNotRelayedFallsBack(t *testing.T) {
+	d, err := server.Start(server.Config{Listen: []string{"127.0.0.1:0"}, DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var reported atomic.Int64
+	l, err := Listen(ctx, Config{Server: d.Addrs()[0].String(), IdentityFile: filepath.Join(t.TempDir(), "l.json"),
+		Allow:     AllowList{}.Allows,
+		OnRefused: func(ID, error) { reported.Add(1) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	in := client.Introduction{Peer: wire.ID{0x42}, Secret: wire.Secret{7},
+		Addresses: []wire.Address{{Transport: wire.TransportUDP, AddrPort: netip.MustParseAddrPort("127.0.0.1:9")}}}
+	n := l.Node()
+	n.refuseIntroduction(in) // the SIGNAL gets "not registered"
+	n.mu.Lock()
+	a, it := n.attempts[in.Peer], n.intros[serverName(in.Secret)]
+	n.mu.Unlock()
+	if a == nil || it == nil {
+		t.Fatalf("no fallback: attempt %v, introduction %v", a != nil, it != nil)
+	}
+	if k := reported.Load(); k != 0 {
+		t.Errorf("%d refusals reported before the handshake refused anything", k)
 	}
 }

@@ -26,6 +26,13 @@
 //	closed peer=<32 hex> transport=<udp|tcp> seconds=<n> [err="..."]  (listen)
 //	error reason=<word> msg="..."
 //
+// A connector not on the listener's --allow list gets "error
+// reason=peer-auth" without a "connected" line (the listener refuses at the
+// introduction). "connected" is printed when the connector's handshake is
+// done, before the listener's verdict on the connector's certificate
+// arrives (docs/PROTOCOL.md §22.4): if the listener then refuses it (an
+// impostor a lying server introduced), "error reason=peer-auth" follows.
+//
 // Forwarding adds:
 //
 //	expose label=<label|-> target=<host:port> proto=<tcp|udp>        (listener, per service)
