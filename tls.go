@@ -224,7 +224,8 @@ func isAuthFailure(err error) bool {
 }
 
 // welcomeConn is the TLS dialer's connection as its stream multiplexer
-// reads it: the first bytes must be the welcome, which it takes out; if
+// reads it (one Read at a time: streammux's read token): the first bytes
+// must be the welcome, which it takes out; if
 // the acceptor refused us instead (a TLS alert), the error becomes
 // ErrPeerAuth, and every later use of the Conn returns it (Conn.fail).
 type welcomeConn struct {
@@ -242,6 +243,12 @@ func (w *welcomeConn) Read(p []byte) (int, error) {
 		if err == io.EOF && w.got == len(welcome) && w.buf == welcome {
 			w.got++
 			return 0, err // the welcome, then the end
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() && !isAuthFailure(err) {
+			// A read deadline: streammux interrupts its reader so; the
+			// next Read goes on with the welcome where this one stopped.
+			return 0, err
 		}
 		if err != nil {
 			return 0, w.c.fail(handshakeErr("TLS", "peer "+w.peer.String(), err))
