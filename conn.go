@@ -82,7 +82,11 @@ func newTLSConn(tc *tls.Conn, peer ID, rtt time.Duration, isClient bool, idle ti
 	if isClient {
 		conn = &welcomeConn{Conn: tc, c: c, peer: peer}
 	}
-	c.mux = streammux.New(conn, streammux.Config{Client: isClient, IdleTimeout: idle, Window: tcpStreamWindow})
+	cfg := streammux.Config{Client: isClient, IdleTimeout: idle, Window: tcpStreamWindow}
+	if b, ok := tc.NetConn().(streammux.Batcher); ok {
+		cfg.Batcher = b
+	}
+	c.mux = streammux.New(conn, cfg)
 	c.def = c.mux.Default()
 	return c
 }

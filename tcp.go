@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ewf-project/ewf/client"
+	"github.com/ewf-project/ewf/streammux"
 	"github.com/ewf-project/ewf/wire"
 )
 
@@ -304,10 +305,18 @@ func (n *Node) dialTCP(ctx context.Context, peer wire.ID, secret wire.Secret, tg
 	run := func(raw net.Conn) {
 		hwg.Go(func() {
 			var tc *tls.Conn
+			// Beneath TLS, so that a stream Write's short frame
+			// leaves with a full one (streammux.Batcher); writes
+			// go to the TCP connection itself, for writev.
+			w := raw
+			if pc, ok := raw.(*prefixConn); ok {
+				w = pc.Conn
+			}
+			bc := streammux.NewBatchConn(raw, w)
 			if isClient {
-				tc = tls.Client(raw, conf)
+				tc = tls.Client(bc, conf)
 			} else {
-				tc = tls.Server(raw, conf)
+				tc = tls.Server(bc, conf)
 			}
 			c, cc := context.WithTimeout(hctx, 10*time.Second)
 			hs := time.Now()

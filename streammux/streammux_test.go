@@ -438,8 +438,14 @@ func TestHeaderLayout(t *testing.T) {
 // sessions: the interrupts of a Read that reads the connection itself
 // rely on crypto/tls surviving a read deadline.
 func tlsPair(t testing.TB) (net.Conn, net.Conn) {
+	return tlsPairOver(t, func(c net.Conn) net.Conn { return c })
+}
+
+// tlsPairOver is tlsPair with wrap applied to both TCP ends beneath TLS.
+func tlsPairOver(t testing.TB, wrap func(net.Conn) net.Conn) (net.Conn, net.Conn) {
 	t.Helper()
 	a, c := tcpPair(t)
+	a, c = wrap(a), wrap(c)
 	pub, key, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -771,4 +777,39 @@ func pattern(i, n int) []byte {
 		b[j] = byte(i*131 + j*7 + j>>9)
 	}
 	return b
+}
+
+// noDeadlineConn cannot set read deadlines, so a Read cannot be
+// interrupted inside it.
+type noDeadlineConn struct{ net.Conn }
+
+func (noDeadlineConn) SetReadDeadline(time.Time) error { return errors.New("not supported") }
+
+// TestConnWithoutReadDeadline: over a connection whose read deadline
+// does not work, Reads never read it themselves (nothing could get them
+// out): the background goroutine reads for them, and Close still ends a
+// waiting Read at once.
+func TestConnWithoutReadDeadline(t *testing.T) {
+	a, b := tcpPair(t)
+	c, s := New(noDeadlineConn{a}, Config{Client: true}), New(noDeadlineConn{b}, Config{})
+	defer c.Close()
+	defer s.Close()
+	if c.canLead {
+		t.Fatal("canLead over a connection without read deadlines")
+	}
+	checkDefaultStream(t, c, s)
+	st, _ := c.Open()
+	s.Accept(nil)
+	errc := make(chan error, 1)
+	go func() { _, err := st.Read(make([]byte, 10)); errc <- err }()
+	time.Sleep(20 * time.Millisecond)
+	st.Close()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("Read: %v", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Close did not end the Read")
+	}
 }
