@@ -125,6 +125,8 @@ type host struct {
 	addr6  netip.Addr // global IPv6, for the server and hosts of IPv6 routers
 	router *router    // nil for public hosts
 	fwd    *Forwarder // public hosts with a WAN link
+	// uplinks, for a host given a second one (roam.go): by interface.
+	uplinks map[string]uplinkOf
 }
 
 // Skip skips the test with one line when the lab cannot run here: not root,
