@@ -363,4 +363,3 @@ func pacedTransfer(lab *Lab, local netip.AddrPort, over time.Duration) error {
 	}
 	return nil
 }
-
