@@ -22,7 +22,7 @@ import (
 
 // migrateServer runs ewfd with its embedded relay on loopback (loopback
 // peers allowed: every relayed endpoint is on 127.0.0.1).
-func migrateServer(t *testing.T) *server.Daemon {
+func migrateServer(t testing.TB) *server.Daemon {
 	t.Helper()
 	d, err := server.Start(server.Config{
 		Listen: []string{"127.0.0.1:0"}, DataDir: t.TempDir(),
@@ -41,7 +41,7 @@ func migrateServer(t *testing.T) *server.Daemon {
 }
 
 // relayedBytes is what the relay has sent to peers so far.
-func relayedBytes(t *testing.T, d *server.Daemon) float64 {
+func relayedBytes(t testing.TB, d *server.Daemon) float64 {
 	t.Helper()
 	mfs, err := d.Server().Registry().Gather()
 	if err != nil {
@@ -63,7 +63,7 @@ func relayedBytes(t *testing.T, d *server.Daemon) float64 {
 	return sum
 }
 
-func openFirewalled(t *testing.T, ctx context.Context, srv, name string, fw *atomic.Bool) *Node {
+func openFirewalled(t testing.TB, ctx context.Context, srv, name string, fw *atomic.Bool) *Node {
 	t.Helper()
 	cfg := Config{Server: srv, IdentityFile: filepath.Join(t.TempDir(), name+".json"),
 		PunchTimeout: time.Second, dropPeers: fw}
@@ -277,5 +277,75 @@ func TestFirewallKeepsRelay(t *testing.T) {
 	}
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		t.Fatal("timed out")
+	}
+}
+
+// BenchmarkMovedThroughput moves bytes one way over a connection that was
+// direct from the start, one that stays relayed (firewall closed), and
+// one that was relayed and moved to the direct path (pathSwitch under
+// QUIC, datagrams through the node's main socket), side by side on
+// loopback:
+//
+//	go test -run '^$' -bench BenchmarkMovedThroughput -benchtime 64x .
+func BenchmarkMovedThroughput(b *testing.B) {
+	for _, mode := range []string{"direct", "relay", "moved"} {
+		b.Run(mode, func(b *testing.B) {
+			d := migrateServer(b)
+			srv := d.Addrs()[0].String()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			fw := new(atomic.Bool)
+			fw.Store(mode != "direct")
+			ln := openFirewalled(b, ctx, srv, "listener", fw)
+			dn := openFirewalled(b, ctx, srv, "dialer", fw)
+			dc, err := dn.Dial(ctx, ln.ID(), "")
+			if err != nil {
+				b.Fatal(err)
+			}
+			ac, err := ln.Accept(ctx)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if mode == "moved" {
+				fw.Store(false)
+				for _, c := range []*Conn{dc, ac} {
+					select {
+					case <-c.Moved():
+					case <-time.After(20 * time.Second):
+						b.Fatal("no move")
+					}
+				}
+				for d.Relay().Allocations() != 0 {
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+			if want := map[string]Path{"direct": PathDirect, "relay": PathRelay, "moved": PathDirect}[mode]; dc.Path() != want {
+				b.Fatalf("path %s, want %s", dc.Path(), want)
+			}
+			const chunk = 1 << 20
+			p := make([]byte, chunk)
+			rand.Read(p)
+			done := make(chan int64, 1)
+			go func() {
+				n, _ := io.Copy(io.Discard, ac)
+				done <- n
+			}()
+			b.SetBytes(chunk)
+			b.ResetTimer()
+			for range b.N {
+				if _, err := dc.Write(p); err != nil {
+					b.Fatal(err)
+				}
+			}
+			dc.CloseWrite()
+			if n := <-done; n != int64(b.N)*chunk {
+				b.Fatalf("%d bytes arrived, want %d", n, int64(b.N)*chunk)
+			}
+			b.StopTimer()
+			ac.CloseWrite()
+			io.Copy(io.Discard, dc)
+			dc.Close()
+			ac.Close()
+		})
 	}
 }
