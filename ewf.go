@@ -91,6 +91,8 @@ type Config struct {
 	// Default: uniformly random between 20 and 25 s, well inside the
 	// server's 120 s binding lifetime and the 30 s UDP timeout of strict
 	// NATs.
+	// A refresh is also how the node notices that its public address
+	// changed, and then tells its connected peers (docs/PROTOCOL.md §24).
 	KeepaliveInterval func() time.Duration
 	// IdleTimeout ends a connection when nothing arrived from the peer for
 	// this long, however quiet the application is (keepalives flow): it is
