@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -113,12 +114,13 @@ func TestListenerRoams(t *testing.T) {
 	// dial starts a new dialer on the laptop with a forward to the echo
 	// service and returns it and the forward's local address.
 	ndial := 0
-	dial := func(t *testing.T) (*Proc, netip.AddrPort, map[string]string) {
+	dial := func(t *testing.T, extra ...string) (*Proc, netip.AddrPort, map[string]string) {
 		t.Helper()
 		ndial++
-		c, err := lab.Start("laptop", ewf, "connect", "-v", "--server", matrixServer,
+		args := append([]string{"connect", "-v", "--server", matrixServer,
 			"--identity", filepath.Join(dir, fmt.Sprintf("laptop%d.json", ndial)), "--keepalive", "1s",
-			"--forward", fmt.Sprintf("127.0.0.1:%d=echo", 2220+ndial), id)
+			"--forward", fmt.Sprintf("127.0.0.1:%d=echo", 2220+ndial)}, extra...)
+		c, err := lab.Start("laptop", ewf, append(args, id)...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -127,7 +129,11 @@ func TestListenerRoams(t *testing.T) {
 		if err != nil {
 			t.Fatalf("dialer %d: %v\n--- listener:\n%s", ndial, err, strings.Join(l.Lines(), "\n"))
 		}
-		if got["transport"] != "udp" || got["path"] != "direct" {
+		wantTr := "udp"
+		if slices.Contains(extra, "tcp") {
+			wantTr = "tcp"
+		}
+		if got["transport"] != wantTr || got["path"] != "direct" {
 			t.Errorf("connected line: %v", got)
 		}
 		fw, err := c.WaitLine("forward", 10*time.Second)
@@ -245,6 +251,10 @@ func TestListenerRoams(t *testing.T) {
 	t.Run("uplink-switch", func(t *testing.T) {
 		c, local, _ := dial(t)
 		defer c.Kill()
+		// A connection over TCP cannot follow (a TCP connection is its
+		// address pair): it must end with a clear error, not hang.
+		ct, _, _ := dial(t, "--transport", "tcp", "--idle-timeout", "3s")
+		defer ct.Kill()
 		run := startPaced(lab, local, 3*time.Second)
 		time.Sleep(time.Second)
 		if err := lab.SwitchUplink("home", "eth0", "eth1"); err != nil {
@@ -257,6 +267,13 @@ func TestListenerRoams(t *testing.T) {
 		}
 		t.Logf("transfer done %v after the switch", time.Since(switched).Round(10*time.Millisecond))
 		wantFollowed(t, c)
+		if e, err := ct.WaitLine("error", 15*time.Second); err != nil {
+			t.Errorf("the TCP connection across the switch: %v", err)
+		} else if e["reason"] != "idle-timeout" && e["reason"] != "peer-closed" {
+			t.Errorf("the TCP connection across the switch ended with %v", e)
+		} else {
+			t.Logf("TCP: error reason=%s %v after the switch", e["reason"], time.Since(switched).Round(100*time.Millisecond))
+		}
 		got := newDialer(t)
 		remote, err := netip.ParseAddrPort(got["remote"])
 		if err != nil || remote.Addr() != lab.PublicAddr("wired") {
