@@ -165,31 +165,38 @@ func (ps *pathSwitch) fromDirect(b []byte) {
 func (ps *pathSwitch) ReadFrom(b []byte) (int, net.Addr, error) {
 	for {
 		var expired <-chan time.Time
+		var t *time.Timer
 		if dl := ps.deadline.Load(); dl != nil && !dl.IsZero() {
 			d := time.Until(*dl)
 			if d <= 0 {
 				return 0, nil, os.ErrDeadlineExceeded
 			}
-			t := time.NewTimer(d)
-			defer t.Stop()
+			t = time.NewTimer(d)
 			expired = t.C
 		}
+		var p *packet
 		select {
-		case p := <-ps.in:
-			if p.err != nil {
-				err := p.err
-				packetPool.Put(p)
-				return 0, nil, err
-			}
-			n, from := copy(b, p.buf[:p.n]), p.from
-			packetPool.Put(p)
-			return n, from, nil
+		case p = <-ps.in:
 		case <-ps.kick:
 		case <-expired:
 			return 0, nil, os.ErrDeadlineExceeded
 		case <-ps.done:
 			return 0, nil, net.ErrClosed
 		}
+		if t != nil {
+			t.Stop()
+		}
+		if p == nil {
+			continue // the deadline changed
+		}
+		if p.err != nil {
+			err := p.err
+			packetPool.Put(p)
+			return 0, nil, err
+		}
+		n, from := copy(b, p.buf[:p.n]), p.from
+		packetPool.Put(p)
+		return n, from, nil
 	}
 }
 

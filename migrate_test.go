@@ -16,8 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ewf-project/ewf/punch"
 	"github.com/ewf-project/ewf/server"
 	"github.com/ewf-project/ewf/server/relay"
+	"github.com/ewf-project/ewf/wire"
 )
 
 // migrateServer runs ewfd with its embedded relay on loopback (loopback
@@ -278,6 +280,104 @@ func TestFirewallKeepsRelay(t *testing.T) {
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		t.Fatal("timed out")
 	}
+}
+
+// TestForgedPunchDivertsNothing: only a PUNCH whose MAC verifies under
+// the introduction's SECRET may divert a relayed connection's traffic. A
+// stranger who knows both IDs and the acceptor's address sends PUNCH
+// requests keyed by a SECRET of its own: the background punch counts them
+// as bad MACs, no diversion is installed, the connection stays relayed.
+// The control: the same stranger holding the real SECRET does get its
+// address diverted (which is why the SECRET must stay between the peers
+// and the server), and still cannot move the sends, which needs an
+// answer to the acceptor's own request.
+func TestForgedPunchDivertsNothing(t *testing.T) {
+	d := migrateServer(t)
+	srv := d.Addrs()[0].String()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	ln := openFirewalled(t, ctx, srv, "listener", nil)
+	cfg := Config{Server: srv, IdentityFile: filepath.Join(t.TempDir(), "dialer.json"), Relay: RelayAlways}
+	dn, err := Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dn.Close()
+	dc, err := dn.Dial(ctx, ln.ID(), "")
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	defer dc.Close()
+	ac, err := ln.Accept(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ac.Close()
+	// The acceptor punches in the background; the dialer, which chose the
+	// relay, never answers.
+	ln.mu.Lock()
+	mg := ln.migrators[dn.ID()]
+	ln.mu.Unlock()
+	if mg == nil {
+		t.Fatal("the acceptor runs no background punch for its relayed connection")
+	}
+	stranger, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stranger.Close()
+	target := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(ln.sock.LocalAddr().(*net.UDPAddr).Port))
+	from := stranger.LocalAddr().(*net.UDPAddr).AddrPort()
+	punchAs := func(secret wire.Secret) {
+		for range 3 {
+			now := time.Now()
+			m, err := punch.New(punch.Config{Self: dn.ID(), Peer: ln.ID(), Secret: secret,
+				Candidates: []netip.AddrPort{target}}, now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range m.Tick(now) {
+				stranger.WriteToUDPAddrPort(p.Data, p.To)
+			}
+		}
+	}
+	diverted := func() bool {
+		tb := ln.sc.diverts.Load()
+		return tb != nil && (*tb)[from] != nil
+	}
+	var forged wire.Secret
+	rand.Read(forged[:])
+	punchAs(forged)
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		mg.mu.Lock()
+		bad := mg.m.Stats().BadMAC
+		mg.mu.Unlock()
+		if bad > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the forged PUNCH never reached the background punch")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if diverted() || ac.Path() != PathRelay {
+		t.Fatalf("a forged PUNCH diverted %v (path %s)", from, ac.Path())
+	}
+	// Control: with the real SECRET the address is diverted; the sends
+	// stay on the relay.
+	punchAs(mg.secret)
+	deadline = time.Now().Add(2 * time.Second)
+	for !diverted() {
+		if time.Now().After(deadline) {
+			t.Fatal("control: a PUNCH under the real SECRET diverted nothing: the test cannot see a diversion")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if ac.Path() != PathRelay {
+		t.Fatalf("control: path %s without an answer to the acceptor's own request", ac.Path())
+	}
+	exchange(t, dc, ac, 64<<10)
 }
 
 // BenchmarkMovedThroughput moves bytes one way over a connection that was
