@@ -391,9 +391,11 @@ func (c *classifier) run(res *Result) error {
 // portPattern finds a constant small step between consecutive ports. A
 // sequential NAT is shared: another host's flows (or this host's own, a
 // punch opening sockets meanwhile) take ports in between, which shows as a
-// bigger step in the same direction. So one such step of any size is
-// forgiven as long as all the others agree; random ports do not agree on
-// five steps out of six by chance.
+// bigger step in the same direction; and its counter wraps at the end of
+// its range, a big step back (seen in the lab: [22044 22046 22047 20002
+// 20003 20004] from a counter over 20000-22047). So one step of any size,
+// either way, is forgiven as long as all the others agree; random ports
+// do not agree on five steps out of six by chance.
 //
 // One sample may also be an outlier, off the run altogether: a mapping
 // that already existed (a conntrack entry of an earlier socket that had
@@ -457,7 +459,7 @@ func seqPattern(ports []uint16) (Ports, int8) {
 		return PortsRandom, 0
 	}
 	for _, d := range diffs {
-		if d == 0 || (d > 0) != (best > 0) {
+		if d == 0 {
 			return PortsRandom, 0
 		}
 	}

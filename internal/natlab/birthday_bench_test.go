@@ -3,6 +3,7 @@ package natlab
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -66,7 +67,9 @@ func BenchmarkBirthday(b *testing.B) {
 					times = append(times, d)
 				case isNoPath(err):
 					misses++
-					b.Logf("miss: %v\nlistener:\n%s", err, strings.Join(lines, "\n"))
+					// On stderr: the benchmark's own log keeps only its
+					// first 10 lines.
+					fmt.Fprintf(os.Stderr, "%s: miss: %v\n%s\n", name, err, strings.Join(lines, "\n"))
 				default:
 					b.Fatal(err)
 				}
@@ -95,9 +98,10 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 	return s[min(max(i, 0), len(s)-1)]
 }
 
-// onceLogged is benchConn.once with the listener at -v, returning the
-// listener's stderr when the connector reports an error, so that a miss
-// can be told apart: no extra sockets opened, or no guess landed.
+// onceLogged is benchConn.once with both sides at -v, returning their
+// discovery, birthday and punch lines when the connector reports an error,
+// so that a miss can be told apart: no extra sockets opened, no guess
+// landed, or a path up on one side only.
 func (bc *benchConn) onceLogged(b *testing.B) (time.Duration, []string, error) {
 	b.StopTimer()
 	l, err := bc.lab.Start(bc.listener, bc.ewf, "listen", "--server", matrixServer, "--identity", bc.lid,
@@ -113,7 +117,7 @@ func (bc *benchConn) onceLogged(b *testing.B) (time.Duration, []string, error) {
 	b.StartTimer()
 	start := time.Now()
 	c, err := bc.lab.Start(bc.connector, bc.ewf, "connect", "--server", matrixServer, "--identity", bc.cid,
-		"--punch-timeout", matrixPunch.String(), "--transport", bc.transport, "--timeout", "30s", ready["id"])
+		"--punch-timeout", matrixPunch.String(), "--transport", bc.transport, "--timeout", "30s", "-v", ready["id"])
 	if err != nil {
 		return 0, nil, err
 	}
@@ -123,10 +127,15 @@ func (bc *benchConn) onceLogged(b *testing.B) (time.Duration, []string, error) {
 	b.StopTimer()
 	if err != nil {
 		var keep []string
-		for _, line := range l.Lines() {
-			if strings.Contains(line, "birthday") || strings.Contains(line, "NAT discovery") ||
-				strings.Contains(line, "introduced") || strings.Contains(line, "signalled") || strings.Contains(line, "connected") {
-				keep = append(keep, line)
+		for _, side := range []struct {
+			name string
+			p    *Proc
+		}{{"listener", l}, {"connector", c}} {
+			for _, line := range side.p.Lines() {
+				if strings.Contains(line, "birthday") || strings.Contains(line, "NAT discovery") || strings.Contains(line, "punch ended") ||
+					strings.Contains(line, "introduced") || strings.Contains(line, "signalled") || strings.Contains(line, "connected") {
+					keep = append(keep, side.name+": "+line)
+				}
 			}
 		}
 		return d, keep, err
