@@ -29,12 +29,15 @@ type Conn struct {
 
 	// The path: set before the Conn is handed out, changed under pmu
 	// when a relayed connection moves to a direct path (migrate.go).
-	pmu    sync.Mutex
-	rtt    time.Duration
-	path   Path           // PathDirect unless relayed (relay.go)
-	relay  netip.AddrPort // the relayed address in use, if relayed
-	direct netip.AddrPort // the direct address a relayed connection moved to
-	moved  chan struct{}  // closed when it moved
+	pmu   sync.Mutex
+	rtt   time.Duration
+	path  Path           // PathDirect unless relayed (relay.go)
+	relay netip.AddrPort // the relayed address in use, if relayed
+	// relayTr is how this side reaches the relay, if relayed: UDP, or
+	// TCP (TURN over TCP: UDP blocked, or a --transport tcp dial).
+	relayTr Transport
+	direct  netip.AddrPort // the direct address a relayed connection moved to
+	moved   chan struct{}  // closed when it moved
 
 	// QUIC: qc and its default stream st. TCP: tc, multiplexed by mux,
 	// whose stream 0 is the default stream def.
@@ -180,6 +183,17 @@ func (c *Conn) Relay() (netip.AddrPort, bool) {
 	c.pmu.Lock()
 	defer c.pmu.Unlock()
 	return c.relay, c.path == PathRelay
+}
+
+// RelayTransport returns how this side's packets reach the relay, if Path
+// is PathRelay: TransportUDP, or TransportTCP when it talks TURN over TCP
+// (its network drops UDP, or it dialled with TransportTCP). The session
+// itself is QUIC end to end either way: Transport is TransportUDP for
+// every relayed connection, because the relay forwards datagrams.
+func (c *Conn) RelayTransport() (Transport, bool) {
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	return c.relayTr, c.path == PathRelay
 }
 
 // Moved returns a channel that is closed when a relayed connection has

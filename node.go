@@ -496,7 +496,7 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 		// join the race as they come.
 		tg := newTCPTargets(addr)
 		n.watchRefusal(n.addSession(peer, in.Secret, tg), refuse)
-		c, err := n.dialTCP(ctx, peer, in.Secret, tg, true)
+		c, err := n.dialTCPOrRelay(ctx, peer, in.Secret, tg)
 		return c, refusedErr(ctx, err)
 	}
 	n.watchRefusal(n.addSession(peer, in.Secret, nil), refuse)
@@ -504,7 +504,7 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 	// relay (blocked.go).
 	_, peerUDP := addressOf(in.Addresses, wire.TransportUDP)
 	relayOnly := n.cfg.Relay == RelayAlways || n.UDPBlocked() || !peerUDP
-	rp := n.startRelay(peer, in.Secret, relayOnly)
+	rp := n.startRelay(peer, in.Secret, relayOnly, false)
 	if rp != nil && relayOnly {
 		c, err := n.dialFallback(ctx, rp, ErrNoDirectPath, false)
 		return c, refusedErr(ctx, err)
@@ -641,7 +641,7 @@ func (n *Node) answerIntroduction(in client.Introduction) {
 	}
 	s := n.addSession(in.Peer, in.Secret, tg)
 	_, peerUDP := addressOf(in.Addresses, wire.TransportUDP)
-	n.startRelay(in.Peer, in.Secret, n.cfg.Relay == RelayAlways || n.UDPBlocked() || !peerUDP)
+	n.startRelay(in.Peer, in.Secret, n.cfg.Relay == RelayAlways || n.UDPBlocked() || !peerUDP, false)
 	if n.UDPBlocked() {
 		// No UDP punch from here: the relay (blocked.go).
 	} else if _, err := n.startAttempt(in.Peer, in.Secret, in.Addresses, in.Candidates, false); err != nil {

@@ -56,9 +56,10 @@ const relayWait = 10 * time.Second
 // most, and once when one side can reach the other's relayed address
 // directly. The relay only ever sees QUIC ciphertext.
 type relayPath struct {
-	n      *Node
-	peer   wire.ID
-	secret wire.Secret
+	n       *Node
+	peer    wire.ID
+	secret  wire.Secret
+	overTCP bool // TURN over TCP even though UDP works: a TCP dial
 
 	ready    chan struct{} // closed once the allocation is up (or failed: err set)
 	err      error
@@ -82,14 +83,16 @@ type relayPath struct {
 // the background: credentials from the server, an allocation, permissions
 // for every address of the peer, the punch attempt, and a SIGNAL of the
 // relayed address to the peer. It returns nil when this node does not
-// relay. now says that the relay is the only path (RelayAlways, or UDP
-// blocked on either side): the allocation then does not wait for NAT
-// discovery (awaitNATPattern).
-func (n *Node) startRelay(peer wire.ID, secret wire.Secret, now bool) *relayPath {
+// relay. now says that the allocation need not wait for NAT discovery
+// (awaitNATPattern): the relay is the only path (RelayAlways, or UDP
+// blocked on either side), or no UDP punch runs (a TCP dial). overTCP
+// asks for TURN over TCP (a TCP dial, dialTCPOrRelay).
+func (n *Node) startRelay(peer wire.ID, secret wire.Secret, now, overTCP bool) *relayPath {
 	if n.cfg.Relay == RelayNever || n.noRelay.Load() {
 		return nil
 	}
-	rp := &relayPath{n: n, peer: peer, secret: secret, ready: make(chan struct{}), punching: make(chan struct{}), done: make(chan struct{})}
+	rp := &relayPath{n: n, peer: peer, secret: secret, overTCP: overTCP,
+		ready: make(chan struct{}), punching: make(chan struct{}), done: make(chan struct{})}
 	n.mu.Lock()
 	old := n.relays[peer]
 	n.relays[peer] = rp
@@ -174,6 +177,10 @@ func (rp *relayPath) setUp() error {
 	if n.UDPBlocked() {
 		// TURN over TCP at once: over UDP it would only time out.
 		urls = tcpURLs(urls)
+	} else if t := tcpURLs(urls); rp.overTCP && len(t) > 0 {
+		// A TCP dial keeps this host's packets on TCP, as asked, where
+		// the relay offers TURN over TCP; over UDP otherwise.
+		urls = t
 	}
 	alloc, err := relayclient.Allocate(ctx, relayclient.Config{
 		URLs: urls, Username: creds.Username, Password: creds.Password, Logger: n.log,
@@ -351,7 +358,7 @@ func (rp *relayPath) adopt(c *Conn) {
 	rp.mu.Lock()
 	rp.inUse = true
 	rp.mu.Unlock()
-	c.path, c.relay = PathRelay, rp.alloc.Relayed()
+	c.path, c.relay, c.relayTr = PathRelay, rp.alloc.Relayed(), Transport(rp.alloc.Transport())
 	prev := c.onClose
 	c.onClose = func() {
 		rp.close(true)
@@ -473,7 +480,9 @@ func (n *Node) viaPeerRelay(c *Conn) {
 	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	for _, r := range n.PeerRelayed(c.peer) {
 		if r == ap {
-			c.path, c.relay = PathRelay, r
+			// This side sends UDP from its own socket to the peer's
+			// relayed address.
+			c.path, c.relay, c.relayTr = PathRelay, r, TransportUDP
 		}
 	}
 }
@@ -481,6 +490,34 @@ func (n *Node) viaPeerRelay(c *Conn) {
 // afterPunchGrace is how long a dialer whose punch gave up still waits
 // for the peer's relayed address (signalGrace of relayPath.wait).
 const afterPunchGrace = 5 * time.Second
+
+// dialTCPOrRelay is Dial over TCP: the simultaneous open (tcp.go) and,
+// when it finds no path, the relay, as a UDP dial falls back. TLS over TCP
+// cannot run over TURN, which relays datagrams (RFC 8656; TCP relaying,
+// RFC 6062, is neither in pion/turn nor in the TURN-over-TCP connection a
+// UDP-blocked node already uses), so the relayed session is the same QUIC
+// session as a UDP dial's, end to end, reported transport=udp path=relay;
+// this side reaches the relay over TURN over TCP where the relay offers
+// it, so that its own packets stay on TCP as asked (Conn.RelayTransport,
+// relay_transport=tcp). The allocation is made while the race runs, as
+// for UDP, so it is ready when the race gives up.
+func (n *Node) dialTCPOrRelay(ctx context.Context, peer wire.ID, secret wire.Secret, tg *tcpTargets) (*Conn, error) {
+	always := n.cfg.Relay == RelayAlways
+	rp := n.startRelay(peer, secret, true, true)
+	if rp != nil && always {
+		return n.dialFallback(ctx, rp, ErrNoDirectPath, false)
+	}
+	c, err := n.dialTCP(ctx, peer, secret, tg, true)
+	if err != nil {
+		return n.dialFallback(ctx, rp, err, true)
+	}
+	if rp != nil {
+		// Direct: the relayed endpoint is not needed.
+		n.wg.Add(1)
+		go func() { defer n.wg.Done(); rp.close(false) }()
+	}
+	return c, nil
+}
 
 // dialFallback is Dial's relayed path after the direct attempt ended with
 // derr (or, with RelayAlways, instead of one: punched false): over this

@@ -215,3 +215,109 @@ func TestNodeCloseEndsRelayedConnections(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestRelayedTCPDial: a dial over TCP gets the relayed path too (here with
+// Relay always; the NAT lab's matrix shows the fallback after a TCP race
+// that finds no path). TLS over TCP cannot cross a TURN relay, which
+// relays datagrams, so the session is QUIC end to end: both ends report
+// Transport udp and Path relay, and the dialer, which asked for TCP,
+// reaches the relay over TURN over TCP (RelayTransport tcp) while the
+// listener uses UDP. 256 KiB each way arrive intact, and the relay counted
+// them.
+func TestRelayedTCPDial(t *testing.T) {
+	srv, d := startRelayServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l, err := ewf.Listen(ctx, config(t, srv, "listener"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	cfg := config(t, srv, "dialer")
+	cfg.Relay = ewf.RelayAlways
+	cfg.Transport = ewf.TransportTCP
+	dc, err := ewf.Dial(ctx, cfg, l.ID())
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	defer dc.Close()
+	ac, err := l.AcceptContext(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ac.Close()
+	for _, side := range []struct {
+		name string
+		c    *ewf.Conn
+		via  ewf.Transport
+	}{{"dialer", dc, ewf.TransportTCP}, {"acceptor", ac, ewf.TransportUDP}} {
+		via, ok := side.c.RelayTransport()
+		if side.c.Path() != ewf.PathRelay || side.c.Transport() != ewf.TransportUDP || !ok || via != side.via {
+			t.Errorf("%s: path %s transport %s relay transport %q (%t), want relay, udp, %s",
+				side.name, side.c.Path(), side.c.Transport(), via, ok, side.via)
+		}
+	}
+	const size = 256 << 10
+	before := counter(t, d, "ewfd_relay_bytes_total", "to_peer")
+	a, b := randomBytes(t, size), randomBytes(t, size)
+	errc := make(chan error, 2)
+	send := func(c *ewf.Conn, p []byte) {
+		_, err := c.Write(p)
+		if err == nil {
+			err = c.CloseWrite()
+		}
+		errc <- err
+	}
+	go send(dc, a)
+	go send(ac, b)
+	gotA, gotB := readAll(t, ac), readAll(t, dc)
+	for range 2 {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if sha256.Sum256(gotA) != sha256.Sum256(a) || sha256.Sum256(gotB) != sha256.Sum256(b) {
+		t.Fatal("relayed bytes differ")
+	}
+	if got := counter(t, d, "ewfd_relay_bytes_total", "to_peer") - before; got < 2*size {
+		t.Fatalf("the relay sent %v bytes to peers, want at least %d", got, 2*size)
+	}
+}
+
+// TestDirectConnIsNotRelayed: a direct connection reports no relay and
+// no relay transport.
+func TestDirectConnIsNotRelayed(t *testing.T) {
+	srv, _ := startRelayServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l, err := ewf.Listen(ctx, config(t, srv, "listener"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for _, tr := range []ewf.Transport{ewf.TransportUDP, ewf.TransportTCP} {
+		cfg := config(t, srv, "dialer-"+string(tr))
+		cfg.Transport = tr
+		dc, err := ewf.Dial(ctx, cfg, l.ID())
+		if err != nil {
+			t.Fatalf("Dial %s: %v", tr, err)
+		}
+		ac, err := l.AcceptContext(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, c := range map[string]*ewf.Conn{"dialer": dc, "acceptor": ac} {
+			if via, ok := c.RelayTransport(); c.Path() != ewf.PathDirect || c.Transport() != tr || ok || via != "" {
+				t.Errorf("%s over %s: path %s transport %s relay transport %q (%t)", name, tr, c.Path(), c.Transport(), via, ok)
+			}
+		}
+		// Both ends read to the end first, so that QUIC's Close need not
+		// linger for the peer to confirm.
+		done := make(chan struct{})
+		go func() { ac.CloseWrite(); readAll(t, ac); ac.Close(); close(done) }()
+		dc.CloseWrite()
+		readAll(t, dc)
+		dc.Close()
+		<-done
+	}
+}

@@ -62,6 +62,7 @@ type connStatus struct {
 	Transport string    `json:"transport"`
 	Path      string    `json:"path"`
 	Relay     string    `json:"relay,omitempty"`
+	RelayTr   string    `json:"relay_transport,omitempty"`
 	Remote    string    `json:"remote"`
 	RTTms     int64     `json:"rtt_ms"`
 	Since     time.Time `json:"since"`
@@ -100,7 +101,8 @@ func (p *peers) admit(c *ewf.Conn) bool {
 		Remote: c.RemoteAddr().String(), RTTms: c.RTT().Milliseconds(), Since: time.Now(),
 	}
 	if r, ok := c.Relay(); ok {
-		cs.Relay = r.String()
+		via, _ := c.RelayTransport()
+		cs.Relay, cs.RelayTr = r.String(), string(via)
 	}
 	stop := make(chan struct{})
 	p.mu.Lock()
@@ -119,7 +121,7 @@ func (p *peers) admit(c *ewf.Conn) bool {
 	}
 	kv := []string{"peer", cs.Peer, "transport", cs.Transport, "path", cs.Path}
 	if cs.Relay != "" {
-		kv = append(kv, "relay", cs.Relay)
+		kv = append(kv, "relay", cs.Relay, "relay_transport", cs.RelayTr)
 	}
 	status("accepted", append(kv, "remote", cs.Remote, "rtt_ms", strconv.FormatInt(cs.RTTms, 10))...)
 	p.write()
@@ -260,7 +262,7 @@ func runStatus(args []string, out io.Writer) error {
 		for _, cs := range st.Conns {
 			relay := ""
 			if cs.Relay != "" {
-				relay = " relay=" + cs.Relay
+				relay = " relay=" + cs.Relay + " relay_transport=" + cs.RelayTr
 			}
 			fmt.Fprintf(out, "conn pid=%s peer=%s transport=%s path=%s%s remote=%s rtt_ms=%d up_s=%d\n", pid, cs.Peer,
 				cs.Transport, cs.Path, relay, cs.Remote, cs.RTTms, int(time.Since(cs.Since).Seconds()))

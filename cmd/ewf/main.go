@@ -16,12 +16,12 @@
 // Status goes to stderr as one key=value line per event, for scripts:
 //
 //	ready id=<32 hex> public=<ip:port> [udp=blocked]
-//	connected peer=<32 hex> transport=<udp|tcp> path=<direct|relay> [relay=<ip:port>] remote=<ip:port> rtt_ms=<n> auth=<key|secret>
+//	connected peer=<32 hex> transport=<udp|tcp> path=<direct|relay> [relay=<ip:port> relay_transport=<udp|tcp>] remote=<ip:port> rtt_ms=<n> auth=<key|secret>
 //	path peer=<32 hex> path=direct remote=<ip:port> rtt_ms=<n>  (a relayed connection moved to a direct path)
 //	refused peer=<32 hex> reason=peer-auth msg="..."     (listen: a peer failed authentication or --allow)
 //	upgraded previous=<32 hex> id=<32 hex> auth=key      (id --upgrade)
 //	warning msg="..."                                    (legacy IDs in --allow, a legacy ID that must upgrade)
-//	accepted peer=<32 hex> transport=<udp|tcp> path=<direct|relay> [relay=<ip:port>] remote=<ip:port> rtt_ms=<n>  (listen: every peer)
+//	accepted peer=<32 hex> transport=<udp|tcp> path=<direct|relay> [relay=<ip:port> relay_transport=<udp|tcp>] remote=<ip:port> rtt_ms=<n>  (listen: every peer)
 //	refused peer=<32 hex> transport=<udp|tcp> reason=<max-peers|busy>  (listen)
 //	closed peer=<32 hex> transport=<udp|tcp> seconds=<n> [err="..."]  (listen)
 //	error reason=<word> msg="..."

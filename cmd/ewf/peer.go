@@ -368,7 +368,8 @@ func watchPath(c *ewf.Conn, stop <-chan struct{}, moved func()) {
 func connected(c *ewf.Conn) {
 	kv := []string{"peer", c.Peer().String(), "transport", string(c.Transport()), "path", string(c.Path())}
 	if r, ok := c.Relay(); ok {
-		kv = append(kv, "relay", r.String())
+		via, _ := c.RelayTransport()
+		kv = append(kv, "relay", r.String(), "relay_transport", string(via))
 	}
 	kv = append(kv, "remote", c.RemoteAddr().String(), "rtt_ms", strconv.FormatInt(c.RTT().Milliseconds(), 10),
 		"auth", string(c.Auth()))

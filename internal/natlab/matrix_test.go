@@ -93,10 +93,12 @@ const (
 // window of the other's predicted ports, the dialer's skewed so that the
 // two counters cross (punch.SeqCycle). Two random symmetric NATs, or one
 // random and one sequential, cannot meet at all: relay. TCP has no
-// birthday probing (docs/PROTOCOL.md §20.6), so TCP keeps the old limits.
-// noudp (udp-blocked) lets no UDP out: over UDP every pair with it is
-// relayed (TURN over TCP on its side, docs/PROTOCOL.md §23); over TCP it
-// is a port-restricted NAT.
+// birthday probing (docs/PROTOCOL.md §20.6), so over TCP every pair with a
+// symmetric NAT and a port-restricted or symmetric one is relayed: the
+// session is then QUIC end to end (transport=udp), the connector reaching
+// the relay over TURN over TCP. noudp (udp-blocked) lets no UDP out: over
+// UDP every pair with it is relayed (TURN over TCP on its side,
+// docs/PROTOCOL.md §23); over TCP it is a port-restricted NAT.
 const wantMatrix = `
 udp    none   full   restr  port   sym    cgnat  symseq noudp
 none   direct direct direct direct direct direct direct relay
@@ -112,11 +114,11 @@ tcp    none   full   restr  port   sym    cgnat  symseq noudp
 none   direct direct direct direct direct direct direct direct
 full   direct direct direct direct direct direct direct direct
 restr  direct direct direct direct direct direct direct direct
-port   direct direct direct direct nopath direct nopath direct
-sym    direct direct direct nopath nopath nopath nopath nopath
-cgnat  direct direct direct direct nopath direct nopath direct
-symseq direct direct direct nopath nopath nopath nopath nopath
-noudp  direct direct direct direct nopath direct nopath direct
+port   direct direct direct direct relay  direct relay  direct
+sym    direct direct direct relay  relay  relay  relay  relay
+cgnat  direct direct direct direct relay  direct relay  direct
+symseq direct direct direct relay  relay  relay  relay  relay
+noudp  direct direct direct direct relay  direct relay  direct
 `
 
 // Short names of the NAT types in wantMatrix, in NATs order.
@@ -781,8 +783,14 @@ func (e *matrixEnv) run(c pairCase) (r pairResult) {
 		{"listener", c.listener, lgot, cready["id"], cpub},
 		{"connector", c.connector, got, lready["id"], lpub},
 	} {
-		if side.fields["transport"] != c.transport {
-			r.fail("%s: transport %q, want %q", side.who, side.fields["transport"], c.transport)
+		// A relayed session is QUIC whatever the connector asked for:
+		// TURN relays datagrams.
+		wantTr := c.transport
+		if side.fields["path"] == outRelay {
+			wantTr = "udp"
+		}
+		if side.fields["transport"] != wantTr {
+			r.fail("%s: transport %q, want %q", side.who, side.fields["transport"], wantTr)
 		}
 		if side.fields["peer"] != side.peerID {
 			r.fail("%s: peer %q, want %q", side.who, side.fields["peer"], side.peerID)
@@ -801,6 +809,15 @@ func (e *matrixEnv) run(c pairCase) (r pairResult) {
 			if err != nil || !relayed(ra) {
 				r.fail("%s: relay=%q, want a relayed address %v:%d-%d", side.who, side.fields["relay"], serverAddr1, matrixRelayMin, matrixRelayMax)
 			}
+			// TURN over TCP from a host whose UDP is blocked, and from
+			// a connector that asked for TCP; UDP otherwise.
+			via := "udp"
+			if e.blocked(side.host) || side.who == "connector" && c.transport == "tcp" {
+				via = "tcp"
+			}
+			if side.fields["relay_transport"] != via {
+				r.fail("%s: relay_transport=%q, want %s", side.who, side.fields["relay_transport"], via)
+			}
 			if ok, wantDesc := c.remote(side.host, remote, side.peerPublic); !ok && !relayed(remote) {
 				r.fail("%s: remote %v, want a relayed address or %s", side.who, remote, wantDesc)
 			}
@@ -808,6 +825,9 @@ func (e *matrixEnv) run(c pairCase) (r pairResult) {
 		}
 		if _, ok := side.fields["relay"]; ok {
 			r.fail("%s: relay=%s on a direct path", side.who, side.fields["relay"])
+		}
+		if _, ok := side.fields["relay_transport"]; ok {
+			r.fail("%s: relay_transport=%s on a direct path", side.who, side.fields["relay_transport"])
 		}
 		if remote.Addr() == serverAddr1 || remote.Addr() == serverAddr2 {
 			r.fail("%s: remote %v is the server", side.who, remote)
