@@ -236,11 +236,17 @@ func (n *Node) signalMove(peer wire.ID, secret wire.Secret, cands []wire.Address
 	}
 }
 
-// roamSignal handles a SIGNAL that tells of a peer's move: one that
-// verifies under the SECRET of a live connection with its sender while no
-// punch of that introduction runs (a SIGNAL during the punch only adds
-// candidates to it, onSignal). It reports whether it took the SIGNAL.
+// roamSignal handles a SIGNAL that tells of a peer's move: one with
+// candidates only (no NAT_CLASS, no RELAYED) that verifies under the SECRET
+// of a live connection with its sender while no punch of that
+// introduction runs (a SIGNAL during the punch only adds candidates to it,
+// onSignal). It reports whether it took the SIGNAL.
 func (n *Node) roamSignal(sig client.Signal) bool {
+	if len(sig.Relayed) > 0 || sig.HasNAT {
+		// A move SIGNAL carries candidates only; these belong to a punch
+		// or a relay (§20.4), even when they come after the connection.
+		return false
+	}
 	n.mu.Lock()
 	lcs := n.liveWith(sig.Peer)
 	a := n.attempts[sig.Peer]
