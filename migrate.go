@@ -1,6 +1,9 @@
 package ewf
 
 import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
 	"net"
 	"net/netip"
 	"os"
@@ -8,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/quic-go/quic-go"
 	"golang.org/x/net/ipv4"
 
 	"github.com/ewf-project/ewf/punch"
@@ -89,7 +93,56 @@ type pathSwitch struct {
 	heard     chan struct{}               // closed at the first QUIC datagram from the direct path
 	heardOnce sync.Once
 
+	cids    *cidGen
+	scratch [aes.BlockSize]byte // divert's, on the main socket's one reader
+
 	divertedIn, dropped atomic.Uint64
+}
+
+// cidGen makes the connection IDs of a relayed connection's transport,
+// so that the main socket's reader can tell the connection's datagrams
+// from those of any other connection with the same peer address (a
+// second, direct connection with the same peer): each ID is one AES block,
+// the encryption under a key of the path switch's own of a marker of its
+// own and 8 random bytes. Decrypting the 16 bytes after a short header's
+// first byte and finding the marker identifies the connection; the IDs
+// themselves stay random-looking and unlinkable to an observer, as
+// RFC 9000 §9.5 wants of IDs used on different paths.
+type cidGen struct {
+	block  cipher.Block
+	marker [8]byte
+}
+
+func newCIDGen() *cidGen {
+	var key [16]byte
+	g := &cidGen{}
+	rand.Read(key[:])
+	rand.Read(g.marker[:])
+	g.block, _ = aes.NewCipher(key[:]) // a 16-byte key is always valid
+	return g
+}
+
+// GenerateConnectionID is quic.ConnectionIDGenerator's.
+func (g *cidGen) GenerateConnectionID() (quic.ConnectionID, error) {
+	var p, c [aes.BlockSize]byte
+	copy(p[:8], g.marker[:])
+	rand.Read(p[8:])
+	g.block.Encrypt(c[:], p[:])
+	return quic.ConnectionIDFromBytes(c[:]), nil
+}
+
+// ConnectionIDLen is quic.ConnectionIDGenerator's.
+func (g *cidGen) ConnectionIDLen() int { return aes.BlockSize }
+
+// owns reports whether b is a QUIC short-header packet to one of g's
+// connection IDs. Only short headers: the relayed connection's handshake
+// (long headers) went through the relay.
+func (g *cidGen) owns(b []byte, scratch *[aes.BlockSize]byte) bool {
+	if len(b) < 1+aes.BlockSize || b[0]&0x80 != 0 {
+		return false
+	}
+	g.block.Decrypt(scratch[:], b[1:1+aes.BlockSize])
+	return [8]byte(scratch[:8]) == g.marker
 }
 
 func newPathSwitch(n *Node, relay net.PacketConn, route func(*wire.Message, netip.AddrPort)) *pathSwitch {
@@ -99,6 +152,7 @@ func newPathSwitch(n *Node, relay net.PacketConn, route func(*wire.Message, neti
 		kick:  make(chan struct{}, 1),
 		done:  make(chan struct{}),
 		heard: make(chan struct{}),
+		cids:  newCIDGen(),
 	}
 	n.wg.Go(ps.pump)
 	return ps
@@ -247,9 +301,10 @@ func (ps *pathSwitch) SetWriteBuffer(int) error { return nil }
 // the socket reader needs no lock.
 type divertTable map[netip.AddrPort]*pathSwitch
 
-// divert hands a QUIC datagram from a diverted address to its relayed
-// connection and reports true; false leaves it to the main Transport. With
-// no relayed connection that moved, this is one atomic load.
+// divert hands a QUIC datagram from a diverted address, to one of the
+// relayed connection's IDs, to that connection and reports true; false
+// leaves it to the main Transport. With no diversion, this is one atomic
+// load; with one, a map lookup and, for its address, one AES block.
 func (s *sockConn) divert(m *ipv4.Message) bool {
 	if s.dropPeers != nil && s.dropPeers.Load() {
 		return true // tests: a firewall between the peers (migrate_test.go)
@@ -264,10 +319,11 @@ func (s *sockConn) divert(m *ipv4.Message) bool {
 	}
 	from := ua.AddrPort()
 	ps := (*t)[netip.AddrPortFrom(from.Addr().Unmap(), from.Port())]
-	if ps == nil {
-		return false
+	b := m.Buffers[0][:m.N]
+	if ps == nil || !ps.cids.owns(b, &ps.scratch) {
+		return false // another connection's, perhaps with the same peer
 	}
-	ps.fromDirect(m.Buffers[0][:m.N])
+	ps.fromDirect(b)
 	return true
 }
 

@@ -229,6 +229,63 @@ func TestRelayedMovesToDirect(t *testing.T) {
 	if got := relayedBytes(t, d); got != relayedAtMove {
 		t.Errorf("%v bytes crossed the relay after the move", got-relayedAtMove)
 	}
+	// A second connection with the same peer, direct from the start,
+	// comes from the very address whose datagrams are diverted to the
+	// moved one: only the moved connection's IDs are diverted, so the
+	// second one works beside it.
+	dc2, err := dn.Dial(ctx, ln.ID(), "")
+	if err != nil {
+		t.Fatalf("second Dial: %v", err)
+	}
+	defer dc2.Close()
+	ac2, err := ln.Accept(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ac2.Close()
+	if dc2.Path() != PathDirect || dc2.RemoteAddr().String() != dc.RemoteAddr().String() {
+		t.Fatalf("second connection: path %s remote %v, want direct to %v", dc2.Path(), dc2.RemoteAddr(), dc.RemoteAddr())
+	}
+	exchange(t, dc2, ac2, 64<<10)
+}
+
+// TestCIDGenOwns: the moved connection's connection IDs are recognised in
+// a short header, and nothing else is: other IDs, other keys, long
+// headers, short packets; without allocating.
+func TestCIDGenOwns(t *testing.T) {
+	g, other := newCIDGen(), newCIDGen()
+	var scratch [16]byte
+	pkt := func(first byte, id []byte) []byte {
+		return append(append([]byte{first}, id...), make([]byte, 40)...)
+	}
+	for range 100 {
+		id, err := g.GenerateConnectionID()
+		if err != nil || id.Len() != g.ConnectionIDLen() {
+			t.Fatalf("ID %v, %v", id, err)
+		}
+		if !g.owns(pkt(0x40, id.Bytes()), &scratch) {
+			t.Fatalf("its own ID %x not recognised", id.Bytes())
+		}
+		if other.owns(pkt(0x40, id.Bytes()), &scratch) {
+			t.Fatalf("another generator claims %x", id.Bytes())
+		}
+		if g.owns(pkt(0xc0, id.Bytes()), &scratch) {
+			t.Fatal("a long header was claimed")
+		}
+		if g.owns(pkt(0x40, id.Bytes())[:16], &scratch) {
+			t.Fatal("a packet too short to hold the ID was claimed")
+		}
+		var r [16]byte
+		rand.Read(r[:])
+		if g.owns(pkt(0x40, r[:]), &scratch) {
+			t.Fatalf("a random ID %x was claimed", r)
+		}
+	}
+	id, _ := g.GenerateConnectionID()
+	b := pkt(0x40, id.Bytes())
+	if a := testing.AllocsPerRun(100, func() { g.owns(b, &scratch) }); a != 0 {
+		t.Fatalf("owns allocates %v times", a)
+	}
 }
 
 // TestFirewallKeepsRelay: as long as the firewall stays closed the

@@ -199,7 +199,7 @@ func (rp *relayPath) setUp() error {
 	// QUIC runs on a path switch over the relayed socket, so that the
 	// connection can move to a direct path later (migrate.go).
 	rp.ps = newPathSwitch(n, alloc.PacketConn(), rp.receive)
-	rp.tr = &quic.Transport{Conn: rp.ps}
+	rp.tr = &quic.Transport{Conn: rp.ps, ConnectionIDGenerator: rp.ps.cids}
 	rp.ln, err = rp.tr.Listen(&tls.Config{
 		MinVersion:         tls.VersionTLS13,
 		NextProtos:         []string{alpn},
