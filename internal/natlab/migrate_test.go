@@ -73,7 +73,9 @@ func TestRelayMovesToDirect(t *testing.T) {
 		return []string{"--server", matrixServer, "--identity", filepath.Join(dir, who+".json"),
 			"--punch-timeout", relayPunch.String(), "-v"}
 	}
-	l, err := lab.Start("mg-a", ewf, append(append([]string{"listen"}, common("l")...), "--timeout", "1m")...)
+	statusDir := filepath.Join(dir, "status")
+	l, err := lab.Start("mg-a", ewf, append(append([]string{"listen"}, common("l")...), "--timeout", "1m",
+		"--status-dir", statusDir)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,6 +146,17 @@ func TestRelayMovesToDirect(t *testing.T) {
 		}
 	}
 	t.Logf("moved to the direct path %v after the firewall opened", time.Since(opened).Round(time.Millisecond))
+	// `ewf status` shows the listener's connection direct now.
+	st, err := lab.Start("mg-a", ewf, "status", "--status-dir", statusDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Wait(20 * time.Second); err != nil {
+		t.Fatalf("ewf status: %v", err)
+	}
+	if out := st.Stdout(); !strings.Contains(out, " path=direct remote="+peerPublic[0].String()+":") {
+		t.Errorf("ewf status after the move:\n%s\nwant the connection with path=direct remote=%s:…", out, peerPublic[0])
+	}
 	// Both allocations released.
 	deadline = time.Now().Add(10 * time.Second)
 	for {
