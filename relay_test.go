@@ -164,8 +164,14 @@ func TestFallbackPrefersDirect(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if got := counter(t, d, "ewfd_requests_total", "relay"); got != 2 {
-		t.Fatalf("%v RELAY requests, want 2: both sides ready a relay while punching", got)
+	// Each side asks for a relay at most once; since 356218f a side asks
+	// only once NAT discovery has its port pattern (awaitNATPattern), so
+	// a direct path that comes up first on loopback may leave it unasked.
+	// That the allocation is ready when the punch gives up is TestRelay's
+	// (internal/natlab: connected 3.05 s after the start with a 3 s punch
+	// timeout).
+	if got := counter(t, d, "ewfd_requests_total", "relay"); got > 2 {
+		t.Fatalf("%v RELAY requests, want at most 2: one per side", got)
 	}
 }
 
