@@ -44,13 +44,16 @@ import (
 func TestListenerRoams(t *testing.T) {
 	spec := Spec{
 		Routers: []RouterSpec{{Name: "wifi", NAT: PortRestricted}, {Name: "wired", NAT: PortRestricted},
-			{Name: "hotel", NAT: PortRestricted}},
+			{Name: "hotel", NAT: PortRestricted}, {Name: "cafe", NAT: PortRestricted}},
 		Hosts: []HostSpec{{Name: "home", Router: "wifi"}, {Name: "squatter", Router: "wifi"},
 			{Name: "laptop", Router: "hotel"}},
 	}
 	ewfd, ewf := BuildBinaries(t)
 	lab := New(t, spec)
 	if _, err := lab.AddUplink("home", "eth1", "wired"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lab.AddUplink("laptop", "eth1", "cafe"); err != nil {
 		t.Fatal(err)
 	}
 	data := t.TempDir()
@@ -279,6 +282,27 @@ func TestListenerRoams(t *testing.T) {
 		if err != nil || remote.Addr() != lab.PublicAddr("wired") {
 			t.Errorf("a new dialer reached the listener at %s, want the wired router's %s", got["remote"], lab.PublicAddr("wired"))
 		}
+	})
+
+	// The other side moves: the dialer's laptop leaves the hotel for the
+	// café. The dialer SIGNALs the listener, both punch, and the
+	// listener's quic-go, the QUIC server, follows its client's new
+	// address once its packets get through (PATH_CHALLENGE).
+	t.Run("dialer-switch", func(t *testing.T) {
+		c, local, _ := dial(t)
+		defer c.Kill()
+		run := startPaced(lab, local, 3*time.Second)
+		time.Sleep(time.Second)
+		if err := lab.SwitchUplink("laptop", "eth0", "eth1"); err != nil {
+			t.Fatal(err)
+		}
+		switched := time.Now()
+		if err := run.wait(); err != nil {
+			t.Fatalf("the established connection across the dialer's switch: %v\n--- dialer:\n%s", err,
+				strings.Join(c.Lines(), "\n"))
+		}
+		t.Logf("transfer done %v after the dialer's switch", time.Since(switched).Round(10*time.Millisecond))
+		newDialer(t)
 	})
 }
 
