@@ -196,16 +196,18 @@ type Session struct {
 	closeOne sync.Once
 
 	// The read token (package doc, "Reading without a reader goroutine").
-	rmu      sync.Mutex
-	holding  bool      // someone holds the token
-	holder   *Stream   // whose Read holds it; nil: the background goroutine
-	rgen     uint64    // counts takes of the token (the background's idle check)
-	waiters  []*Stream // streams whose Read waits for the token, in order
-	needBG   int       // waiters that do not read themselves (Write, Accept, Close)
-	bgParked bool      // the background waits for the token's release
-	bgKick   chan struct{}
-	intr     atomic.Bool // the holder must stop: the conn's read deadline is in the past
-	canLead  bool        // the conn's read deadline works, so Reads may hold the token
+	rmu       sync.Mutex
+	holding   bool        // someone holds the token
+	holder    *Stream     // whose Read holds it; nil: the background goroutine
+	rgen      uint64      // counts takes of the token (the background's idle check)
+	waiters   []*Stream   // streams whose Read waits for the token, in order
+	needBG    int         // waiters that do not read themselves (Write, Accept, Close)
+	idleWant  bool        // the token lay free for idleTake: the background takes it
+	idleGen   uint64      // rgen when the token was last left free
+	idleTimer *time.Timer // runs idle
+	bgKick    chan struct{}
+	intr      atomic.Bool // the holder must stop: the conn's read deadline is in the past
+	canLead   bool        // the conn's read deadline works, so Reads may hold the token
 
 	// Frame reading state, used only by the token's holder. Frames are
 	// read straight from conn, without a buffer in between: over TLS,
@@ -220,7 +222,8 @@ type Session struct {
 
 // idleTake is how long the read token must lie unused before the
 // background goroutine takes it: long against the gap between one Read
-// and the next, short against any timeout.
+// and the next, short against any timeout and against what a waiting
+// control frame (WINDOW, say) may be delayed.
 const idleTake = 2 * time.Millisecond
 
 // New starts a session over conn. Both sides must call New, one with
@@ -244,6 +247,7 @@ func New(conn net.Conn, cfg Config) *Session {
 		s.nextID = 1
 	}
 	s.lastRecv.Store(time.Now().UnixNano())
+	s.idleTimer = time.AfterFunc(idleTake, s.idle) // the token starts free
 	s.stream0 = s.newStream(0)
 	s.streams[0] = s.stream0
 	s.grantExtra(0)
@@ -377,6 +381,7 @@ func (s *Session) fail(err error) {
 		}
 		s.mu.Unlock()
 		s.conn.Close()
+		s.idleTimer.Stop()
 		close(s.done)
 		for _, st := range streams {
 			st.mu.Lock()
@@ -448,6 +453,12 @@ func (s *Session) keepalive() {
 				return
 			}
 			if quiet > s.cfg.KeepAlive {
+				// Someone must read the answer (and whatever else
+				// arrived): the background, if the token is free.
+				s.rmu.Lock()
+				s.idleWant = true
+				s.rmu.Unlock()
+				s.kick()
 				nonce++
 				select {
 				case s.ctl <- pingHeader(nonce):
@@ -467,27 +478,15 @@ func pingHeader(nonce uint32) (h [headerLen]byte) {
 
 // background reads frames when nobody else does (package doc): for a
 // goroutine that waits for frames without reading them itself (need), and
-// when the read token has lain unused for idleTake.
+// when the read token has lain unused for idleTake (idle).
 func (s *Session) background() {
 	defer s.wg.Done()
-	t := time.NewTimer(time.Hour)
-	t.Stop()
-	defer t.Stop()
-	var seen uint64 // rgen when the token was last seen free
-	armed := false  // the token was free at the last look, with rgen seen
 	for {
 		s.rmu.Lock()
-		take := false
-		switch {
-		case s.holding:
-			s.bgParked, armed = true, false
-		case s.needBG > 0 || (armed && s.rgen == seen):
-			take = true
-			s.holding, s.holder = true, nil
+		take := !s.holding && (s.needBG > 0 || s.idleWant)
+		if take {
+			s.holding, s.holder, s.idleWant = true, nil, false
 			s.rgen++
-			armed = false
-		default:
-			seen, armed = s.rgen, true
 		}
 		s.rmu.Unlock()
 		if take {
@@ -496,24 +495,38 @@ func (s *Session) background() {
 			}
 			continue
 		}
-		var tc <-chan time.Time
-		if armed {
-			t.Reset(idleTake)
-			tc = t.C
-		}
 		select {
 		case <-s.bgKick:
-		case <-tc:
 		case <-s.done:
 			return
 		}
-		if armed && !t.Stop() {
-			select { // drained already if tc fired
-			case <-t.C:
-			default:
-			}
-		}
 	}
+}
+
+// idle runs idleTake after the token was last left free: if nobody took
+// it since, the background goroutine does. A timer reset at each release,
+// rather than a background goroutine that looks now and then: while Reads
+// follow each other, it never fires, and nothing wakes up.
+func (s *Session) idle() {
+	s.rmu.Lock()
+	want := !s.holding && s.rgen == s.idleGen
+	s.idleWant = s.idleWant || want
+	s.rmu.Unlock()
+	if want {
+		s.kick()
+	}
+}
+
+// freeLocked leaves the token free (s.rmu held): the background takes
+// it at once for a goroutine that needs it, or after idleTake.
+func (s *Session) freeLocked() (kick bool) {
+	s.holding, s.holder = false, nil
+	// The timer even when the background is kicked: what it was kicked
+	// for may be gone when it looks, and the token must not lie free
+	// with nothing to take it (the idle timeout would end the session).
+	s.idleGen = s.rgen
+	s.idleTimer.Reset(idleTake)
+	return s.needBG > 0
 }
 
 // need says that a goroutine waits for frames without reading them
@@ -572,7 +585,6 @@ func (s *Session) release() {
 		s.conn.SetReadDeadline(time.Time{})
 		s.intr.Store(false)
 	}
-	s.holding, s.holder = false, nil
 	var next *Stream
 	kick := false
 	if len(s.waiters) > 0 {
@@ -582,8 +594,8 @@ func (s *Session) release() {
 		next.tokWait, next.tokGiven = false, true
 		s.holding, s.holder = true, next
 		s.rgen++
-	} else if s.bgParked || s.needBG > 0 {
-		s.bgParked, kick = false, true
+	} else {
+		kick = s.freeLocked()
 	}
 	s.rmu.Unlock()
 	if next != nil {

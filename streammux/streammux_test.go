@@ -813,3 +813,20 @@ func TestConnWithoutReadDeadline(t *testing.T) {
 		t.Fatal("Close did not end the Read")
 	}
 }
+
+// TestQuietAfterReads: after Reads have been reading the connection
+// themselves, and a Write waited for window, the session stays up while
+// nobody reads or writes: the background goroutine takes over the
+// reading (PINGs are answered, the idle timeout sees them).
+func TestQuietAfterReads(t *testing.T) {
+	c, s := sessionPair(t, Config{IdleTimeout: 300 * time.Millisecond})
+	go s.Default().Write(make([]byte, 1<<20)) // waits for window twice
+	if _, err := io.CopyN(io.Discard, c.Default(), 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	if c.Err() != nil || s.Err() != nil {
+		t.Fatalf("quiet sessions ended: %v, %v", c.Err(), s.Err())
+	}
+	checkDefaultStream(t, c, s)
+}
