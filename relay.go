@@ -105,10 +105,11 @@ func (n *Node) startRelay(peer wire.ID, secret wire.Secret, now, overTCP bool) *
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
-		if !now {
-			n.awaitNATPattern(n.cfg.PunchTimeout / 2)
+		if now || n.awaitNATPattern(rp.done, n.cfg.PunchTimeout/2) {
+			rp.err = rp.setUp()
+		} else {
+			rp.err = net.ErrClosed // a direct connection came first
 		}
-		rp.err = rp.setUp()
 		if rp.err != nil {
 			n.log.Debug("relay", "peer", peer, "err", rp.err)
 		}
@@ -143,19 +144,23 @@ func (n *Node) startRelay(peer wire.ID, secret wire.Secret, now, overTCP bool) *
 // samples the ports makes the pattern look random, and two sequential NATs
 // that meet directly (birthday.go) then fall back to the relay instead:
 // the lab matrix showed it. Discovery learns the pattern within a few
-// round trips, and the relay is needed only once the punch gives up.
-func (n *Node) awaitNATPattern(d time.Duration) {
+// round trips, and the relay is needed only once the punch gives up. It
+// reports false when done closed while it waited (a direct connection
+// ended the endpoint first): then no allocation is needed at all.
+func (n *Node) awaitNATPattern(done <-chan struct{}, d time.Duration) bool {
 	deadline := time.Now().Add(d)
 	for {
 		n.nat.mu.Lock()
 		busy := n.nat.running && !n.nat.known
 		n.nat.mu.Unlock()
 		if !busy || !time.Now().Before(deadline) {
-			return
+			return true
 		}
 		select {
 		case <-n.ctx.Done():
-			return
+			return true // setUp ends at once on the node's context
+		case <-done:
+			return false
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
