@@ -189,6 +189,22 @@ func (n *Node) registerOpen(ctx context.Context, id wire.ID) (wire.Key, error) {
 	return n.rc.Register(ctx, id)
 }
 
+// registerNow is register for a node that is open: while UDP is blocked
+// (and REGISTER does not go over TLS anyway), over a TCP connection of its
+// own, as registerOpen falls back to, at once rather than after waiting
+// for UDP.
+func (n *Node) registerNow(ctx context.Context, id wire.ID) (wire.Key, error) {
+	if n.cfg.ServerTLS != "" || n.udpUp.Load() {
+		return n.register(ctx, id)
+	}
+	c, err := client.DialTCP(ctx, n.currentServer().String(), netip.AddrPort{}, client.Config{Logger: n.log})
+	if err != nil {
+		return wire.Key{}, err
+	}
+	defer c.Close()
+	return c.Register(ctx, id)
+}
+
 // tcpURLs keeps the TURN URLs over TCP: a UDP-blocked node would only
 // wait out the UDP ones.
 func tcpURLs(urls []string) []string {

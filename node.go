@@ -311,6 +311,24 @@ func (n *Node) keepUDP() {
 	}
 }
 
+// registerAgainTCP is keepUDP's registering again for a node bound over
+// TCP only (UDP blocked, blocked.go), where no UDP keepalive runs to learn
+// that the registration is gone: when err (of a TCP refresh or binding)
+// says the ID is not registered, it registers it again and reports
+// whether that worked. With UDP up, keepUDP does it and the TCP binding
+// picks up the new KEY.
+func (n *Node) registerAgainTCP(err error) bool {
+	if !errors.Is(err, client.ErrNotRegistered) || n.udpUp.Load() || n.ctx.Err() != nil {
+		return false
+	}
+	if err := n.registerAgain(n.ctx); err != nil {
+		n.log.Warn("registering again failed", "err", err)
+		return false
+	}
+	n.log.Warn("registration was gone; registered the same ID again", "id", n.self, "udp", "blocked")
+	return true
+}
+
 // registerAgain registers the node's ID again under a new KEY and saves
 // the KEY in the identity file.
 func (n *Node) registerAgain(ctx context.Context) error {
@@ -323,7 +341,7 @@ func (n *Node) registerAgain(ctx context.Context) error {
 	}
 	// As in bindUDP: the old KEY goes only when the server gives a new
 	// one, so a forged "not registered" cannot make the node lose it.
-	key, err := n.register(ctx, n.self)
+	key, err := n.registerNow(ctx, n.self)
 	if err != nil {
 		return serverErr(fmt.Errorf("ewf: registering ID %v again (KEY kept): %w", n.self, err))
 	}
@@ -375,7 +393,8 @@ func (n *Node) keep(rc *client.Client, tr wire.Transport, onChange func(netip.Ad
 func (n *Node) keepTCP(t *tcpSide) {
 	defer n.wg.Done()
 	for {
-		n.keep(t.conn.Client, wire.TransportTCP, func(a netip.AddrPort) { t.public.Store(a) })
+		err := n.keep(t.conn.Client, wire.TransportTCP, func(a netip.AddrPort) { t.public.Store(a) })
+		n.registerAgainTCP(err)
 		// With several servers each is tried once at once (the one that
 		// ended the connection has likely died), then with backoff.
 		quick := len(n.servers)
@@ -397,6 +416,10 @@ func (n *Node) keepTCP(t *tcpSide) {
 			nt, err := n.bindTCP(n.ctx, n.self, n.currentKey())
 			if err != nil {
 				n.log.Debug("TCP binding again", "err", err)
+				if n.registerAgainTCP(err) {
+					backoff = time.Second // bind with the new KEY soon
+					continue
+				}
 				n.failover(srv, err, true)
 				continue
 			}
