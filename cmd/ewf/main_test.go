@@ -143,6 +143,7 @@ func TestErrorLines(t *testing.T) {
 		{"bad peer ID", []string{"connect", "--server", srv, "nothex"}, "usage", 2},
 		{"no server", []string{"stun"}, "usage", 2},
 		{"unknown command", []string{"frobnicate"}, "usage", 2},
+		{"no UDP wait", []string{"listen", "--server", srv, "--udp-wait", "0s"}, "usage", 2},
 		{"corrupt identity", []string{"id", "--identity", writeFile(t, dir, "bad.json", "garbage")}, "identity", 1},
 		{"legacy ID with the key-bound marker", []string{"connect", "--server", srv, "--identity",
 			writeFile(t, dir, "marked.json", `{"version": 1, "id": "ef01`+strings.Repeat("ab", 14)+`", "keys": {}}`), strings.Repeat("ab", 16)}, "identity", 1},
