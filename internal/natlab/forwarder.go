@@ -45,6 +45,12 @@ type ForwarderStats struct {
 	Lost      uint64 // dropped by the loss decision
 	Overflow  uint64 // dropped because the queue was full
 	SendFail  uint64 // dropped because the kernel refused the send (ENOBUFS)
+	// GSO counts frames read that held several packets (a segmentation
+	// offload super-frame, whose virtio-net header has a gso_type). The
+	// lab turns offloads off on the links into the forwarder, so that a
+	// loss decision is one wire packet's; this stays zero unless that
+	// failed.
+	GSO uint64
 }
 
 type direction struct {
@@ -55,6 +61,7 @@ type direction struct {
 	lost      atomic.Uint64
 	overflow  atomic.Uint64
 	sendFail  atomic.Uint64
+	gso       atomic.Uint64
 }
 
 type frame struct {
@@ -63,9 +70,10 @@ type frame struct {
 }
 
 const (
-	vnetHdrLen = 10 // struct virtio_net_hdr
-	queueLen   = 4096
-	maxFrame   = vnetHdrLen + 65535 + 14 + 4
+	vnetHdrLen   = 10   // struct virtio_net_hdr
+	virtioGSOECN = 0x80 // VIRTIO_NET_HDR_GSO_ECN, a flag beside the gso_type
+	queueLen     = 4096
+	maxFrame     = vnetHdrLen + 65535 + 14 + 4
 )
 
 // startForwarder opens packet sockets on ifA and ifB in namespace ns and
@@ -144,6 +152,9 @@ func (f *Forwarder) read(d *direction) {
 		if n < vnetHdrLen+14 {
 			continue
 		}
+		if buf[1]&^virtioGSOECN != 0 { // virtio_net_hdr.gso_type
+			d.gso.Add(1)
+		}
 		etherType := binary.BigEndian.Uint16(buf[vnetHdrLen+12:])
 		if etherType == 0x0800 && f.link.Loss > 0 && d.rng.Float64() < f.link.Loss {
 			d.lost.Add(1)
@@ -187,7 +198,7 @@ func (f *Forwarder) write(d *direction) {
 // directions.
 func (f *Forwarder) Stats() (out, in ForwarderStats) {
 	get := func(d *direction) ForwarderStats {
-		return ForwarderStats{Forwarded: d.forwarded.Load(), Lost: d.lost.Load(), Overflow: d.overflow.Load(), SendFail: d.sendFail.Load()}
+		return ForwarderStats{Forwarded: d.forwarded.Load(), Lost: d.lost.Load(), Overflow: d.overflow.Load(), SendFail: d.sendFail.Load(), GSO: d.gso.Load()}
 	}
 	return get(f.dirs[0]), get(f.dirs[1])
 }

@@ -157,9 +157,12 @@ func TestForwarder(t *testing.T) {
 }
 
 // TestForwarderCarriesTCP sends a bulk TCP stream through a delayed link.
-// veth hands the forwarder 64 KiB GSO segments with unfinished checksums;
-// if the virtio-net header were not passed through, they would not fit the
-// MTU or would arrive with bad checksums.
+// The packets reach the forwarder with unfinished checksums (checksum
+// offload); if the virtio-net header were not passed through, they would
+// arrive with bad checksums. Segmentation offloads are off on the links
+// into the forwarder, so every frame it sees is one wire packet (a loss
+// decision never takes a 64 KiB burst of segments): no frame may carry a
+// gso_type, and 8 MiB takes at least one frame per MTU.
 func TestForwarderCarriesTCP(t *testing.T) {
 	lab := New(t, Spec{
 		Routers: []RouterSpec{{Name: "slow-gw", NAT: PortRestricted, WAN: Link{Delay: 5 * time.Millisecond}}},
@@ -199,4 +202,10 @@ func TestForwarderCarriesTCP(t *testing.T) {
 	}
 	out, in := lab.Forwarder("slow-gw").Stats()
 	t.Logf("forwarder: out %+v, in %+v", out, in)
+	if out.GSO != 0 || in.GSO != 0 {
+		t.Errorf("forwarder saw %d outbound and %d inbound segmentation-offload frames, want none", out.GSO, in.GSO)
+	}
+	if min := uint64(size / 1500); out.Forwarded < min {
+		t.Errorf("forwarder carried 8 MiB outbound in %d frames, want at least %d (one per packet)", out.Forwarded, min)
+	}
 }

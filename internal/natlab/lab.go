@@ -141,6 +141,8 @@ func Skip(tb testing.TB) {
 		reason = "natlab: needs the ip command (iproute2)"
 	} else if _, err := exec.LookPath("nft"); err != nil {
 		reason = "natlab: needs the nft command (nftables)"
+	} else if _, err := exec.LookPath("ethtool"); err != nil {
+		reason = "natlab: needs the ethtool command (ethtool)"
 	}
 	if reason == "" {
 		return
@@ -526,6 +528,22 @@ func (l *Lab) uplink(ns, ifname, port string, link Link) (*Forwarder, error) {
 	}
 	for _, i := range []string{fa, fb} {
 		if err := ipn(sw, "link", "set", i, "promisc", "on"); err != nil {
+			return nil, err
+		}
+	}
+	// The two interfaces that send into the forwarder cut their frames to
+	// wire packets themselves: with segmentation offloads on, veth hands
+	// over a TCP super-frame of up to 64 KiB (dozens of segments) or a UDP
+	// GSO batch as one frame, so a loss decision would take a whole burst,
+	// and a TCP sender would see a fraction of the packet loss rate a QUIC
+	// sender sees. Link.Loss is per packet, as on a real wire.
+	// NATLAB_KEEP_OFFLOADS=1 keeps them, to reproduce figures taken before
+	// (loss per super-frame); docs/NATLAB.md, "Throughput".
+	for _, i := range []struct{ ns, dev string }{{ns, ifname}, {sw, port}} {
+		if os.Getenv("NATLAB_KEEP_OFFLOADS") == "1" {
+			break
+		}
+		if err := noOffloads(i.ns, i.dev); err != nil {
 			return nil, err
 		}
 	}

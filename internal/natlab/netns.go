@@ -90,6 +90,13 @@ func sysctl(ns string, kv ...string) error {
 	return run("", "ip", args...)
 }
 
+// noOffloads turns off the segmentation offloads of a device's sending
+// side, so that what it sends is cut into packets before it leaves.
+func noOffloads(ns, dev string) error {
+	return run("", "ip", "netns", "exec", ns, "ethtool", "-K", dev,
+		"tso", "off", "gso", "off", "tx-udp-segmentation", "off")
+}
+
 // nftLoad loads a rule set into a namespace with `nft -f -`.
 func nftLoad(ns, rules string) error {
 	return run(rules, "ip", "netns", "exec", ns, "nft", "-f", "-")

@@ -1,9 +1,11 @@
 package natlab
 
 import (
+	"bytes"
 	"crypto/rand"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -11,57 +13,83 @@ import (
 	"time"
 )
 
-// BenchmarkThroughput moves a file with the real binaries between two
-// hosts behind port-restricted NATs, `ewf connect <FILE` to
-// `ewf listen >/dev/null`, per transport and per link:
+// BenchmarkThroughput moves a file between two hosts behind
+// port-restricted NATs, once per mode and link, the modes interleaved
+// within each round so that every ewf figure has its library baseline
+// measured on the same path in the same run:
 //
-//	wan-20ms-1pct  the listener's router WAN link adds 20 ms one way and
-//	               drops 1 % of frames in each direction (the forwarder)
-//	forwarder      the same forwarder with 1 µs and no loss: the
-//	               forwarder's own limit, since every frame of the path
-//	               crosses it (a userspace AF_PACKET copy in each
-//	               direction)
+//	ewf-quic   `ewf connect --transport udp <FILE` to `ewf listen >FILE`
+//	quic-go    labxfer: quic-go alone on plain UDP sockets, same
+//	           quic.Config as ewf's, the hole punched by hand
+//	ewf-tcp    as ewf-quic with --transport tcp (TLS over TCP)
+//	tls        labxfer: crypto/tls on a plain TCP simultaneous open
+//
+// and links (the listener's router WAN link):
+//
+//	wan-20ms-1pct  the forwarder adds 20 ms one way and drops 1 % of the
+//	               packets in each direction
+//	forwarder      the same forwarder with 1 µs and no loss: with plain
+//	               below, the forwarder's own limit (every packet of the
+//	               path is copied through it in user space)
+//	plain          no forwarder, a plain veth: what the lab's namespaces,
+//	               NATs and processes allow on this machine
 //
 // Run it under the lab lock with a fixed count, for example:
 //
 //	flock /work/coord/natlab.lock go test -run '^$' -bench Throughput -benchtime 3x ./internal/natlab/
 //
-// It reports Mbit/s (median of the runs) from the connector's "connected"
-// line to its exit, which includes the close handshake. NATLAB_XFER_BYTES
-// sets the size (default 4 MiB); NATLAB_XFER_ENV is put in front of both
-// ewf commands (for example QUIC_GO_DISABLE_GSO=1); NATLAB_XFER_LINKS
-// picks links by name (default both).
+// It reports Mbit/s per mode (median of the rounds) from the connector's
+// "connected" line to its exit, which includes waiting for the peer to
+// confirm the end of the data, and the ewf/library ratios.
+// NATLAB_XFER_BYTES sets the size (default 4 MiB on the lossy link, 32 MiB
+// on the others, where a small transfer is mostly fixed costs);
+// NATLAB_XFER_ENV is put in front of the ewf and labxfer commands (for
+// example QUIC_GO_DISABLE_GSO=1); NATLAB_XFER_LINKS and NATLAB_XFER_MODES
+// pick links and modes by name (default all).
 func BenchmarkThroughput(b *testing.B) {
-	size := 4 << 20
-	if s := os.Getenv("NATLAB_XFER_BYTES"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil {
-			b.Fatal(err)
-		}
-		size = n
-	}
 	dir := b.TempDir()
-	data := filepath.Join(dir, "data")
-	buf := make([]byte, size)
-	rand.Read(buf)
-	if err := os.WriteFile(data, buf, 0o600); err != nil {
-		b.Fatal(err)
-	}
 	ewfd, ewf := BuildBinaries(b)
+	labxfer := filepath.Join(dir, "labxfer")
+	if out, err := exec.Command("go", "build", "-o", labxfer, "github.com/ewf-project/ewf/internal/natlab/labxfer").CombinedOutput(); err != nil {
+		b.Fatalf("go build labxfer: %v\n%s", err, out)
+	}
 	links := []struct {
 		name string
 		link Link
+		size int
 	}{
-		{"wan-20ms-1pct", Link{Delay: 20 * time.Millisecond, Loss: 0.01, Seed: 1}},
-		{"forwarder", Link{Delay: time.Microsecond}},
+		{"wan-20ms-1pct", Link{Delay: 20 * time.Millisecond, Loss: 0.01, Seed: 1}, 4 << 20},
+		{"forwarder", Link{Delay: time.Microsecond}, 32 << 20},
+		{"plain", Link{}, 32 << 20},
 	}
 	env := ""
 	if e := os.Getenv("NATLAB_XFER_ENV"); e != "" {
-		env = "env " + e
+		env = "env " + e + " "
 	}
+	modes := []string{"ewf-quic", "quic-go", "ewf-tcp", "tls"}
+	if only := os.Getenv("NATLAB_XFER_MODES"); only != "" {
+		modes = strings.FieldsFunc(only, func(r rune) bool { return r == ',' || r == ' ' })
+	}
+	port := 40000 // a new pair of ports per baseline transfer: no old conntrack entry in the way
 	for _, lk := range links {
 		if only := os.Getenv("NATLAB_XFER_LINKS"); only != "" && !strings.Contains(only, lk.name) {
 			continue
+		}
+		size := lk.size
+		if s := os.Getenv("NATLAB_XFER_BYTES"); s != "" {
+			n, err := strconv.Atoi(s)
+			if err != nil {
+				b.Fatal(err)
+			}
+			size = n
+		}
+		data := filepath.Join(dir, fmt.Sprintf("data-%d", size))
+		if _, err := os.Stat(data); err != nil {
+			buf := make([]byte, size)
+			rand.Read(buf)
+			if err := os.WriteFile(data, buf, 0o600); err != nil {
+				b.Fatal(err)
+			}
 		}
 		lab := New(b, Spec{
 			Routers: []RouterSpec{
@@ -77,25 +105,69 @@ func BenchmarkThroughput(b *testing.B) {
 		if err := waitMetrics(lab, 20*time.Second); err != nil {
 			b.Fatal(err)
 		}
-		for _, tr := range []string{"udp", "tcp"} {
-			b.Run(lk.name+"/"+tr, func(b *testing.B) {
-				var rates []time.Duration // time per transfer
-				for i := range b.N {
-					d, err := labTransfer(lab, env+" "+ewf, tr, data, filepath.Join(dir, fmt.Sprintf("%s-%s-%d", lk.name, tr, i)))
-					if fw := lab.Forwarder("l-gw"); fw != nil {
+		b.Run(lk.name, func(b *testing.B) {
+			times := map[string][]time.Duration{}
+			for i := range b.N {
+				for _, m := range modes {
+					id := filepath.Join(dir, fmt.Sprintf("%s-%s-%d", lk.name, m, i))
+					var before [2]ForwarderStats
+					fw := lab.Forwarder("l-gw")
+					if fw != nil {
+						before[0], before[1] = fw.Stats()
+					}
+					var d time.Duration
+					var err error
+					switch m {
+					case "ewf-quic":
+						d, err = labTransfer(lab, env+ewf, "udp", data, id)
+					case "ewf-tcp":
+						d, err = labTransfer(lab, env+ewf, "tcp", data, id)
+					case "quic-go":
+						d, err = baselineTransfer(lab, env+labxfer, "quic", port, data, id)
+						port += 2
+					case "tls":
+						d, err = baselineTransfer(lab, env+labxfer, "tls", port, data, id)
+						port += 2
+					default:
+						b.Fatalf("unknown mode %q", m)
+					}
+					if fw != nil {
 						out, in := fw.Stats()
-						b.Logf("forwarder: out %+v, in %+v", out, in)
+						b.Logf("%s round %d: %v; forwarder out %s, in %s", m, i, d, out.since(before[0]), in.since(before[1]))
 					}
 					if err != nil {
-						b.Fatal(err)
+						b.Fatalf("%s: %v", m, err)
 					}
-					rates = append(rates, d)
+					times[m] = append(times[m], d)
 				}
-				b.ReportMetric(float64(size)*8/median(rates).Seconds()/1e6, "Mbit/s")
-			})
-		}
+			}
+			rate := map[string]float64{}
+			for _, m := range modes {
+				rate[m] = float64(size) * 8 / median(times[m]).Seconds() / 1e6
+				b.ReportMetric(rate[m], m+"-Mbit/s")
+			}
+			for _, r := range [][2]string{{"ewf-quic", "quic-go"}, {"ewf-tcp", "tls"}} {
+				if rate[r[0]] > 0 && rate[r[1]] > 0 {
+					b.ReportMetric(rate[r[0]]/rate[r[1]], r[0]+"/"+r[1])
+				}
+			}
+			// The per-op time of the harness is meaningless here.
+			b.ReportMetric(0, "ns/op")
+		})
 		lab.Close()
 	}
+}
+
+// since is s minus an earlier reading, formatted with the packet loss rate
+// the forwarder applied.
+func (s ForwarderStats) since(old ForwarderStats) string {
+	fwd, lost := s.Forwarded-old.Forwarded, s.Lost-old.Lost
+	pct := 0.0
+	if fwd+lost > 0 {
+		pct = 100 * float64(lost) / float64(fwd+lost)
+	}
+	return fmt.Sprintf("{forwarded %d lost %d (%.2f%%) overflow %d sendfail %d gso %d}",
+		fwd, lost, pct, s.Overflow-old.Overflow, s.SendFail-old.SendFail, s.GSO-old.GSO)
 }
 
 // labTransfer runs one listener and one connector and returns the time
@@ -121,6 +193,35 @@ func labTransfer(lab *Lab, ewf, transport, data, id string) (time.Duration, erro
 		return 0, err
 	}
 	defer c.Kill()
+	return timeTransfer(l, c, data, out)
+}
+
+// baselineTransfer does what labTransfer does with labxfer in mode (quic
+// or tls) instead of ewf: the listener binds port, the connector port+1,
+// each told the other's public address (the lab's NATs keep the port).
+func baselineTransfer(lab *Lab, labxfer, mode string, port int, data, id string) (time.Duration, error) {
+	out := id + ".out"
+	lpub := fmt.Sprintf("%s:%d", lab.PublicAddr("l-gw"), port)
+	cpub := fmt.Sprintf("%s:%d", lab.PublicAddr("c-gw"), port+1)
+	l, err := lab.Start("l", "/bin/sh", "-c", fmt.Sprintf("exec %s -mode %s -role listen -local :%d -peer %s -timeout 2m </dev/null >%s",
+		labxfer, mode, port, cpub, out))
+	if err != nil {
+		return 0, err
+	}
+	defer l.Kill()
+	c, err := lab.Start("c", "/bin/sh", "-c", fmt.Sprintf("exec %s -mode %s -role connect -local :%d -peer %s -timeout 3m <%s",
+		labxfer, mode, port+1, lpub, data))
+	if err != nil {
+		return 0, err
+	}
+	defer c.Kill()
+	return timeTransfer(l, c, data, out)
+}
+
+// timeTransfer waits for the connector's "connected" line and its exit,
+// then for the listener, and checks that the listener wrote exactly the
+// data.
+func timeTransfer(l, c *Proc, data, out string) (time.Duration, error) {
 	if _, err := c.WaitLine("connected", 40*time.Second); err != nil {
 		return 0, err
 	}
@@ -132,16 +233,16 @@ func labTransfer(lab *Lab, ewf, transport, data, id string) (time.Duration, erro
 	if err := l.Wait(time.Minute); err != nil {
 		return 0, err
 	}
-	want, err := os.Stat(data)
+	want, err := os.ReadFile(data)
 	if err != nil {
 		return 0, err
 	}
-	got, err := os.Stat(out)
+	got, err := os.ReadFile(out)
 	if err != nil {
 		return 0, err
 	}
-	if got.Size() != want.Size() {
-		return 0, fmt.Errorf("listener received %d bytes, connector sent %d", got.Size(), want.Size())
+	if !bytes.Equal(got, want) {
+		return 0, fmt.Errorf("listener received %d bytes, not the %d sent (or not the same)", len(got), len(want))
 	}
 	return d, nil
 }
