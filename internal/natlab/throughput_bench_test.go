@@ -23,6 +23,8 @@ import (
 //	           quic.Config as ewf's, the hole punched by hand
 //	ewf-tcp    as ewf-quic with --transport tcp (TLS over TCP)
 //	tls        labxfer: crypto/tls on a plain TCP simultaneous open
+//	tls-cubic  the same with CUBIC on the sending socket (also tls-reno,
+//	           tls-bbr; only by NATLAB_XFER_MODES)
 //
 // and links (the listener's router WAN link):
 //
@@ -45,7 +47,9 @@ import (
 // on the others, where a small transfer is mostly fixed costs);
 // NATLAB_XFER_ENV is put in front of the ewf and labxfer commands (for
 // example QUIC_GO_DISABLE_GSO=1); NATLAB_XFER_LINKS and NATLAB_XFER_MODES
-// pick links and modes by name (default all).
+// pick links and modes by name (default all); NATLAB_TCP_CC sets the TCP
+// congestion control of both hosts (for example cubic; the default is
+// the machine's, logged).
 func BenchmarkThroughput(b *testing.B) {
 	dir := b.TempDir()
 	ewfd, ewf := BuildBinaries(b)
@@ -105,6 +109,22 @@ func BenchmarkThroughput(b *testing.B) {
 		if err := waitMetrics(lab, 20*time.Second); err != nil {
 			b.Fatal(err)
 		}
+		// TCP's congestion control is the sending host's: a namespace
+		// starts with the machine's default (BBR on the machine of
+		// docs/NATLAB.md, which random loss hardly slows; quic-go has
+		// only NewReno).
+		for _, h := range []string{"l", "c"} {
+			if cc := os.Getenv("NATLAB_TCP_CC"); cc != "" {
+				if err := sysctl(lab.Namespace(h), "net.ipv4.tcp_congestion_control="+cc); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+		cc, err := output("ip", "netns", "exec", lab.Namespace("c"), "sysctl", "-n", "net.ipv4.tcp_congestion_control")
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Logf("%s: %d bytes, TCP congestion control %s", lk.name, size, strings.TrimSpace(cc))
 		b.Run(lk.name, func(b *testing.B) {
 			times := map[string][]time.Duration{}
 			for i := range b.N {
@@ -123,10 +143,11 @@ func BenchmarkThroughput(b *testing.B) {
 					case "ewf-tcp":
 						d, err = labTransfer(lab, env+ewf, "tcp", data, id)
 					case "quic-go":
-						d, err = baselineTransfer(lab, env+labxfer, "quic", port, data, id)
+						d, err = baselineTransfer(lab, env+labxfer, "quic", "", port, data, id)
 						port += 2
-					case "tls":
-						d, err = baselineTransfer(lab, env+labxfer, "tls", port, data, id)
+					case "tls", "tls-cubic", "tls-reno", "tls-bbr":
+						cc := strings.TrimPrefix(strings.TrimPrefix(m, "tls"), "-")
+						d, err = baselineTransfer(lab, env+labxfer, "tls", cc, port, data, id)
 						port += 2
 					default:
 						b.Fatalf("unknown mode %q", m)
@@ -134,6 +155,8 @@ func BenchmarkThroughput(b *testing.B) {
 					if fw != nil {
 						out, in := fw.Stats()
 						b.Logf("%s round %d: %v; forwarder out %s, in %s", m, i, d, out.since(before[0]), in.since(before[1]))
+					} else {
+						b.Logf("%s round %d: %v", m, i, d)
 					}
 					if err != nil {
 						b.Fatalf("%s: %v", m, err)
@@ -198,8 +221,9 @@ func labTransfer(lab *Lab, ewf, transport, data, id string) (time.Duration, erro
 
 // baselineTransfer does what labTransfer does with labxfer in mode (quic
 // or tls) instead of ewf: the listener binds port, the connector port+1,
-// each told the other's public address (the lab's NATs keep the port).
-func baselineTransfer(lab *Lab, labxfer, mode string, port int, data, id string) (time.Duration, error) {
+// each told the other's public address (the lab's NATs keep the port); cc
+// is the connector's TCP congestion control, "" for the namespace's.
+func baselineTransfer(lab *Lab, labxfer, mode, cc string, port int, data, id string) (time.Duration, error) {
 	out := id + ".out"
 	lpub := fmt.Sprintf("%s:%d", lab.PublicAddr("l-gw"), port)
 	cpub := fmt.Sprintf("%s:%d", lab.PublicAddr("c-gw"), port+1)
@@ -209,8 +233,11 @@ func baselineTransfer(lab *Lab, labxfer, mode string, port int, data, id string)
 		return 0, err
 	}
 	defer l.Kill()
-	c, err := lab.Start("c", "/bin/sh", "-c", fmt.Sprintf("exec %s -mode %s -role connect -local :%d -peer %s -timeout 3m <%s",
-		labxfer, mode, port+1, lpub, data))
+	if cc != "" {
+		cc = " -cc " + cc
+	}
+	c, err := lab.Start("c", "/bin/sh", "-c", fmt.Sprintf("exec %s -mode %s%s -role connect -local :%d -peer %s -timeout 3m <%s",
+		labxfer, mode, cc, port+1, lpub, data))
 	if err != nil {
 		return 0, err
 	}

@@ -13,7 +13,7 @@
 // through, which is what ewf does too, without its authentication.
 //
 //	labxfer -mode quic|tls -role listen  -local :PORT -peer IP:PORT >FILE
-//	labxfer -mode quic|tls -role connect -local :PORT -peer IP:PORT <FILE
+//	labxfer -mode quic|tls -role connect -local :PORT -peer IP:PORT [-cc cubic] <FILE
 //
 // The connector prints "connected" once the handshake is done, sends stdin,
 // ends its direction and waits until the listener has read to the end and
@@ -43,6 +43,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -52,12 +53,18 @@ import (
 
 const alpn = "labxfer"
 
+// tcpCC is -cc: a network namespace may only default to an algorithm of
+// net.ipv4.tcp_allowed_congestion_control, but root may set any loaded one
+// on a socket.
+var tcpCC string
+
 func main() {
 	mode := flag.String("mode", "quic", "quic (quic-go on UDP) or tls (crypto/tls on TCP)")
 	role := flag.String("role", "", "listen or connect")
 	local := flag.String("local", "", "local address to bind, :PORT")
 	peer := flag.String("peer", "", "the other side's public address, IP:PORT")
 	timeout := flag.Duration("timeout", 3*time.Minute, "give up after this long")
+	flag.StringVar(&tcpCC, "cc", "", "TCP congestion control of the socket (TCP_CONGESTION; default: the namespace's)")
 	flag.Parse()
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
@@ -231,7 +238,8 @@ func runTLS(ctx context.Context, listen bool, laddr, raddr *net.TCPAddr) error {
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return err
 	}
-	fmt.Fprintln(os.Stderr, "connected transport=tcp")
+	cc, _ := tcpInfoCC(c)
+	fmt.Fprintf(os.Stderr, "connected transport=tcp cc=%s\n", cc)
 	if _, err := io.Copy(tc, os.Stdin); err != nil {
 		return err
 	}
@@ -255,6 +263,9 @@ func simultaneousOpen(ctx context.Context, laddr, raddr *net.TCPAddr) (net.Conn,
 			err := rc.Control(func(fd uintptr) {
 				serr = errors.Join(unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1),
 					unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1))
+				if tcpCC != "" && serr == nil {
+					serr = unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, tcpCC)
+				}
 			})
 			return errors.Join(err, serr)
 		},
@@ -299,4 +310,22 @@ func serverTLS() *tls.Config {
 
 func unmap(a netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+}
+
+// tcpInfoCC is the congestion control the kernel uses on c.
+func tcpInfoCC(c net.Conn) (string, error) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return "", errors.New("not TCP")
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return "", err
+	}
+	var cc string
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		cc, serr = unix.GetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION)
+	})
+	return strings.TrimRight(cc, "\x00"), errors.Join(err, serr)
 }
