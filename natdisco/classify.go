@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/pion/stun/v3"
@@ -104,19 +105,47 @@ type answer struct {
 }
 
 type classifier struct {
-	cfg   Config
-	ctx   context.Context
-	conns []Conn
-	buf   [1500]byte
+	cfg Config
+	ctx context.Context
+	buf [1500]byte
+
+	mu     sync.Mutex
+	conns  []Conn
+	closed bool // closeAll ran: open refuses
 }
 
 func (c *classifier) open(network string) (Conn, error) {
+	if err := c.ctx.Err(); err != nil {
+		return nil, err
+	}
 	s, err := c.cfg.Listen(network)
 	if err != nil {
 		return nil, err
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		s.Close()
+		return nil, c.ctx.Err()
+	}
 	c.conns = append(c.conns, s)
 	return s, nil
+}
+
+// closeAll closes every socket. It runs when Classify returns and as soon
+// as its context ends: a read waiting for an answer that will not come
+// then fails at once instead of at its deadline (Timeout, 300 ms by
+// default), so that a caller that cancels (a node closing) is not held up.
+func (c *classifier) closeAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	c.closed = true
+	for _, s := range c.conns {
+		s.Close()
+	}
 }
 
 // roundTrip sends a Binding request from s to dst, with CHANGE-REQUEST
@@ -222,17 +251,17 @@ func Classify(ctx context.Context, cfg Config) (Result, error) {
 	}
 	cfg.Server = unmap(cfg.Server)
 	c := &classifier{cfg: cfg, ctx: ctx}
-	defer func() {
-		for _, s := range c.conns {
-			s.Close()
-		}
-	}()
+	defer c.closeAll()
+	stop := context.AfterFunc(ctx, c.closeAll)
+	defer stop()
 	var res Result
 	err := c.run(&res)
 	// IPv6 is measured even when IPv4 got no answer; its own failures
 	// just mean "no IPv6".
 	_ = c.ipv6(&res)
-	if err == nil {
+	if ctx.Err() != nil {
+		// Cancelled: what went unanswered may be the closed sockets'
+		// doing, so the result is incomplete for that reason.
 		err = ctx.Err()
 	}
 	return res, err

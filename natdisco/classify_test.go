@@ -167,6 +167,38 @@ func TestClassifyUDPBlocked(t *testing.T) {
 	}
 }
 
+// TestClassifyStopsWhenCancelled: a cancelled context ends Classify while
+// it waits for an answer that will not come, not at the read's deadline
+// (here an hour, so that a Classify that waits for it fails the test by
+// the test's timeout): a node that closes is not held up by discovery.
+func TestClassifyStopsWhenCancelled(t *testing.T) {
+	silent, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close() // reads nothing: every request goes unanswered
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := natdisco.Classify(ctx, natdisco.Config{
+			Server: silent.LocalAddr().(*net.UDPAddr).AddrPort(), Listen: natdisco.ListenUDP,
+			LocalAddrs: func() ([]netip.Addr, error) { return nil, nil },
+			Timeout:    time.Hour, Tries: 1,
+		})
+		done <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // let it send and wait
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("Classify after cancel = %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Classify still waiting 10 s after its context was cancelled")
+	}
+}
+
 func TestClassifyConfigErrors(t *testing.T) {
 	if _, err := natdisco.Classify(context.Background(), natdisco.Config{}); !errors.Is(err, natdisco.ErrConfig) {
 		t.Fatalf("empty Config: %v", err)

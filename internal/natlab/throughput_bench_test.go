@@ -74,7 +74,9 @@ func BenchmarkThroughput(b *testing.B) {
 	if only := os.Getenv("NATLAB_XFER_MODES"); only != "" {
 		modes = strings.FieldsFunc(only, func(r rune) bool { return r == ',' || r == ' ' })
 	}
-	port := 40000 // a new pair of ports per baseline transfer: no old conntrack entry in the way
+	// A new pair of ports per baseline transfer, so that no old conntrack
+	// entry is in the way; below the ephemeral range, where ewf's sockets are.
+	port := 20000
 	for _, lk := range links {
 		if only := os.Getenv("NATLAB_XFER_LINKS"); only != "" && !strings.Contains(only, lk.name) {
 			continue
