@@ -9,6 +9,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -58,12 +59,17 @@ const (
 	// packetBuf is the buffer of one queued datagram: quic-go's own
 	// receive buffers are 1,452 bytes.
 	packetBuf = 2048
+	// packetOOB holds a diverted datagram's control messages (ECN, packet
+	// info), as quic-go's own oobBufferSize.
+	packetOOB = 128
 )
 
 // packet is one queued datagram of a pathSwitch.
 type packet struct {
 	buf  [packetBuf]byte
+	oob  [packetOOB]byte
 	n    int
+	nn   int
 	from net.Addr
 	err  error
 }
@@ -76,6 +82,11 @@ var packetPool = sync.Pool{New: func() any { return new(packet) }}
 // node's main socket, which it presents as coming from the relayed remote
 // address; it writes to the relay until a direct path is set, then to the
 // direct address through the node's main socket.
+//
+// It is a quic.OOBCapablePacketConn with ReadBatch, like sockConn, so that
+// a moved connection keeps what quic-go does for the main socket: GSO
+// (one sendmsg per up to 64 datagrams), ECN, the don't-fragment bit and
+// so path MTU discovery, and batched reads (docs/PROTOCOL.md §25, "Cost").
 type pathSwitch struct {
 	n     *Node
 	relay net.PacketConn
@@ -95,8 +106,10 @@ type pathSwitch struct {
 
 	cids    *cidGen
 	scratch [aes.BlockSize]byte // divert's, on the main socket's one reader
+	held    *packet             // an error behind a batch, for the next read; the reader's only
 
 	divertedIn, dropped atomic.Uint64
+	cut                 atomic.Uint64 // GSO batches cut into datagrams for the relay
 }
 
 // cidGen makes the connection IDs of a relayed connection's transport,
@@ -185,7 +198,7 @@ func (ps *pathSwitch) pump() {
 			packetPool.Put(p)
 			continue
 		}
-		p.n, p.from, p.err = n, from, nil
+		p.n, p.nn, p.from, p.err = n, 0, from, nil
 		select {
 		case ps.in <- p:
 		case <-ps.done:
@@ -198,7 +211,7 @@ func (ps *pathSwitch) pump() {
 // fromDirect queues a QUIC datagram that arrived on the node's main socket
 // from a diverted direct address. It runs on quic-go's reader of the main
 // socket, so it never blocks: a full queue drops the datagram.
-func (ps *pathSwitch) fromDirect(b []byte) {
+func (ps *pathSwitch) fromDirect(b, oob []byte) {
 	remote := ps.remote.Load()
 	if remote == nil {
 		return
@@ -206,6 +219,7 @@ func (ps *pathSwitch) fromDirect(b []byte) {
 	ps.heardOnce.Do(func() { close(ps.heard) })
 	p := packetPool.Get().(*packet)
 	p.n, p.from, p.err = copy(p.buf[:], b), remote, nil
+	p.nn = copy(p.oob[:], oob)
 	select {
 	case ps.in <- p:
 		ps.divertedIn.Add(1)
@@ -215,15 +229,20 @@ func (ps *pathSwitch) fromDirect(b []byte) {
 	}
 }
 
-// ReadFrom returns the next datagram of either path.
-func (ps *pathSwitch) ReadFrom(b []byte) (int, net.Addr, error) {
+// next returns the next queued datagram (or error) of either path,
+// waiting until the read deadline.
+func (ps *pathSwitch) next() (*packet, error) {
+	if p := ps.held; p != nil {
+		ps.held = nil
+		return p, nil
+	}
 	for {
 		var expired <-chan time.Time
 		var t *time.Timer
 		if dl := ps.deadline.Load(); dl != nil && !dl.IsZero() {
 			d := time.Until(*dl)
 			if d <= 0 {
-				return 0, nil, os.ErrDeadlineExceeded
+				return nil, os.ErrDeadlineExceeded
 			}
 			t = time.NewTimer(d)
 			expired = t.C
@@ -233,25 +252,87 @@ func (ps *pathSwitch) ReadFrom(b []byte) (int, net.Addr, error) {
 		case p = <-ps.in:
 		case <-ps.kick:
 		case <-expired:
-			return 0, nil, os.ErrDeadlineExceeded
+			return nil, os.ErrDeadlineExceeded
 		case <-ps.done:
-			return 0, nil, net.ErrClosed
+			return nil, net.ErrClosed
 		}
 		if t != nil {
 			t.Stop()
 		}
-		if p == nil {
-			continue // the deadline changed
+		if p != nil {
+			return p, nil
+		}
+		// the deadline changed
+	}
+}
+
+// ReadBatch is how quic-go reads a pathSwitch (its batchConn, as for
+// sockConn): it waits for one datagram and returns it with those already
+// queued behind it, up to len(ms), into quic-go's own buffers. An error
+// behind a batch is returned by the next call.
+func (ps *pathSwitch) ReadBatch(ms []ipv4.Message, _ int) (int, error) {
+	p, err := ps.next()
+	if err != nil {
+		return 0, err
+	}
+	if p.err != nil {
+		err := p.err
+		packetPool.Put(p)
+		return 0, err
+	}
+	k := 0
+	for {
+		m := &ms[k]
+		m.N = copy(m.Buffers[0], p.buf[:p.n])
+		m.NN = copy(m.OOB, p.oob[:p.nn])
+		m.Flags, m.Addr = 0, p.from
+		packetPool.Put(p)
+		if k++; k == len(ms) {
+			return k, nil
+		}
+		select {
+		case p = <-ps.in:
+		default:
+			return k, nil
 		}
 		if p.err != nil {
-			err := p.err
-			packetPool.Put(p)
-			return 0, nil, err
+			ps.held = p
+			return k, nil
 		}
-		n, from := copy(b, p.buf[:p.n]), p.from
-		packetPool.Put(p)
-		return n, from, nil
 	}
+}
+
+// ReadFrom returns the next datagram of either path.
+func (ps *pathSwitch) ReadFrom(b []byte) (int, net.Addr, error) {
+	p, err := ps.next()
+	if err != nil {
+		return 0, nil, err
+	}
+	if p.err != nil {
+		err := p.err
+		packetPool.Put(p)
+		return 0, nil, err
+	}
+	n, from := copy(b, p.buf[:p.n]), p.from
+	packetPool.Put(p)
+	return n, from, nil
+}
+
+// ReadMsgUDP is quic.OOBCapablePacketConn's; quic-go reads with ReadBatch.
+func (ps *pathSwitch) ReadMsgUDP(b, oob []byte) (n, oobn, flags int, addr *net.UDPAddr, err error) {
+	p, err := ps.next()
+	if err != nil {
+		return 0, 0, 0, nil, err
+	}
+	if p.err != nil {
+		err := p.err
+		packetPool.Put(p)
+		return 0, 0, 0, nil, err
+	}
+	n, oobn = copy(b, p.buf[:p.n]), copy(oob, p.oob[:p.nn])
+	addr, _ = p.from.(*net.UDPAddr)
+	packetPool.Put(p)
+	return n, oobn, 0, addr, nil
 }
 
 // WriteTo sends to the direct path once there is one, else to the relay.
@@ -263,6 +344,44 @@ func (ps *pathSwitch) WriteTo(b []byte, addr net.Addr) (int, error) {
 		return len(b), nil // cannot happen: released only after the switch
 	}
 	return ps.relay.WriteTo(b, addr)
+}
+
+// WriteMsgUDP is how quic-go sends on a pathSwitch. On the direct path
+// the datagram goes, control messages and all (GSO segment size, ECN),
+// to the node's main socket, whose capabilities quic-go saw through
+// SyscallConn. The relay's socket takes one datagram per write and no
+// control messages, so a GSO batch is cut into its segments there and
+// the rest of oob is dropped (ECN marks are lost on the relay leg, which
+// quic-go's ECN validation notices, as on any path that clears them).
+func (ps *pathSwitch) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (int, int, error) {
+	if d := ps.direct.Load(); d != nil {
+		return ps.n.sc.WriteMsgUDP(b, oob, d)
+	}
+	if ps.released.Load() {
+		return len(b), len(oob), nil // cannot happen: released only after the switch
+	}
+	seg := gsoSegment(oob)
+	if seg <= 0 || seg >= len(b) {
+		n, err := ps.relay.WriteTo(b, addr)
+		return n, len(oob), err
+	}
+	ps.cut.Add(1)
+	for off := 0; off < len(b); off += seg {
+		if _, err := ps.relay.WriteTo(b[off:min(off+seg, len(b))], addr); err != nil {
+			return off, 0, err
+		}
+	}
+	return len(b), len(oob), nil
+}
+
+// SyscallConn returns the node's main socket's: quic-go reads from it
+// what the socket can do (GSO, ECN, don't-fragment), which is what the
+// direct path, the one that carries a moved connection's bulk, uses. The
+// options quic-go sets through it (receiving ECN, the don't-fragment bit,
+// buffer sizes) are those the node's own Transport set on that socket
+// already.
+func (ps *pathSwitch) SyscallConn() (syscall.RawConn, error) {
+	return ps.n.sc.UDPConn.SyscallConn()
 }
 
 // Close ends reads; the allocation is closed by its owner (relayPath).
@@ -323,7 +442,7 @@ func (s *sockConn) divert(m *ipv4.Message) bool {
 	if ps == nil || !ps.cids.owns(b, &ps.scratch) {
 		return false // another connection's, perhaps with the same peer
 	}
-	ps.fromDirect(b)
+	ps.fromDirect(b, m.OOB[:m.NN])
 	return true
 }
 
@@ -594,3 +713,12 @@ func (n *Node) migrateSignalled(peer wire.ID, secret wire.Secret, udp []netip.Ad
 		mg.addCandidates(udp)
 	}
 }
+
+// A pathSwitch gets quic-go's optimised path (sys_conn_oob.go): without
+// these, quic-go would wrap it as a plain net.PacketConn.
+var (
+	_ quic.OOBCapablePacketConn = (*pathSwitch)(nil)
+	_ interface {
+		ReadBatch([]ipv4.Message, int) (int, error)
+	} = (*pathSwitch)(nil)
+)
