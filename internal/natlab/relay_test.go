@@ -80,13 +80,19 @@ func TestRelay(t *testing.T) {
 		name, server, listener, connector, relayMode string
 		want                                         string // "relay", "direct" or an error reason
 		relayHost                                    string
+		tcp                                          bool // ewf connect --transport tcp
 	}{
-		{"ewfd/sym-sym", matrixServer, "ra-sym", "rb-sym", "", "relay", serverAddr1.String()},
-		{"ewfd/sym-sym-reversed", matrixServer, "rb-sym", "ra-sym", "", "relay", serverAddr1.String()},
-		{"ewfd/sym-sym-always", matrixServer, "ra-sym", "rb-sym", "always", "relay", serverAddr1.String()},
-		{"ewfd/sym-sym-never", matrixServer, "ra-sym", "rb-sym", "never", "no-direct-path", ""},
-		{"ewfd/full-full", matrixServer, "ra-full", "rb-full", "", "direct", ""},
-		{"coturn/sym-sym", coturnServer, "ra-sym", "rb-sym", "", "relay", serverAddr2.String()},
+		{"ewfd/sym-sym", matrixServer, "ra-sym", "rb-sym", "", "relay", serverAddr1.String(), false},
+		{"ewfd/sym-sym-reversed", matrixServer, "rb-sym", "ra-sym", "", "relay", serverAddr1.String(), false},
+		{"ewfd/sym-sym-always", matrixServer, "ra-sym", "rb-sym", "always", "relay", serverAddr1.String(), false},
+		{"ewfd/sym-sym-never", matrixServer, "ra-sym", "rb-sym", "never", "no-direct-path", "", false},
+		{"ewfd/full-full", matrixServer, "ra-full", "rb-full", "", "direct", "", false},
+		{"coturn/sym-sym", coturnServer, "ra-sym", "rb-sym", "", "relay", serverAddr2.String(), false},
+		// --transport tcp: the TCP race finds no path, the relayed QUIC
+		// session follows, the connector over TURN over TCP.
+		{"ewfd/sym-sym-tcp", matrixServer, "ra-sym", "rb-sym", "", "relay", serverAddr1.String(), true},
+		{"ewfd/sym-sym-tcp-never", matrixServer, "ra-sym", "rb-sym", "never", "no-direct-path", "", true},
+		{"coturn/sym-sym-tcp", coturnServer, "ra-sym", "rb-sym", "", "relay", serverAddr2.String(), true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -95,7 +101,11 @@ func TestRelay(t *testing.T) {
 			}
 			before, _ := scrapeMetrics(lab)
 			start := time.Now()
-			got, err := relayPair(lab, ewf, dir, c.name, c.server, c.listener, c.connector, c.relayMode)
+			var extra []string
+			if c.tcp {
+				extra = []string{"--transport", "tcp"}
+			}
+			got, err := relayPair(lab, ewf, dir, c.name, c.server, c.listener, c.connector, c.relayMode, extra...)
 			if c.want != "relay" && c.want != "direct" {
 				var el *ErrorLine
 				if !errors.As(err, &el) || el.Fields["reason"] != c.want {
@@ -115,6 +125,18 @@ func TestRelay(t *testing.T) {
 				if c.want == "relay" && (err != nil || r.Addr().String() != c.relayHost) {
 					t.Errorf("%s: relay=%q, want an address of %s", who, got[i]["relay"], c.relayHost)
 				}
+				if c.want != "relay" {
+					continue
+				}
+				// The relayed session is QUIC; the connector that asked
+				// for TCP reaches the relay over TCP.
+				via := "udp"
+				if c.tcp && who == "connector" {
+					via = "tcp"
+				}
+				if got[i]["transport"] != "udp" || got[i]["relay_transport"] != via {
+					t.Errorf("%s: transport=%s relay_transport=%s, want udp and %s", who, got[i]["transport"], got[i]["relay_transport"], via)
+				}
 			}
 			if c.server == matrixServer && c.want == "relay" {
 				after, err := scrapeMetrics(lab)
@@ -130,10 +152,11 @@ func TestRelay(t *testing.T) {
 	}
 }
 
-// relayPair runs `ewf listen` and `ewf connect` with --relay mode (empty:
-// the default) and, once both are connected, exchanges the payloads. It
-// returns both connected lines, or the connector's error line.
-func relayPair(lab *Lab, ewf, dir, name, server, listener, connector, mode string) ([2]map[string]string, error) {
+// relayPair runs `ewf listen` and `ewf connect` (with extra arguments)
+// with --relay mode (empty: the default) and, once both are connected,
+// exchanges the payloads. It returns both connected lines, or the
+// connector's error line.
+func relayPair(lab *Lab, ewf, dir, name, server, listener, connector, mode string, extra ...string) ([2]map[string]string, error) {
 	var got [2]map[string]string
 	id := strings.NewReplacer("/", "-").Replace(name)
 	common := func(who string) []string {
@@ -153,7 +176,7 @@ func relayPair(lab *Lab, ewf, dir, name, server, listener, connector, mode strin
 	if err != nil {
 		return got, fmt.Errorf("listener: %w", err)
 	}
-	c, err := lab.Start(connector, ewf, append(append([]string{"connect"}, common("c")...),
+	c, err := lab.Start(connector, ewf, append(append(append([]string{"connect"}, common("c")...), extra...),
 		"--timeout", "40s", ready["id"])...)
 	if err != nil {
 		return got, err
