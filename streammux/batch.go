@@ -38,6 +38,7 @@ type BatchConn struct {
 	depth int        // open batches
 	held  []byte     // a short write held back, during a batch
 	bufs  net.Buffers
+	two   [2][]byte
 	err   error // a failed write: every later one fails too
 }
 
@@ -68,11 +69,13 @@ func (b *BatchConn) Write(p []byte) (int, error) {
 		b.err = err
 		return n, err
 	}
-	b.bufs = append(b.bufs[:0], b.held, p)
-	bufs := b.bufs // WriteTo consumes its receiver
-	_, err := bufs.WriteTo(b.w)
+	// WriteTo consumes its receiver: b.bufs, re-made from b.two each
+	// time, so that nothing escapes to the heap per write.
+	b.two = [2][]byte{b.held, p}
+	b.bufs = b.two[:]
+	_, err := b.bufs.WriteTo(b.w)
 	b.held = b.held[:0]
-	clear(b.bufs[:2])
+	b.two = [2][]byte{}
 	if err != nil {
 		b.err = err
 		return 0, err

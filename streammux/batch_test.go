@@ -166,3 +166,23 @@ func TestBatchedSessions(t *testing.T) {
 		}
 	}
 }
+
+// TestBatchConnDoesNotAllocate: sending a held write with the next one
+// (writev) allocates nothing, once per frame as it is.
+func TestBatchConnDoesNotAllocate(t *testing.T) {
+	a, peer := tcpPair(t)
+	defer peer.Close()
+	b := NewBatchConn(a, nil)
+	defer b.Close()
+	go io.Copy(io.Discard, peer)
+	short, long := make([]byte, 45), make([]byte, 16384)
+	allocs := testing.AllocsPerRun(100, func() {
+		b.BeginBatch()
+		b.Write(short)
+		b.Write(long)
+		b.EndBatch()
+	})
+	if allocs > 0 {
+		t.Errorf("%.1f allocations per batch", allocs)
+	}
+}
