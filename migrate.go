@@ -55,7 +55,7 @@ const (
 	// switchQueue is how many received datagrams wait for quic-go's
 	// reader; beyond it, datagrams are dropped (counted) like a full
 	// socket buffer's.
-	switchQueue = 256
+	switchQueue = 1024
 	// packetBuf is the buffer of one queued datagram: quic-go's own
 	// receive buffers are 1,452 bytes.
 	packetBuf = 2048
@@ -85,7 +85,7 @@ var packetPool = sync.Pool{New: func() any { return new(packet) }}
 //
 // It is a quic.OOBCapablePacketConn with ReadBatch, like sockConn, so that
 // a moved connection keeps what quic-go does for the main socket: GSO
-// (one sendmsg per up to 64 datagrams), ECN, the don't-fragment bit and
+// (one sendmsg per batch of up to 20 KiB), ECN, the don't-fragment bit and
 // so path MTU discovery, and batched reads (docs/PROTOCOL.md §25, "Cost").
 type pathSwitch struct {
 	n     *Node

@@ -458,9 +458,10 @@ func TestForgedPunchDivertsNothing(t *testing.T) {
 // direct from the start, one that stays relayed (firewall closed), and
 // one that was relayed and moved to the direct path (pathSwitch under
 // QUIC, datagrams through the node's main socket), side by side on
-// loopback:
+// loopback; ROUNDS=5 bench/moved.sh runs direct and moved in alternating
+// rounds (docs/PROTOCOL.md §25, "Cost"):
 //
-//	go test -run '^$' -bench BenchmarkMovedThroughput -benchtime 64x .
+//	go test -run '^$' -bench BenchmarkMovedThroughput -benchtime 128x -count 3 .
 func BenchmarkMovedThroughput(b *testing.B) {
 	for _, mode := range []string{"direct", "relay", "moved"} {
 		b.Run(mode, func(b *testing.B) {
@@ -505,6 +506,17 @@ func BenchmarkMovedThroughput(b *testing.B) {
 				done <- n
 			}()
 			b.SetBytes(chunk)
+			s0 := dc.qc.ConnectionStats()
+			var ps *pathSwitch // the receiver's, when moved
+			ln.mu.Lock()
+			if mg := ln.migrators[dn.ID()]; mg != nil {
+				ps = mg.ps
+			}
+			ln.mu.Unlock()
+			var q0 uint64
+			if ps != nil {
+				q0 = ps.dropped.Load()
+			}
 			b.ResetTimer()
 			for range b.N {
 				if _, err := dc.Write(p); err != nil {
@@ -516,6 +528,16 @@ func BenchmarkMovedThroughput(b *testing.B) {
 				b.Fatalf("%d bytes arrived, want %d", n, int64(b.N)*chunk)
 			}
 			b.StopTimer()
+			// What the sender's QUIC saw: datagram size (path MTU
+			// discovery), losses (a full queue or socket buffer).
+			s1 := dc.qc.ConnectionStats()
+			if pk := s1.PacketsSent - s0.PacketsSent; pk > 0 {
+				b.ReportMetric(float64(s1.BytesSent-s0.BytesSent)/float64(pk), "B/datagram")
+				b.ReportMetric(float64(s1.PacketsLost-s0.PacketsLost)/float64(pk)*100, "%lost")
+				if ps != nil {
+					b.ReportMetric(float64(ps.dropped.Load()-q0)/float64(pk)*100, "%queue-drop")
+				}
+			}
 			ac.CloseWrite()
 			io.Copy(io.Discard, dc)
 			dc.Close()
