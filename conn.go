@@ -38,6 +38,9 @@ type Conn struct {
 	relayTr Transport
 	direct  netip.AddrPort // the direct address a relayed connection moved to
 	moved   chan struct{}  // closed when it moved
+	// roamed is where a QUIC client connection's packets go since its peer
+	// moved (roam.go); quic-go's remote address stays the old one.
+	roamed atomic.Pointer[netip.AddrPort]
 
 	// QUIC: qc and its default stream st. TCP: tc, multiplexed by mux,
 	// whose stream 0 is the default stream def.
@@ -342,6 +345,9 @@ func (c *Conn) RemoteAddr() net.Addr {
 	c.pmu.Unlock()
 	if d.IsValid() {
 		return net.UDPAddrFromAddrPort(d)
+	}
+	if r := c.roamed.Load(); r != nil {
+		return net.UDPAddrFromAddrPort(*r)
 	}
 	return c.qc.RemoteAddr()
 }

@@ -578,7 +578,7 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 		return nil, err
 	}
 	if sock == nil {
-		n.track(qc, peer, in.Secret, true) // roam.go
+		n.track(c, in.Secret, true) // roam.go
 	}
 	n.settlePath(c)
 	return c, nil
@@ -774,7 +774,7 @@ func (n *Node) acceptStream(qc *quic.Conn) (*Conn, error) {
 	n.stopTCPRace(it.peer, it.secret)
 	c := newQUICConn(qc, st, it.peer, rtt)
 	c.auth = authOf(it.peer)
-	n.track(qc, it.peer, it.secret, false) // roam.go
+	n.track(c, it.secret, false) // roam.go
 	return c, nil
 }
 

@@ -39,6 +39,7 @@ import (
 type liveConn struct {
 	peer   wire.ID
 	secret wire.Secret // its introduction's: authenticates SIGNAL and PUNCH
+	conn   *Conn
 	qc     *quic.Conn
 	client bool           // this node dialled: quic-go sends to remote for ever
 	remote netip.AddrPort // the connection's remote address as quic-go holds it
@@ -103,13 +104,14 @@ func networkDown(err error) bool {
 // track registers a direct QUIC connection made on the node's own socket,
 // until it ends. Connections on a birthday socket or through a relay are
 // not tracked: they cannot follow a move.
-func (n *Node) track(qc *quic.Conn, peer wire.ID, secret wire.Secret, isClient bool) {
+func (n *Node) track(c *Conn, secret wire.Secret, isClient bool) {
+	qc := c.qc
 	la, ok := qc.LocalAddr().(*net.UDPAddr)
 	ra, ok2 := qc.RemoteAddr().(*net.UDPAddr)
 	if !ok || !ok2 || la.Port != n.sock.LocalAddr().(*net.UDPAddr).Port {
 		return
 	}
-	lc := &liveConn{peer: peer, secret: secret, qc: qc, client: isClient, remote: unmapped(ra.AddrPort()), added: time.Now()}
+	lc := &liveConn{peer: c.peer, secret: secret, conn: c, qc: qc, client: isClient, remote: unmapped(ra.AddrPort()), added: time.Now()}
 	n.mu.Lock()
 	if n.live == nil {
 		n.live = make(map[*quic.Conn]*liveConn)
@@ -304,21 +306,33 @@ func (n *Node) follow(peer wire.ID, secret wire.Secret, targets []netip.AddrPort
 			n.log.Warn("no path after a move", "peer", peer, "err", err)
 			return
 		}
-		path = unmapped(path)
-		changed := false
-		n.mu.Lock()
-		for _, lc := range n.live {
-			if lc.peer == peer && lc.client && lc.current() != path {
-				lc.to = path
-				changed = true
-			}
-		}
-		n.mu.Unlock()
-		if changed {
-			n.rebuildMoved()
+		if n.pointAt(peer, unmapped(path)) {
 			n.log.Info("connection follows the peer", "peer", peer, "path", path)
 		}
 	}()
+}
+
+// pointAt sends the QUIC packets of this node's client connections with
+// peer to path from now on, and reports whether any changed.
+func (n *Node) pointAt(peer wire.ID, path netip.AddrPort) bool {
+	changed := false
+	n.mu.Lock()
+	for _, lc := range n.live {
+		if lc.peer == peer && lc.client && lc.current() != path {
+			lc.to = path
+			changed = true
+			if path == lc.remote {
+				lc.conn.roamed.Store(nil) // back where it began
+			} else {
+				lc.conn.roamed.Store(&path)
+			}
+		}
+	}
+	n.mu.Unlock()
+	if changed {
+		n.rebuildMoved()
+	}
+	return changed
 }
 
 // finished reports whether the attempt's machine is Connected or Failed.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"testing"
@@ -18,10 +19,12 @@ import (
 // TestMovedPeerTranslation: a real quic-go client on a node's sockConn
 // talks to a real QUIC server through a UDP forwarder (the server's "old
 // address"). The forwarder dies, as a listener's old NAT mapping does when
-// it moves; with the old address mapped to the server's real one in the
-// socket's table, the same connection and stream carry on: quic-go's sends
-// go through sockConn.WriteMsgUDP, and the client takes the answers from
-// the new address. X messages to the old address are not translated.
+// it moves; once the node points the connection at the server's real
+// address (what a successful punch after the move does), the same
+// connection and stream carry on: quic-go's sends go through
+// sockConn.WriteMsgUDP, and the client takes the answers from the new
+// address. Conn.RemoteAddr tells the new address, the map entry goes with
+// the connection, and X messages to a mapped address are not translated.
 func TestMovedPeerTranslation(t *testing.T) {
 	listen := func() *net.UDPConn {
 		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -102,12 +105,35 @@ func TestMovedPeerTranslation(t *testing.T) {
 	}
 	roundTrip("through the old address")
 
+	// The node's view: the connection is tracked, and the punch after
+	// the peer's move found the server's real address.
+	n := &Node{sc: sc, sock: nodeSock, log: slog.New(slog.DiscardHandler)}
+	peer := wire.ID{9}
+	c := &Conn{peer: peer, transport: TransportUDP, qc: qc, st: st}
+	n.track(c, wire.Secret{1}, true)
 	old.Close() // the old mapping is gone
-	tab := movedTable{addr(old): net.UDPAddrFromAddrPort(addr(srvSock))}
-	sc.moved.Store(&tab)
+	if !n.pointAt(peer, addr(srvSock)) {
+		t.Fatal("pointAt changed nothing")
+	}
 	roundTrip("after the move")
 	if got := qc.RemoteAddr().(*net.UDPAddr).AddrPort(); got != addr(old) {
 		t.Errorf("quic-go's remote address is %s, want the fixed %s", got, addr(old))
+	}
+	if got := c.RemoteAddr().(*net.UDPAddr).AddrPort(); got != addr(srvSock) {
+		t.Errorf("Conn.RemoteAddr is %s, want the peer's new %s", got, addr(srvSock))
+	}
+	if n.pointAt(peer, addr(srvSock)) {
+		t.Error("pointAt to the same path again reported a change")
+	}
+
+	// The map entry lives as long as its connection.
+	qc.CloseWithError(0, "")
+	deadline := time.Now().Add(5 * time.Second)
+	for sc.moved.Load() != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the map entry outlived its connection")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 
 	// A PUNCH-shaped X message to the old address goes there, not to the
