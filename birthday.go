@@ -129,7 +129,7 @@ func (a *attempt) considerBirthday(now time.Time) {
 		a.bdayDecided = true
 		s := punch.Spray{IP: a.peerPublic.Addr()}
 		if peer == roleSeq {
-			s.Base, s.Delta = a.peerPublic.Port(), delta
+			s.Base, s.Delta = a.peerBase(), delta
 		}
 		a.mu.Lock()
 		ok := a.m.EnableSpray(s, now)
@@ -142,7 +142,7 @@ func (a *attempt) considerBirthday(now time.Time) {
 		// counters meet whatever each NAT spent since its binding
 		// (punch.SeqCycle).
 		a.bdayDecided = true
-		s := punch.Spray{IP: a.peerPublic.Addr(), Base: a.peerPublic.Port(), Delta: delta,
+		s := punch.Spray{IP: a.peerPublic.Addr(), Base: a.peerBase(), Delta: delta,
 			Predict: punch.SeqOtherProbes, Probes: punch.SeqOtherProbes}
 		if a.dialer {
 			s.Cycle, s.Predict, s.Probes = punch.SeqCycle, punch.SeqDialerProbes, punch.SeqDialerProbes
@@ -152,6 +152,15 @@ func (a *attempt) considerBirthday(now time.Time) {
 		a.mu.Unlock()
 		a.n.log.Debug("birthday: both sequential", "peer", a.peer, "started", ok, "dialer", a.dialer, "base", s.Base, "delta", delta)
 	}
+}
+
+// peerBase is where a sequential peer's predicted ports count from: the
+// counter hint of its SIGNAL when it sent one, else its bound port.
+func (a *attempt) peerBase() uint16 {
+	if p, ok := a.n.peerCounter(a.peer, a.peerPublic); ok {
+		return p
+	}
+	return a.peerPublic.Port()
 }
 
 // portSet is the hard side's extra sockets: socks[i-1] is punch port i.

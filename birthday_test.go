@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ewf-project/ewf/natdisco"
 	"github.com/ewf-project/ewf/punch"
 	"github.com/ewf-project/ewf/wire"
 )
@@ -182,5 +183,39 @@ func TestPortSetAnswersAfterHandover(t *testing.T) {
 		}
 	case <-time.After(2 * time.Second):
 		t.Fatal("the QUIC packet was not delivered")
+	}
+}
+
+// TestCounterHint: a sequential node's SIGNAL carries its NAT's newest
+// port as a candidate at its public IP, and the peer predicts from it, not
+// from the bound port (the lab's seq/seq misses: the bound port was an old
+// mapping, or the counter had wrapped since).
+func TestCounterHint(t *testing.T) {
+	seq := natdisco.Result{Class: natdisco.Class{Mapping: natdisco.MappingAPDM, Ports: natdisco.PortsSequential, Delta: 1},
+		Ports: []uint16{22045, 22046, 20000, 20002, 20003, 20004}}
+	if got := lastPort(seq); got != 20004 {
+		t.Fatalf("lastPort = %d, want 20004 (the newest mapping, after the wrap)", got)
+	}
+	random := seq
+	random.Class.Ports = natdisco.PortsRandom
+	if got := lastPort(random); got != 0 {
+		t.Fatalf("lastPort of random ports = %d, want 0", got)
+	}
+	pub := netip.MustParseAddrPort("203.0.113.23:21041")
+	for _, tc := range []struct {
+		name  string
+		cands []netip.AddrPort
+		want  uint16
+		ok    bool
+	}{
+		{"hint", []netip.AddrPort{netip.MustParseAddrPort("10.0.0.2:40000"), netip.MustParseAddrPort("203.0.113.23:20227")}, 20227, true},
+		{"mapped-v4", []netip.AddrPort{netip.MustParseAddrPort("[::ffff:203.0.113.23]:20227")}, 20227, true},
+		{"bound-port-is-no-hint", []netip.AddrPort{pub}, 0, false},
+		{"other-ip", []netip.AddrPort{netip.MustParseAddrPort("198.51.100.7:20227")}, 0, false},
+		{"none", nil, 0, false},
+	} {
+		if got, ok := counterIn(tc.cands, pub); got != tc.want || ok != tc.ok {
+			t.Errorf("%s: counterIn = %d %v, want %d %v", tc.name, got, ok, tc.want, tc.ok)
+		}
 	}
 }

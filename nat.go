@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ewf-project/ewf/natdisco"
+	"github.com/ewf-project/ewf/wire"
 )
 
 // natState is the node's NAT discovery: the class of the network it is on,
@@ -23,6 +24,10 @@ type natState struct {
 	known   bool
 	running bool
 	again   bool // the network changed while a check ran
+	// last is the public port of the newest mapping discovery saw, when
+	// the ports are sequential: where the NAT's counter was, which a peer
+	// predicting this node's next ports counts from (counterHint).
+	last uint16
 }
 
 // NAT returns what discovery learned about this node's NAT (package
@@ -60,6 +65,7 @@ func (n *Node) checkNAT() {
 	s.cur = key
 	if c, ok := s.cache[key]; ok {
 		s.class, s.known = c, true
+		s.last = 0 // the counter has moved since: no hint
 		return
 	}
 	s.known = false
@@ -81,13 +87,13 @@ func (n *Node) discoverNAT(key string) {
 			Server:  n.currentServer(), // the one answering now (failover.go)
 			Server6: n.server6(ctx),
 			Listen:  n.natListen,
-			Partial: func(c natdisco.Class) {
-				if !c.Known() {
+			Partial: func(r natdisco.Result) {
+				if !r.Class.Known() {
 					return
 				}
 				s.mu.Lock()
 				if key == s.cur && !s.known {
-					s.class, s.known = c, true
+					s.class, s.known, s.last = r.Class, true, lastPort(r)
 				}
 				s.mu.Unlock()
 			},
@@ -104,6 +110,9 @@ func (n *Node) discoverNAT(key string) {
 		}
 		if key == s.cur {
 			s.class, s.known = res.Class, true
+			if l := lastPort(res); l != 0 || err == nil {
+				s.last = l
+			}
 		}
 		if !s.again || n.ctx.Err() != nil {
 			s.running = false
@@ -114,6 +123,32 @@ func (n *Node) discoverNAT(key string) {
 		key = s.cur
 		s.mu.Unlock()
 	}
+}
+
+// lastPort is the port of the newest mapping of a sequential NAT in r, or
+// 0 when the ports are not sequential.
+func lastPort(r natdisco.Result) uint16 {
+	if r.Class.Ports != natdisco.PortsSequential || len(r.Ports) == 0 {
+		return 0
+	}
+	return r.Ports[len(r.Ports)-1]
+}
+
+// counterHint is the UDP address this node adds to its SIGNAL when its
+// NAT allocates ports in sequence: its public IP and the port of the
+// newest mapping discovery saw. A peer that predicts this node's next
+// mappings counts from it rather than from the bound port, which can be
+// far from the counter: an old mapping the NAT gave the node's socket
+// back, or a counter that wrapped since (docs/PROTOCOL.md §20.6).
+func (n *Node) counterHint() (wire.Address, bool) {
+	n.nat.mu.Lock()
+	c, known, last := n.nat.class, n.nat.known, n.nat.last
+	n.nat.mu.Unlock()
+	pub, _ := n.public.Load().(netip.AddrPort)
+	if !known || c.Ports != natdisco.PortsSequential || last == 0 || !pub.Addr().Is4() || last == pub.Port() {
+		return wire.Address{}, false
+	}
+	return wire.Address{Transport: wire.TransportUDP, AddrPort: netip.AddrPortFrom(pub.Addr(), last)}, true
 }
 
 // natListen opens discovery's sockets on the node's local address (any

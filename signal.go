@@ -32,6 +32,10 @@ type session struct {
 	// Guarded by Node.mu.
 	peerNAT wire.NATClass // the peer's NAT_CLASS, when hasNAT
 	hasNAT  bool
+	// peerUDP are the UDP candidates of the SIGNAL that brought peerNAT,
+	// set with it so that a birthday decision on the class sees the
+	// peer's counter hint too (counterHint, peerCounter).
+	peerUDP []netip.AddrPort
 	relayed []wire.Address // the peer's relayed addresses, latest SIGNAL
 	// udp holds signalled UDP candidates that came before the attempt was
 	// started (a loaded host can take longer over the QUERY answer than
@@ -171,7 +175,7 @@ func (n *Node) onSignal(sig client.Signal) {
 	n.mu.Lock()
 	s.nsignalled++
 	if sig.HasNAT {
-		s.peerNAT, s.hasNAT = sig.NATClass, true
+		s.peerNAT, s.hasNAT, s.peerUDP = sig.NATClass, true, udp
 	}
 	if len(sig.Relayed) > 0 {
 		s.relayed = slices.Clone(sig.Relayed)
@@ -216,6 +220,9 @@ func (n *Node) signal(ctx context.Context, peer wire.ID, secret wire.Secret, rel
 	sig := client.Signal{Candidates: n.candidates(), Relayed: relayed}
 	if c, ok := n.NAT(); ok && c.Known() {
 		sig.NATClass, sig.HasNAT = c.Wire(), true
+		if h, ok := n.counterHint(); ok && len(sig.Candidates) < wire.MaxCandidates {
+			sig.Candidates = append(sig.Candidates, h)
+		}
 	}
 	return n.ctl().Signal(ctx, n.self, n.currentKey(), peer, secret, sig)
 }
@@ -262,6 +269,30 @@ func (n *Node) peerNATClass(peer wire.ID) (wire.NATClass, bool) {
 	defer n.mu.Unlock()
 	if s := n.sessions[peer]; s != nil && s.hasNAT {
 		return s.peerNAT, true
+	}
+	return 0, false
+}
+
+// peerCounter returns the port peer's sequential NAT last allocated, from
+// the counter hint in its SIGNAL (counterHint): a UDP candidate at its
+// public IP pub on another port than pub's.
+func (n *Node) peerCounter(peer wire.ID, pub netip.AddrPort) (uint16, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	s := n.sessions[peer]
+	if s == nil {
+		return 0, false
+	}
+	return counterIn(s.peerUDP, pub)
+}
+
+// counterIn finds the counter hint among a peer's UDP candidates.
+func counterIn(cands []netip.AddrPort, pub netip.AddrPort) (uint16, bool) {
+	for _, c := range cands {
+		c = netip.AddrPortFrom(c.Addr().Unmap(), c.Port())
+		if pub.IsValid() && c.Addr() == pub.Addr() && c.Port() != pub.Port() {
+			return c.Port(), true
+		}
 	}
 	return 0, false
 }

@@ -64,8 +64,8 @@ type Config struct {
 	// known, before the filtering and hairpin tests, which wait seconds for
 	// answers that a strict NAT never lets in: a punch that only needs the
 	// mapping role can start from it. Filtering is unknown and Hairpin and
-	// IPv6 false in that Class.
-	Partial func(Class)
+	// IPv6 false in that Result's Class; Ports and Mapped are final.
+	Partial func(Result)
 }
 
 // Result is a Class with the evidence behind it, for `ewf nat -v` and logs.
@@ -370,7 +370,7 @@ func (c *classifier) run(res *Result) error {
 	// filtering and hairpin tests below wait for answers that may never
 	// come (seconds), so report what is known now.
 	if cfg.Partial != nil {
-		cfg.Partial(*cl)
+		cfg.Partial(*res)
 	}
 
 	// Filtering, RFC 5780 §4.4, from a socket that has talked to P only.

@@ -254,7 +254,7 @@ func TestClassifyReportsPartialFirst(t *testing.T) {
 	const timeout, tries = 100 * time.Millisecond, 2
 	res, err := natdisco.Classify(ctx, natdisco.Config{
 		Server: srv, Listen: nat.listen, LocalAddrs: nat.localAddrs, Timeout: timeout, Tries: tries,
-		Partial: func(c natdisco.Class) { partial, partialAt = c, time.Now() },
+		Partial: func(r natdisco.Result) { partial, partialAt = r.Class, time.Now() },
 	})
 	done := time.Now()
 	if err != nil {
