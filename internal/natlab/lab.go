@@ -55,8 +55,9 @@ type Link struct {
 	// Delay is added to every frame in each direction, so the round trip
 	// grows by twice Delay.
 	Delay time.Duration
-	// Loss is the probability in [0,1) that an IPv4 frame is dropped, in
-	// each direction. ARP is never dropped.
+	// Loss is the probability in [0,1) that an IPv4 packet is dropped, in
+	// each direction (each frame the forwarder sees is one packet:
+	// segmentation offloads are off on its links). ARP is never dropped.
 	Loss float64
 	// Seed seeds the drop decisions (0 is a valid seed).
 	Seed uint64
