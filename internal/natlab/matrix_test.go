@@ -374,9 +374,16 @@ func TestMatrix(t *testing.T) {
 
 	// -require-integrity: the ewf client never sends a KEY in clear
 	// (docs/PROTOCOL.md §18), so every pair works against a server that
-	// refuses it.
+	// refuses it. -rate 200 (default 50 per source IP, burst twice that):
+	// each listener host runs its 16 pairs one after another, a new ewf
+	// each time with registration, NAT discovery, relay credentials and
+	// both bindings (about 20 requests), and the direct ones end within
+	// tens of milliseconds, so one home network's address sends what a
+	// real one sends in hours within a few seconds; at 50/s the server
+	// refused some of them ("refused BIND: rate limited", a TCP binding
+	// lost, peer-offline). The rate limit itself is server/'s to test.
 	srv, err := lab.Start(ServerHost, ewfd, "-listen", matrixServer+","+matrixServer6, "-alternate", discoAlternate, "-data", t.TempDir(),
-		"-metrics", matrixMetrics, "-log-level", "warn", "-require-integrity",
+		"-metrics", matrixMetrics, "-log-level", "warn", "-require-integrity", "-rate", "200",
 		"-relay", "-relay-ip", serverAddr1.String(), "-relay-listen", matrixRelayListen,
 		"-relay-ports", fmt.Sprintf("%d-%d", matrixRelayMin, matrixRelayMax), "-relay-allow", publicNet.String())
 	if err != nil {
@@ -535,6 +542,11 @@ func TestMatrix(t *testing.T) {
 	}
 	if n := sumSuffix(m, `outcome="integrity_required"}`); n > 0 {
 		t.Errorf("ewfd refused %.0f requests that carried the KEY in clear", n)
+	}
+	// Every outcome comes from NAT traversal, none from the server's own
+	// per-source rate limit (see -rate above).
+	if n := sumSuffix(m, `outcome="rate_limited"}`) + m[`ewfd_dropped_total{reason="rate_limited"}`]; n > 0 {
+		t.Errorf("ewfd refused or dropped %.0f requests over its per-source rate", n)
 	}
 	t.Logf("ewfd: %.0f requests for %d pairs; malformed %.0f, ignored %.0f, other %.0f, introductions ok %.0f",
 		total, len(cases)+len(keepCases), m[`ewfd_dropped_total{reason="malformed"}`], m[`ewfd_dropped_total{reason="ignored"}`],
