@@ -146,6 +146,10 @@ type Config struct {
 	// punchesIn, in tests only, counts every PUNCH that reaches the
 	// node's socket, whether an attempt wants it or not (refuse_test.go).
 	punchesIn *atomic.Int64
+	// dropIntroduces, in tests only, drops that many INTRODUCE
+	// indications as they arrive, as a lossy network would drop the one
+	// datagram that tells the node a peer is coming (introloss_test.go).
+	dropIntroduces *atomic.Int64
 }
 
 func (c *Config) populate() error {

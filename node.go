@@ -501,15 +501,38 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 	if tr == TransportTCP && n.tcp.Load() == nil {
 		return nil, errors.New("ewf: TCP dial needs Config.EnableTCP")
 	}
+	for again := maxReintroductions; ; again-- {
+		c, err := n.dialIntroduced(ctx, peer, tr, again > 0)
+		if errors.Is(err, errUnheard) {
+			n.log.Debug("no word from the peer: introducing again", "peer", peer)
+			continue
+		}
+		return c, err
+	}
+}
+
+// dialIntroduced is one introduction of Dial and what follows it. With
+// watch, it gives up with errUnheard when the peer has neither SIGNALled
+// nor punched reintroduceAfter after the introduction (its INTRODUCE was
+// probably lost: docs/PROTOCOL.md §9.3), so that Dial introduces again.
+func (n *Node) dialIntroduced(ctx context.Context, peer ID, tr Transport, watch bool) (*Conn, error) {
+	began := time.Now()
 	in, err := n.ctl().Introduce(ctx, n.self, n.currentKey(), peer, n.candidates())
 	if err != nil {
 		return nil, peerErr(err)
 	}
+	queryRTT := time.Since(began)
 	// A peer whose allow list we are not on answers the introduction
 	// with a refusal instead of punching (signal.go): it cancels ctx, and
-	// Dial returns it.
+	// Dial returns it. So does a peer unheard of (watchUnheard).
 	ctx, refuse := context.WithCancelCause(ctx)
 	defer refuse(nil)
+	unheard := func(err error) error {
+		if err != nil && errors.Is(context.Cause(ctx), errUnheard) {
+			return errUnheard
+		}
+		return refusedErr(ctx, err)
+	}
 	if tr == TransportTCP {
 		addr, ok := addressOf(in.Addresses, wire.TransportTCP)
 		if !ok {
@@ -518,11 +541,19 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 		// The peer SIGNALs its LAN TCP candidates once introduced; they
 		// join the race as they come.
 		tg := newTCPTargets(addr)
-		n.watchRefusal(n.addSession(peer, in.Secret, tg), refuse)
+		s := n.addSession(peer, in.Secret, tg)
+		n.watchRefusal(s, refuse)
+		if watch {
+			n.watchUnheard(ctx, s, peer, reintroduceAfter(queryRTT, n.cfg.PunchTimeout), refuse)
+		}
 		c, err := n.dialTCPOrRelay(ctx, peer, in.Secret, tg)
-		return c, refusedErr(ctx, err)
+		return c, unheard(err)
 	}
-	n.watchRefusal(n.addSession(peer, in.Secret, nil), refuse)
+	s := n.addSession(peer, in.Secret, nil)
+	n.watchRefusal(s, refuse)
+	if watch {
+		n.watchUnheard(ctx, s, peer, reintroduceAfter(queryRTT, n.cfg.PunchTimeout), refuse)
+	}
 	// Without UDP on either side no punch can succeed: straight to the
 	// relay (blocked.go).
 	_, peerUDP := addressOf(in.Addresses, wire.TransportUDP)
@@ -530,7 +561,7 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 	rp := n.startRelay(peer, in.Secret, relayOnly, false)
 	if rp != nil && relayOnly {
 		c, err := n.dialFallback(ctx, rp, ErrNoDirectPath, false)
-		return c, refusedErr(ctx, err)
+		return c, unheard(err)
 	}
 	a, err := n.startAttempt(peer, in.Secret, in.Addresses, nil, true)
 	if err != nil {
@@ -541,6 +572,10 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 		n.signalBack(peer, in.Secret, nil)
 	}
 	path, rtt, err := a.wait(ctx)
+	if err := unheard(err); errors.Is(err, errUnheard) {
+		// The next introduction's startRelay replaces rp.
+		return nil, err
+	}
 	if err := refusedErr(ctx, err); errors.Is(err, errRefused) {
 		if rp != nil {
 			n.wg.Add(1)
@@ -595,6 +630,9 @@ var preamble = [4]byte{'e', 'w', 'f', '1'}
 func (n *Node) onIntroduce(in client.Introduction) {
 	if n.ctx.Err() != nil {
 		return
+	}
+	if d := n.cfg.dropIntroduces; d != nil && d.Add(-1) >= 0 {
+		return // tests: the INTRODUCE datagram was lost
 	}
 	if n.cfg.Allow != nil && !n.cfg.Allow(in.Peer) {
 		n.wg.Add(1)

@@ -471,3 +471,68 @@ func (n *Node) noPath(peer wire.ID, detail string) *NoPathError {
 	e.Diagnosis = natdisco.Diagnose(e.Local, e.Remote)
 	return e
 }
+
+// The server sends the target of an introduction one INTRODUCE datagram
+// and nothing else: if the network loses it, the target neither punches
+// nor SIGNALs, and the dialer would punch into silence until PunchTimeout.
+// So the dialer introduces itself again (a new QUERY, hence a new SECRET
+// and a new INTRODUCE) when it has heard nothing from the peer, neither a
+// SIGNAL nor a PUNCH, reintroduceAfter the introduction; at most
+// maxReintroductions times (docs/PROTOCOL.md §9.3).
+const maxReintroductions = 2
+
+// errUnheard ends one introduction of Dial: the peer gave no sign of
+// having received it.
+var errUnheard = errors.New("ewf: no word from the peer since the introduction")
+
+// reintroduceAfter is how long the dialer waits for a first word from the
+// peer, given how long its QUERY took (queryRTT, one round trip to the
+// server or more if it was retransmitted). The target SIGNALs as soon as
+// the INTRODUCE arrives, so its SIGNAL reaches the dialer about 1.5 server
+// round trips after the QUERY answer (INTRODUCE, SIGNAL request, SIGNAL
+// indication); the floor of 1 s leaves room for one retransmission of the
+// target's SIGNAL request (client.DefaultRTO, 500 ms) and a target
+// farther from the server than the dialer. Three QUERY times on top keep
+// a slow path from counting as a lost one. Half the punch timeout at most,
+// so that a re-introduction comes while the punch would still be running.
+func reintroduceAfter(queryRTT, punchTimeout time.Duration) time.Duration {
+	return min(time.Second+3*queryRTT, punchTimeout/2)
+}
+
+// watchUnheard cancels the dial of ctx with errUnheard if, after wait,
+// the peer of introduction s has neither SIGNALled nor punched.
+func (n *Node) watchUnheard(ctx context.Context, s *session, peer wire.ID, wait time.Duration, cancel context.CancelCauseFunc) {
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !n.heardFrom(s, peer) {
+			cancel(errUnheard)
+		}
+	}()
+}
+
+// heardFrom reports whether the peer of introduction s has shown that it
+// received it: a valid SIGNAL (or refusal) under its SECRET, or a valid
+// PUNCH to the attempt of the introduction.
+func (n *Node) heardFrom(s *session, peer wire.ID) bool {
+	n.mu.Lock()
+	heard := s.nsignalled > 0 || s.refusal != nil
+	a := n.attempts[peer]
+	n.mu.Unlock()
+	if heard {
+		return true
+	}
+	if a == nil || a.secret != s.secret {
+		return false
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.m.Stats().Received > 0
+}
