@@ -514,7 +514,7 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 // dialIntroduced is one introduction of Dial and what follows it. With
 // watch, it gives up with errUnheard when the peer has neither SIGNALled
 // nor punched reintroduceAfter after the introduction (its INTRODUCE was
-// probably lost: docs/PROTOCOL.md §9.3), so that Dial introduces again.
+// probably lost: docs/PROTOCOL.md §9.2), so that Dial introduces again.
 func (n *Node) dialIntroduced(ctx context.Context, peer ID, tr Transport, watch bool) (*Conn, error) {
 	began := time.Now()
 	in, err := n.ctl().Introduce(ctx, n.self, n.currentKey(), peer, n.candidates())

@@ -478,7 +478,7 @@ func (n *Node) noPath(peer wire.ID, detail string) *NoPathError {
 // So the dialer introduces itself again (a new QUERY, hence a new SECRET
 // and a new INTRODUCE) when it has heard nothing from the peer, neither a
 // SIGNAL nor a PUNCH, reintroduceAfter the introduction; at most
-// maxReintroductions times (docs/PROTOCOL.md §9.3).
+// maxReintroductions times (docs/PROTOCOL.md §9.2).
 const maxReintroductions = 2
 
 // errUnheard ends one introduction of Dial: the peer gave no sign of
