@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sync"
@@ -215,12 +216,19 @@ func (n *Node) start(ctx context.Context) error {
 		n.tcp.Store(tr.side)
 		n.syncTCPHost(nil)
 		n.wg.Add(1)
-		go n.keepTCP(tr.side)
+		go n.keepTCP(tr.side, nil)
 	case tr.err != nil && n.cfg.Transport == TransportTCP:
 		return tr.err
-	case tr.err != nil:
+	case tr.err != nil && n.cfg.EnableTCP:
 		// A listener still serves UDP peers when the server's TCP port
-		// is out of reach.
+		// is out of reach or refused the binding (rate limited, a
+		// connection closed during set-up), and is ready at once; the
+		// TCP binding is tried again in the background, with backoff,
+		// as after the connection of a TCP binding ends.
+		n.log.Warn("TCP binding failed; accepting UDP peers only until it is made (retrying)", "err", tr.err)
+		n.wg.Add(1)
+		go n.keepTCP(nil, tr.err)
+	case tr.err != nil:
 		n.log.Warn("TCP binding failed; accepting UDP peers only", "err", tr.err)
 	}
 	if udp.err != nil {
@@ -389,50 +397,100 @@ func (n *Node) keep(rc *client.Client, tr wire.Transport, onChange func(netip.Ad
 
 // keepTCP holds the TCP binding until the node closes. Unlike UDP, the
 // binding lives on a connection, which ends when the server restarts or a
-// NAT drops it; then it is made again on a new connection, with backoff.
-func (n *Node) keepTCP(t *tcpSide) {
+// NAT drops it; then it is made again on a new connection (bindTCPAgain).
+// t is nil when Open's attempt failed with err: then the binding is
+// tried again in the same way, so that a listener whose first TCP BIND
+// was refused (rate limited, the server's TCP port not up yet) becomes
+// reachable over TCP too rather than staying UDP-only for its life.
+func (n *Node) keepTCP(t *tcpSide, err error) {
 	defer n.wg.Done()
 	for {
-		err := n.keep(t.conn.Client, wire.TransportTCP, func(a netip.AddrPort) { t.public.Store(a) })
-		n.registerAgainTCP(err)
-		// With several servers each is tried once at once (the one that
-		// ended the connection has likely died), then with backoff.
-		quick := len(n.servers)
-		if quick < 2 {
-			quick = 0
+		ended := t != nil
+		if ended {
+			err = n.keep(t.conn.Client, wire.TransportTCP, func(a netip.AddrPort) { t.public.Store(a) })
+			n.registerAgainTCP(err)
 		}
-		for wait, backoff := time.Duration(0), time.Second; ; {
-			if quick > 0 {
-				quick--
-			} else {
-				wait, backoff = backoff, min(2*backoff, time.Minute)
+		if t = n.bindTCPAgain(err, ended); t == nil {
+			return // the node closed
+		}
+	}
+}
+
+// Backoff of bindTCPAgain: the first try tcpBindFirst after the failure,
+// then doubling up to the keepalive interval (at least tcpBindFirst), so
+// that a listener is bound over TCP again within about one keepalive
+// interval of its server's return, as over UDP. After a "rate limited" or
+// "try again later" answer the next try waits at least tcpBindLater: the
+// server asked to slow down (docs/PROTOCOL.md §8.1, §9.1), and within a
+// second another request over the rate only gets the connection closed.
+const (
+	tcpBindFirst = time.Second
+	tcpBindLater = 4 * time.Second
+)
+
+// tcpBindJitter spreads a wait d over [3d/4, d], so that the listeners of
+// a server that restarted (whose TCP connections all ended at once) do
+// not all connect again in the same instant.
+func tcpBindJitter(d time.Duration) time.Duration {
+	return d - rand.N(d/4+1)
+}
+
+// bindTCPAgain makes the TCP binding again after err (the connection of
+// the last one ended when ended is set, else Open's attempt failed), with
+// backoff, until it is made or the node closes (nil). With several
+// servers, after a connection ended each server is tried once at once
+// (the one that ended the connection has likely died), then with backoff.
+func (n *Node) bindTCPAgain(err error, ended bool) *tcpSide {
+	quick := 0
+	if ended && len(n.servers) >= 2 {
+		quick = len(n.servers)
+	}
+	interval := n.cfg.KeepaliveInterval
+	if interval == nil {
+		interval = client.DefaultKeepInterval
+	}
+	for backoff := tcpBindFirst; ; {
+		wait := time.Duration(0)
+		if quick > 0 {
+			quick--
+		} else {
+			if errors.Is(err, client.ErrRateLimited) || errors.Is(err, client.ErrTryLater) {
+				backoff = max(backoff, tcpBindLater)
 			}
-			select {
-			case <-n.ctx.Done():
-				return
-			case <-time.After(wait):
-			}
-			srv := n.currentServer()
-			nt, err := n.bindTCP(n.ctx, n.self, n.currentKey())
-			if err != nil {
-				n.log.Debug("TCP binding again", "err", err)
-				if n.registerAgainTCP(err) {
-					backoff = time.Second // bind with the new KEY soon
-					continue
-				}
-				n.failover(srv, err, true)
+			wait = tcpBindJitter(backoff)
+			backoff = min(2*backoff, max(interval(), tcpBindFirst))
+		}
+		select {
+		case <-n.ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		srv := n.currentServer()
+		var nt *tcpSide
+		nt, err = n.bindTCP(n.ctx, n.self, n.currentKey())
+		if err != nil {
+			n.log.Debug("TCP binding again", "err", err)
+			if n.registerAgainTCP(err) {
+				backoff, err = tcpBindFirst, nil // bind with the new KEY soon
 				continue
 			}
-			n.tcp.Swap(nt).close()
-			if n.ctx.Err() != nil { // Close ran meanwhile and closed the old one
-				nt.close()
-				return
-			}
-			n.log.Debug("TCP bound again", "public", nt.public.Load())
-			n.syncTCPHost(nil) // the new server may be of the other family
-			t = nt
-			break
+			n.failover(srv, err, true)
+			continue
 		}
+		if old := n.tcp.Swap(nt); old != nil {
+			old.close()
+		}
+		if n.ctx.Err() != nil { // Close ran meanwhile and closed the old one
+			nt.close()
+			return nil
+		}
+		if ended {
+			n.log.Debug("TCP bound again", "public", nt.public.Load())
+		} else {
+			n.log.Info("TCP bound after the first attempt failed", "public", nt.public.Load())
+		}
+		n.syncTCPHost(nil) // the new server may be of the other family
+		return nt
 	}
 }
 
@@ -499,6 +557,9 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 		tr = n.cfg.Transport
 	}
 	if tr == TransportTCP && n.tcp.Load() == nil {
+		if n.cfg.EnableTCP {
+			return nil, errors.New("ewf: no TCP binding at the server yet (it is being tried again)")
+		}
 		return nil, errors.New("ewf: TCP dial needs Config.EnableTCP")
 	}
 	for again := maxReintroductions; ; again-- {
