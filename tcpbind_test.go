@@ -125,11 +125,13 @@ func TestTCPBindRetriedAfterRefusal(t *testing.T) {
 				}
 				// "Rate limited" means slow down: nothing more comes
 				// for a while (a retry now would be refused again,
-				// and counted).
-				time.Sleep(2500 * time.Millisecond)
+				// and counted). The next try is due 3-4 s after the
+				// refusal, a plain backoff's within 1 s: 1.5 s after
+				// Open tells them apart with room for a slow Open.
+				time.Sleep(1500 * time.Millisecond)
 				if l2, c2 := metric(t, d, "ewfd_requests_total", "outcome", "rate_limited"),
 					metric(t, d, "ewfd_dropped_total", "reason", "rate_limited"); l2 != limited || c2 != closed {
-					t.Fatalf("within 2.5 s of a rate-limited answer the node tried again (answered %v, closed %v)", l2, c2)
+					t.Fatalf("within 1.5 s of a rate-limited answer the node tried again (answered %v, closed %v)", l2, c2)
 				}
 			} else if closed < 1 {
 				t.Fatalf("ewfd closed no connection over the rate (answered %v)", limited)
