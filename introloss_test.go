@@ -3,8 +3,10 @@ package ewf
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -67,6 +69,9 @@ func TestIntroduceLost(t *testing.T) {
 				if allLost {
 					if !errors.Is(err, ErrNoDirectPath) {
 						t.Fatalf("every INTRODUCE lost: Dial = %v, want ErrNoDirectPath", err)
+					}
+					if want := fmt.Sprintf("introduction %d", 1+maxReintroductions); !strings.Contains(err.Error(), want) {
+						t.Fatalf("Dial = %v: the error does not say %q", err, want)
 					}
 					if got := drop.Load(); got != 0 {
 						t.Fatalf("%d introductions reached the target's socket, want %d", lost-got, lost)

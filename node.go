@@ -562,11 +562,16 @@ func (n *Node) Dial(ctx context.Context, peer ID, tr Transport) (*Conn, error) {
 		}
 		return nil, errors.New("ewf: TCP dial needs Config.EnableTCP")
 	}
-	for again := maxReintroductions; ; again-- {
-		c, err := n.dialIntroduced(ctx, peer, tr, again > 0)
+	for k := 0; ; k++ {
+		c, err := n.dialIntroduced(ctx, peer, tr, k < maxReintroductions)
 		if errors.Is(err, errUnheard) {
-			n.log.Debug("no word from the peer: introducing again", "peer", peer)
+			n.log.Info("no word from the peer since the introduction (INTRODUCE lost?): introducing again", "peer", peer)
 			continue
+		}
+		if err != nil && k > 0 {
+			// Say so: a failure after re-introductions is not the
+			// punch's alone.
+			err = fmt.Errorf("%w (introduction %d: the peer gave no sign of the earlier ones)", err, k+1)
 		}
 		return c, err
 	}

@@ -106,7 +106,10 @@ func BenchmarkThroughput(b *testing.B) {
 			Hosts: []HostSpec{{Name: "l", Router: "l-gw"}, {Name: "c", Router: "c-gw"}},
 		})
 		if _, err := lab.Start(ServerHost, ewfd, "-listen", matrixServer, "-data", b.TempDir(),
-			"-metrics", matrixMetrics, "-log-level", "warn"); err != nil {
+			"-metrics", matrixMetrics, "-log-level", "warn",
+			// Every round registers fresh IDs from the same two
+			// addresses; a retried round would meet the default of 20.
+			"-register-per-ip", "1000"); err != nil {
 			b.Fatal(err)
 		}
 		if err := waitMetrics(lab, 20*time.Second); err != nil {
