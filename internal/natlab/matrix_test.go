@@ -228,6 +228,11 @@ type pairCase struct {
 	// ready line.
 	idle   time.Duration
 	frozen bool
+	// stayFrozen keeps a frozen listener stopped until the connector has
+	// ended: a listener that runs again re-binds within a second, and the
+	// connector's re-introduction (PROTOCOL.md §9.2) then reaches it, so
+	// thawing it earlier would test that instead of the lost mapping.
+	stayFrozen bool
 	// tries is how many runs the pair gets to reach want (0 means 1). Only
 	// birthday pairs get a second: their search succeeds 95–100 % of the
 	// time per attempt (BenchmarkBirthday measures the rate; NATLAB.md has
@@ -459,11 +464,12 @@ func TestMatrix(t *testing.T) {
 	// mapping. The controls freeze the listener (SIGSTOP) instead, so that
 	// it sends nothing: after 10 s its mapping is still there and it
 	// connects once it runs again; after 45 s the mapping is gone, the
-	// introduction never reaches it, and the connection fails.
+	// introduction never reaches it (it stays stopped until the connector
+	// has given up), and the connection fails.
 	keepCases := []pairCase{
 		{name: "keepalive/idle-45s", listener: "short-1", connector: "far-1", want: outDirect, idle: keepIdle},
 		{name: "keepalive/frozen-10s", listener: "short-3", connector: "far-3", want: outDirect, idle: 10 * time.Second, frozen: true},
-		{name: "keepalive/frozen-45s", listener: "short-2", connector: "far-2", want: outNoPath, idle: keepIdle, frozen: true},
+		{name: "keepalive/frozen-45s", listener: "short-2", connector: "far-2", want: outNoPath, idle: keepIdle, frozen: true, stayFrozen: true},
 	}
 	keepCases = onlyCases(t, keepCases)
 	keep := make([]pairResult, len(keepCases))
@@ -692,6 +698,13 @@ func (e *matrixEnv) run(c pairCase) (r pairResult) {
 	}
 	var procs []*Proc
 	defer func() {
+		if c.stayFrozen && len(procs) > 0 {
+			// Thawed once the connector has ended, so that an
+			// introduction waiting in its socket buffer is logged and
+			// counted: the control must show that none reached it.
+			_ = procs[0].cmd.Process.Signal(syscall.SIGCONT)
+			time.Sleep(time.Second)
+		}
 		for _, p := range procs {
 			p.Kill()
 		}
@@ -747,7 +760,7 @@ func (e *matrixEnv) run(c pairCase) (r pairResult) {
 	}
 	cpub, _ := netip.ParseAddrPort(cready["public"])
 	e.checkReady(&r, "connector", c.connector, cready)
-	if c.frozen {
+	if c.frozen && !c.stayFrozen {
 		time.Sleep(time.Second)
 		if err := l.cmd.Process.Signal(syscall.SIGCONT); err != nil {
 			r.fail("continue listener: %v", err)
