@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command labxfer is the library baseline of the NAT lab's throughput
 // benchmark (internal/natlab, BenchmarkThroughput): it moves stdin from one
 // lab host to another with quic-go alone on a plain UDP socket, or with
