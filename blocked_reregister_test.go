@@ -2,7 +2,6 @@ package ewf
 
 import (
 	"context"
-	"net/netip"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -10,7 +9,6 @@ import (
 
 	"github.com/ewf-project/ewf/client"
 	"github.com/ewf-project/ewf/server"
-	"github.com/ewf-project/ewf/server/relay"
 	"github.com/ewf-project/ewf/store/bolt"
 	"github.com/ewf-project/ewf/wire"
 )
@@ -32,12 +30,7 @@ func TestBlockedNodeRegistersAgain(t *testing.T) {
 			}
 			t.Cleanup(func() { st.Close() })
 			scfg := server.Config{Listen: []string{"127.0.0.1:0"}, Store: st,
-				Relay: server.RelayConfig{Embedded: &relay.Config{
-					Listen:   "127.0.0.1:0",
-					RelayIPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
-					PortMin:  28000, PortMax: 28999,
-					Policy: relay.Policy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}},
-				}}}
+				Relay: loopbackRelay(28000)}
 			d, err := server.Start(scfg)
 			if err != nil {
 				t.Fatal(err)

@@ -18,24 +18,34 @@ import (
 	"github.com/ewf-project/ewf/server/relay"
 )
 
-// blockedServer runs ewfd with its embedded relay on loopback (loopback
-// peers allowed: every relayed endpoint is on 127.0.0.1).
-func blockedServer(t *testing.T) string {
+// loopbackRelay is ewfd's embedded relay on loopback with relayed ports
+// from portMin on (a thousand of them; each test file its own range). It
+// allows loopback peers: every relayed endpoint in these tests is on
+// 127.0.0.1.
+func loopbackRelay(portMin uint16) server.RelayConfig {
+	return server.RelayConfig{Embedded: &relay.Config{
+		Listen:   "127.0.0.1:0",
+		RelayIPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
+		PortMin:  portMin, PortMax: portMin + 999,
+		Policy: relay.Policy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}},
+	}}
+}
+
+// relayServer runs ewfd with loopbackRelay(portMin) on loopback.
+func relayServer(t testing.TB, portMin uint16) *server.Daemon {
 	t.Helper()
-	d, err := server.Start(server.Config{
-		Listen: []string{"127.0.0.1:0"}, DataDir: t.TempDir(),
-		Relay: server.RelayConfig{Embedded: &relay.Config{
-			Listen:   "127.0.0.1:0",
-			RelayIPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
-			PortMin:  27000, PortMax: 27999,
-			Policy: relay.Policy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}},
-		}},
-	})
+	d, err := server.Start(server.Config{Listen: []string{"127.0.0.1:0"}, DataDir: t.TempDir(), Relay: loopbackRelay(portMin)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Close() })
-	return d.Addrs()[0].String()
+	return d
+}
+
+// blockedServer runs ewfd with its embedded relay on loopback.
+func blockedServer(t *testing.T) string {
+	t.Helper()
+	return relayServer(t, 27000).Addrs()[0].String()
 }
 
 func openNode(t *testing.T, ctx context.Context, srv, name string, blocked bool) *Node {

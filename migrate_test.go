@@ -18,28 +18,13 @@ import (
 
 	"github.com/ewf-project/ewf/punch"
 	"github.com/ewf-project/ewf/server"
-	"github.com/ewf-project/ewf/server/relay"
 	"github.com/ewf-project/ewf/wire"
 )
 
-// migrateServer runs ewfd with its embedded relay on loopback (loopback
-// peers allowed: every relayed endpoint is on 127.0.0.1).
+// migrateServer runs ewfd with its embedded relay on loopback.
 func migrateServer(t testing.TB) *server.Daemon {
 	t.Helper()
-	d, err := server.Start(server.Config{
-		Listen: []string{"127.0.0.1:0"}, DataDir: t.TempDir(),
-		Relay: server.RelayConfig{Embedded: &relay.Config{
-			Listen:   "127.0.0.1:0",
-			RelayIPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
-			PortMin:  28000, PortMax: 28999,
-			Policy: relay.Policy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}},
-		}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	return d
+	return relayServer(t, 28000)
 }
 
 // relayedBytes is what the relay has sent to peers so far.
